@@ -1,0 +1,1 @@
+"""The refined 36-label WM atlas and its transfer into subject space."""

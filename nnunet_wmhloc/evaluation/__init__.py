@@ -1,0 +1,1 @@
+"""Challenge metrics, region Dice and comparisons with published results."""

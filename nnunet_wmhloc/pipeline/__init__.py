@@ -1,0 +1,1 @@
+"""The whole pipeline through the nnU-Net commands, and the report."""

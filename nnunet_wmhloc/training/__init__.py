@@ -1,0 +1,1 @@
+"""nnU-Net trainers: skeleton-recall loss and MRI augmentation."""

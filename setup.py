@@ -1,0 +1,58 @@
+from setuptools import setup
+
+# The design card keeps dataset_conversion/, atlas/ and postprocessing/ at the top of the repo, but
+# nothing generic may land in site-packages: each is installed as a subpackage of nnunet_wmhloc.
+PACKAGE_DIRS = {
+    "nnunet_wmhloc": "nnunet_wmhloc",
+    "nnunet_wmhloc.dataset_conversion": "dataset_conversion",
+    "nnunet_wmhloc.atlas": "atlas",
+    "nnunet_wmhloc.postprocessing": "postprocessing",
+}
+SUBPACKAGES = [
+    "nnunet_wmhloc.training",
+    "nnunet_wmhloc.nnunet_ext",
+    "nnunet_wmhloc.evaluation",
+    "nnunet_wmhloc.pipeline",
+]
+
+CONSOLE_SCRIPTS = {
+    "wmhloc_env": "nnunet_wmhloc.env:main",
+    "wmhloc_synth": "nnunet_wmhloc.synth:main",
+    "wmhloc_convert_wmh2017": "nnunet_wmhloc.dataset_conversion.wmh2017:main",
+    "wmhloc_convert_cohort": "nnunet_wmhloc.dataset_conversion.cohort:main",
+    "wmhloc_build_atlas": "nnunet_wmhloc.atlas.build:main",
+    "wmhloc_region_labels": "nnunet_wmhloc.atlas.region_labels:main",
+    "wmhloc_fuse": "nnunet_wmhloc.postprocessing.fuse:main",
+    "wmhloc_localize": "nnunet_wmhloc.postprocessing.localize:main",
+    "wmhloc_cluster": "nnunet_wmhloc.postprocessing.cluster:main",
+    "wmhloc_evaluate": "nnunet_wmhloc.evaluation.evaluate:main",
+    "wmhloc_compare": "nnunet_wmhloc.evaluation.compare:main",
+}
+
+setup(
+    name="nnunet_wmhloc",
+    version="0.1.0",
+    description="nnU-Net v2 plugin: white-matter lesion and region segmentation, regional lesion loads, "
+    "patient clustering (MICCAI 2017 WMH challenge and new cohorts)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=list(PACKAGE_DIRS) + SUBPACKAGES,
+    package_dir=PACKAGE_DIRS,
+    package_data={"nnunet_wmhloc.atlas": ["*.tsv"], "nnunet_wmhloc.evaluation": ["*.csv"]},
+    install_requires=[
+        "nnunetv2>=2.8.1,<2.9",
+        "torch",
+        "SimpleITK>=2.2",
+        "batchgeneratorsv2>=0.3.6",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "scikit-image",
+        "acvl-utils",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": [f"{k}={v}" for k, v in CONSOLE_SCRIPTS.items()]},
+)
