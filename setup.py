@@ -20,6 +20,7 @@ CONSOLE_SCRIPTS = {
     "wmhloc_synth": "nnunet_wmhloc.synth:main",
     "wmhloc_convert_wmh2017": "nnunet_wmhloc.dataset_conversion.wmh2017:main",
     "wmhloc_convert_cohort": "nnunet_wmhloc.dataset_conversion.cohort:main",
+    "wmhloc_splits": "nnunet_wmhloc.dataset_conversion.splits:main",
     "wmhloc_build_atlas": "nnunet_wmhloc.atlas.build:main",
     "wmhloc_region_labels": "nnunet_wmhloc.atlas.region_labels:main",
     "wmhloc_fuse": "nnunet_wmhloc.postprocessing.fuse:main",

@@ -1,0 +1,234 @@
+"""What both converters share: checked subjects, nnU-Net raw dataset writing, subject-grouped folds."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_wmhloc import cli
+from nnunet_wmhloc.atlas.regions import ALL_LABELS, REST_REGIONS, region_column
+from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_same_geometry, read_image, read_labels, write_csv,
+                              write_json)
+
+MODALITIES = ("flair", "t1")
+LESION_LABELS = {"background": 0, "WMH": 1, "ignore": 2}
+LESION_ALLOWED = (0, 1, 2)
+# nnU-Net z-scores every channel whose name is not CT (or a few other keywords): "MRI" is safe
+CHANNEL_NAMES = {"0": "MRI"}
+N_FOLDS = 5
+SPLIT_SEED = 12345  # nnU-Net's own seed for its random folds
+
+
+@dataclass
+class Subject:
+    """One subject's files; `images` maps modality ('flair', 't1') to a path; label maps may be absent."""
+    subject: str
+    images: dict
+    lesion: Path | None = None
+    regions: Path | None = None
+    site: str = ""
+    scanner: str = ""
+    split: str = "train"  # "train" | "test"
+    info: dict = field(default_factory=dict)
+
+
+def subject_id(raw: str) -> str:
+    """'12' -> 'wmh012'; other ids are kept if nnU-Net-safe (letters, digits, '-'), else refused."""
+    if raw.isdigit():
+        return f"wmh{int(raw):03d}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", raw):
+        raise WMHLocError(f"{raw}: subject id must be letters, digits and '-' only (no '_' or spaces)")
+    return raw
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    if not 1 <= dataset_id <= 999:
+        raise WMHLocError(f"dataset id {dataset_id}: must be between 1 and 999")
+    return f"Dataset{dataset_id:03d}_{name}"
+
+
+def check_dataset_id_free(raw_root: Path, dataset_id: int, folder_name: str) -> None:
+    """nnU-Net resolves ids by folder prefix: a second folder with the same id breaks every command."""
+    if not raw_root.is_dir():
+        return
+    for p in raw_root.glob(f"Dataset{dataset_id:03d}_*"):
+        if p.name != folder_name:
+            raise WMHLocError(f"{p}: dataset id {dataset_id} is already used by another dataset; "
+                              f"choose another id")
+
+
+def load_subject(s: Subject, *, need_lesion: bool, read_regions: bool = True) -> dict:
+    """Read and check one subject's images and labels; returns sitk images and arrays.
+
+    All images must share the first image's grid; lesion labels must be in {0,1,2}, region labels in 0..36."""
+    out: dict = {"images": {}}
+    ref_mod = next(iter(s.images))
+    ref_path = s.images[ref_mod]
+    ref = None
+    for mod, path in s.images.items():
+        img = read_image(path, what=f"{mod.upper()} image")
+        if ref is None:
+            ref = img
+        else:
+            check_same_geometry(ref, ref_path, img, path)
+        out["images"][mod] = img
+    if need_lesion and s.lesion is None:
+        raise WMHLocError(f"{ref_path}: subject {s.subject} has no lesion mask")
+    if s.lesion is not None:
+        arr, img = read_labels(s.lesion, allowed=LESION_ALLOWED, what="lesion mask")
+        check_same_geometry(ref, ref_path, img, s.lesion)
+        out["lesion"] = arr.astype(np.uint8)
+    if s.regions is not None and read_regions:
+        arr, img = read_labels(s.regions, allowed=ALL_LABELS, what="region map")
+        check_same_geometry(ref, ref_path, img, s.regions)
+        out["regions"] = arr.astype(np.uint8)
+    out["ref"] = ref
+    return out
+
+
+def _as_float32(img: sitk.Image) -> sitk.Image:
+    return img if img.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(img, sitk.sitkFloat32)
+
+
+def _label_image(arr: np.ndarray, ref: sitk.Image) -> sitk.Image:
+    # uint8 is nnU-Net's own label type; our evaluation never thresholds in the pixel type, so it is safe
+    img = sitk.GetImageFromArray(arr.astype(np.uint8))
+    img.CopyInformation(ref)
+    return img
+
+
+def write_cases(root: Path, s: Subject, loaded: dict, label_key: str | None, split: str) -> list[str]:
+    """Write `<subject>_<modality>_0000.nii.gz` (+ the shared label map) into images/labels Tr or Ts."""
+    img_dir = root / ("imagesTr" if split == "train" else "imagesTs")
+    lab_dir = root / ("labelsTr" if split == "train" else "labelsTs")
+    img_dir.mkdir(exist_ok=True)
+    cases = []
+    for mod, img in loaded["images"].items():
+        case = f"{s.subject}_{mod}"
+        sitk.WriteImage(_as_float32(img), str(img_dir / f"{case}_0000.nii.gz"), True)
+        if label_key is not None:
+            lab_dir.mkdir(exist_ok=True)
+            sitk.WriteImage(_label_image(loaded[label_key], loaded["ref"]), str(lab_dir / f"{case}.nii.gz"), True)
+        cases.append(case)
+    return cases
+
+
+def dataset_json(task: str, num_training: int, description: str) -> dict:
+    if task == "lesion":
+        labels = dict(LESION_LABELS)
+    else:
+        labels = {"background": 0}
+        labels.update({region_column(i): i for i in ALL_LABELS[1:]})
+    return {
+        "channel_names": dict(CHANNEL_NAMES),
+        "labels": labels,
+        "numTraining": num_training,
+        "file_ending": ".nii.gz",
+        "name": f"WMH {task}",
+        "description": description,
+        "reference": "Machnio et al., Deep Learning for Localization of White Matter Lesions in Neurological "
+                     "Diseases; Kuijf et al., IEEE TMI 2019 (MICCAI 2017 WMH challenge)",
+        "licence": "see the source data's licence",
+        "converted_by": "nnunet_wmhloc",
+    }
+
+
+LESION_DESCRIPTION = ("White-matter hyperintensity segmentation. T1 and FLAIR are one modality: each subject "
+                      "gives two single-channel cases (<subject>_flair, <subject>_t1) sharing one label map. "
+                      "Label 2 is the challenge's 'other pathology', which the challenge never scores: it is "
+                      "nnU-Net's ignore label here, trained as neither background nor WMH.")
+REGION_DESCRIPTION = ("34 white-matter regions merged from the JHU Eve type-II atlas (1-17 left, 18-34 right), "
+                      f"plus {REST_REGIONS[0]}/{REST_REGIONS[1]} = the rest of the left/right hemisphere's atlas "
+                      "labels, in subject space. T1 and FLAIR are one modality: two cases per subject.")
+
+
+def grouped_splits(cases: list[str], n_folds: int = N_FOLDS, seed: int = SPLIT_SEED) -> list[dict]:
+    """nnU-Net splits_final.json with every case of a subject in the same fold (subject = case minus
+    its last '_<modality>' part)."""
+    subjects = sorted({c.rsplit("_", 1)[0] for c in cases})
+    if len(subjects) < 2:
+        raise WMHLocError(f"cross-validation needs at least 2 training subjects, got {len(subjects)}")
+    n_folds = min(n_folds, len(subjects))
+    order = np.random.RandomState(seed).permutation(len(subjects))
+    folds = [sorted(subjects[i] for i in order[k::n_folds]) for k in range(n_folds)]
+    splits = []
+    for k in range(n_folds):
+        val = set(folds[k])
+        splits.append({"train": sorted(c for c in cases if c.rsplit("_", 1)[0] not in val),
+                       "val": sorted(c for c in cases if c.rsplit("_", 1)[0] in val)})
+    return splits
+
+
+def write_splits(dataset_folder: str, splits: list[dict], preprocessed: str | os.PathLike | None,
+                 overwrite: bool) -> Path | None:
+    """Put splits_final.json where nnU-Net reads it (nnUNet_preprocessed/<dataset>/), if that root is known.
+    An existing different split is kept unless `overwrite` (trained folds would silently change)."""
+    if not preprocessed:
+        return None
+    target = Path(preprocessed) / dataset_folder / "splits_final.json"
+    if target.exists():
+        if json.loads(target.read_text()) == splits:
+            return target
+        if not overwrite:
+            raise WMHLocError(f"{target}: a different split already exists (use --overwrite to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_json(splits, target, overwrite=True)
+    return target
+
+
+def subject_row(s: Subject, loaded: dict, split: str, n_cases: int) -> dict:
+    ref = loaded["ref"]
+    vox = float(np.prod(ref.GetSpacing()))
+    row = {"subject": s.subject, "site": s.site, "scanner": s.scanner, "split": split, "cases": n_cases,
+           "modalities": "+".join(loaded["images"]),
+           "size": "x".join(map(str, ref.GetSize())),
+           "spacing": "x".join(f"{v:.4g}" for v in ref.GetSpacing())}
+    if "lesion" in loaded:
+        row["lesion_volume_mm3"] = float((loaded["lesion"] == 1).sum()) * vox
+        row["other_pathology_mm3"] = float((loaded["lesion"] == 2).sum()) * vox
+    row["has_region_labels"] = s.regions is not None
+    row.update(s.info)
+    return row
+
+
+def build_dataset(subjects: list[Subject], task: str, raw_root: Path, dataset_id: int, name: str, *,
+                  preprocessed: str | None, overwrite: bool, description: str) -> dict:
+    """Write one nnU-Net raw dataset atomically; returns a summary (folder, cases, splits path)."""
+    folder_name = dataset_folder_name(dataset_id, name)
+    check_dataset_id_free(raw_root, dataset_id, folder_name)
+    if (raw_root / folder_name).exists() and not overwrite:
+        raise WMHLocError(f"{raw_root / folder_name}: already exists (use --overwrite to replace it)")
+    if preprocessed and not overwrite and (Path(preprocessed) / folder_name / "splits_final.json").exists():
+        raise WMHLocError(f"{Path(preprocessed) / folder_name / 'splits_final.json'}: already exists "
+                          f"(use --overwrite to replace it)")
+    label_key = "lesion" if task == "lesion" else "regions"
+    rows, train_cases = [], []
+    with atomic_dir(raw_root / folder_name, overwrite=overwrite) as tmp:
+        for s in cli.progress(subjects, desc=f"{task} dataset"):
+            loaded = load_subject(s, need_lesion=(task == "lesion"), read_regions=(task == "region"))
+            cases = write_cases(tmp, s, loaded, label_key if label_key in loaded else None, s.split)
+            if s.split == "train":
+                train_cases += cases
+            rows.append(subject_row(s, loaded, s.split, len(cases)))
+        if not train_cases:
+            raise WMHLocError(f"{raw_root / folder_name}: no training subjects for the {task} dataset")
+        write_json(dataset_json(task, len(train_cases), description), tmp / "dataset.json")
+        splits = grouped_splits(train_cases)
+        write_json(splits, tmp / "splits_final.json")
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        write_csv(rows, tmp / "subjects.csv", columns=cols)
+    splits_path = write_splits(folder_name, splits, preprocessed, overwrite)
+    return {"folder": raw_root / folder_name, "train_cases": len(train_cases),
+            "test_cases": sum(r["cases"] for r in rows if r["split"] != "train"), "splits": splits_path}
+
+
+def raw_root_from(arg: str | None) -> Path:
+    root = arg or os.environ.get("nnUNet_raw")
+    if not root:
+        raise WMHLocError("no output folder: give --output or set nnUNet_raw")
+    return Path(root)

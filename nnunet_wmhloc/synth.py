@@ -1,0 +1,221 @@
+"""wmhloc_synth: a small synthetic cohort in the MICCAI 2017 WMH challenge's exact layout.
+
+    <out>/training/{Utrecht,Singapore,GE3T}/<id>/{wmh.nii.gz, pre/FLAIR.nii.gz, pre/T1.nii.gz}
+    <out>/test/{Utrecht,Singapore,Amsterdam/{GE3T,GE1T5,Philips_VU .PETMR_01.}}/<id>/...
+    <out>/region_labels/{Train,Test}/WMH_<id>.nii.gz   (like the authors' release; one test subject has none)
+
+Each site has its own matrix size, spacing and orientation. Heads are not skull-stripped (T1 and FLAIR show a
+skull), lesions look like WMH (periventricular caps and bands, deep punctate lesions, inside WM; bright on FLAIR,
+dark on T1) and some subjects carry label 2 ("other pathology", an infarct-like blob). Region maps split the WM
+into the 34 regions (17 per hemisphere: 11 superficial sectors, 6 deep ones) plus 35/36 in the lower brain.
+Deterministic by --seed and small enough that nnU-Net trains and predicts on a CPU in minutes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from nnunet_wmhloc import cli
+from nnunet_wmhloc.io import atomic_dir
+
+# site folder (relative to the split folder) -> (size xyz, spacing xyz, direction)
+_FLIP_Y = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+_IDENT = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Site:
+    split: str  # "training" | "test"
+    folder: str  # path below the split folder
+    size: tuple
+    spacing: tuple
+    direction: tuple
+    first_id: int
+
+
+SITES = (
+    Site("training", "Utrecht", (64, 64, 16), (3.0, 3.0, 3.0), _IDENT, 0),
+    Site("training", "Singapore", (60, 68, 16), (3.1, 2.8, 3.0), _FLIP_Y, 50),
+    Site("training", "GE3T", (56, 72, 18), (3.3, 2.6, 2.7), _IDENT, 100),
+    Site("test", "Utrecht", (64, 64, 16), (3.0, 3.0, 3.0), _IDENT, 1),
+    Site("test", "Singapore", (60, 68, 16), (3.1, 2.8, 3.0), _FLIP_Y, 51),
+    Site("test", "Amsterdam/GE3T", (56, 72, 18), (3.3, 2.6, 2.7), _IDENT, 101),
+    Site("test", "Amsterdam/GE1T5", (64, 64, 16), (2.9, 3.0, 3.0), _FLIP_Y, 151),
+    Site("test", "Amsterdam/Philips_VU .PETMR_01.", (68, 60, 16), (2.8, 3.2, 3.0), _IDENT, 171),
+)
+
+
+def _coords(size, spacing, rng):
+    """World-ish coordinates in mm centred on the head centre (with a small random shift), z-y-x arrays."""
+    nx, ny, nz = size
+    sx, sy, sz = spacing
+    shift = rng.normal(0, 2.0, 3)
+    z = (np.arange(nz) - (nz - 1) / 2) * sz - shift[2]
+    y = (np.arange(ny) - (ny - 1) / 2) * sy - shift[1]
+    x = (np.arange(nx) - (nx - 1) / 2) * sx - shift[0]
+    return np.meshgrid(z, y, x, indexing="ij")
+
+
+def _phantom(size, spacing, rng):
+    """Tissue classes (0 air, 1 skull/scalp, 2 CSF, 3 GM, 4 WM, 5 ventricle) and the WM region map."""
+    Z, Y, X = _coords(size, spacing, rng)
+    scale = rng.uniform(0.9, 1.05)
+    # head radii in mm (x: left-right, y: anterior-posterior, z: inferior-superior)
+    hx, hy, hz = 88 * scale, 100 * scale, 26 * scale * size[2] * spacing[2] / 48.0
+    r_head = np.sqrt((X / hx) ** 2 + (Y / hy) ** 2 + (Z / hz) ** 2)
+    r_brain = np.sqrt((X / (hx - 9)) ** 2 + (Y / (hy - 9)) ** 2 + (Z / (hz * 0.92)) ** 2)
+    cls = np.zeros(Z.shape, np.uint8)
+    cls[r_head < 1] = 1
+    cls[r_brain < 1] = 2
+    cls[r_brain < 0.95] = 3
+    cls[r_brain < 0.80] = 4
+    # lateral ventricles: two elongated ellipsoids either side of the midline, larger in older brains
+    vsize = rng.uniform(0.8, 1.4)
+    vent = np.zeros(Z.shape, bool)
+    for side in (-1, 1):
+        rv = np.sqrt(((X - side * 11) / (6 * vsize)) ** 2 + (Y / (34 * vsize)) ** 2 + (Z / (hz * 0.3)) ** 2)
+        vent |= rv < 1
+    cls[vent & (cls >= 3)] = 5
+
+    # regions inside WM: hemisphere, depth (deep = close to the ventricles), z band and y band
+    wm = cls == 4
+    depth = r_brain / 0.80
+    left = X < 0
+    zb3 = np.clip(((Z / hz + 1) / 2 * 3).astype(int), 0, 2)
+    yb4 = np.clip(((Y / hy + 1) / 2 * 4).astype(int), 0, 3)
+    zb2 = (Z > 0).astype(int)
+    yb3 = np.clip(((Y / hy + 1) / 2 * 3).astype(int), 0, 2)
+    sup = np.minimum(zb3 * 4 + yb4, 10) + 1  # 11 superficial sectors: 1..11
+    deep = 12 + zb2 * 3 + yb3  # 6 deep sectors: 12..17
+    reg = np.where(depth < 0.55, deep, sup)
+    reg = np.where(left, reg, reg + 17)
+    lower = (Z < -0.5 * hz) & (np.abs(X) < 25) & (np.abs(Y) < 40)  # brainstem-ish: the "rest" labels 35/36
+    reg = np.where(lower, np.where(left, 35, 36), reg)
+    regions = np.where(wm, reg, 0).astype(np.uint8)
+    return cls, regions, (Z, Y, X, hz, vent)
+
+
+def _lesions(cls, geo, spacing, rng, load):
+    """WMH-like lesions inside WM: periventricular caps/bands and deep punctate lesions."""
+    Z, Y, X, hz, vent = geo
+    wm = cls == 4
+    dist_vent = ndimage.distance_transform_edt(~vent, sampling=spacing[::-1])
+    les = np.zeros(cls.shape, bool)
+    # periventricular band: WM within a rim of the ventricles, thicker at the frontal/occipital horns (caps)
+    rim = rng.uniform(1.0, 3.0) * load
+    horn = np.abs(Y) > 22  # caps at the frontal and occipital horns
+    band = (dist_vent > 0) & (dist_vent < rim + 4.0 * horn * load)
+    if rng.uniform() < 0.85 or load > 1:
+        patchy = ndimage.gaussian_filter(rng.normal(size=cls.shape), 1.5)
+        les |= band & wm & (patchy > 0.1 - 0.1 * load)
+    # deep punctate lesions
+    n_deep = rng.poisson(3 * load + 1)
+    wm_idx = np.argwhere(wm & (dist_vent > 8))
+    for _ in range(n_deep):
+        if not len(wm_idx):
+            break
+        c = wm_idx[rng.integers(len(wm_idx))]
+        r = rng.uniform(2.0, 4.5)
+        d = np.sqrt(((Z - Z[tuple(c)]) / 1.0) ** 2 + (Y - Y[tuple(c)]) ** 2 + (X - X[tuple(c)]) ** 2)
+        les |= d < r
+    return les & wm
+
+
+def _subject(site: Site, rng) -> dict:
+    cls, regions, geo = _phantom(site.size, site.spacing, rng)
+    load = rng.choice([0.4, 1.0, 1.8], p=[0.35, 0.4, 0.25])
+    les = _lesions(cls, geo, site.spacing, rng, load)
+    wmh = les.astype(np.uint8)
+    if rng.uniform() < 0.4:  # "other pathology": an infarct-like blob in GM/WM, scored by nobody
+        Z, Y, X = geo[:3]
+        cand = np.argwhere((cls == 3) | (cls == 4))
+        c = cand[rng.integers(len(cand))]
+        blob = np.sqrt((Z - Z[tuple(c)]) ** 2 + (Y - Y[tuple(c)]) ** 2 + (X - X[tuple(c)]) ** 2) < rng.uniform(4, 7)
+        wmh[blob & (cls >= 2) & (cls != 5)] = 2
+
+    # tissue intensities: FLAIR (CSF dark, lesions bright), T1 (WM bright, lesions dark)
+    flair_t = np.array([0.0, 0.45, 0.08, 0.55, 0.42, 0.05])
+    t1_t = np.array([0.0, 0.7, 0.15, 0.5, 0.85, 0.12])
+    flair = flair_t[cls]
+    t1 = t1_t[cls]
+    flair[wmh == 1] = rng.uniform(0.85, 1.0)
+    t1[wmh == 1] = rng.uniform(0.45, 0.55)
+    flair[wmh == 2] = 0.15  # infarct: dark cavity with a bright rim is too fancy; dark core suffices
+    t1[wmh == 2] = 0.2
+    out = {}
+    for name, img in (("FLAIR", flair), ("T1", t1)):
+        img = ndimage.gaussian_filter(img, (0.4, 0.7, 0.7))
+        # smooth multiplicative bias field and Rician-like noise, different per modality
+        Z, Y, X = geo[:3]
+        a = rng.normal(0, 0.004, 3)
+        bias = np.exp(a[0] * X + a[1] * Y + a[2] * Z)
+        img = img * bias
+        noise = rng.normal(0, 0.03, img.shape) + 1j * rng.normal(0, 0.03, img.shape)
+        img = np.abs(img + noise) * rng.uniform(300, 1200)
+        out[name] = img.astype(np.float32)
+    return {"FLAIR": out["FLAIR"], "T1": out["T1"], "wmh": wmh, "regions": regions}
+
+
+def _image(arr, site: Site, dtype=None) -> sitk.Image:
+    img = sitk.GetImageFromArray(arr if dtype is None else arr.astype(dtype))
+    img.SetSpacing(site.spacing)
+    img.SetDirection(site.direction)
+    # origin like a scanner's: the centre of the volume near world zero
+    d = np.array(site.direction).reshape(3, 3)
+    half = (np.array(site.size) - 1) / 2 * np.array(site.spacing)
+    img.SetOrigin(tuple(float(v) for v in -(d @ half)))
+    return img
+
+
+def make_cohort(output: str | Path, *, seed: int = 0, per_site: int = 2, test_per_site: int = 1,
+                overwrite: bool = False, show_progress: bool = True) -> list[dict]:
+    """Write the cohort; returns one dict per subject (id, split, site, path, lesion voxels)."""
+    plan = []
+    for site in SITES:
+        n = per_site if site.split == "training" else test_per_site
+        for k in range(n):
+            plan.append((site, site.first_id + 2 * k if site.split == "training" else site.first_id + 2 * k))
+    subjects = []
+    with atomic_dir(output, overwrite=overwrite) as tmp:
+        for i, (site, sid) in enumerate(cli.progress(plan, desc="synthetic subjects", disable=not show_progress)):
+            rng = np.random.default_rng([seed, i])
+            s = _subject(site, rng)
+            folder = tmp / site.split / site.folder / str(sid)
+            (folder / "pre").mkdir(parents=True)
+            sitk.WriteImage(_image(s["FLAIR"], site), str(folder / "pre" / "FLAIR.nii.gz"), True)
+            sitk.WriteImage(_image(s["T1"], site), str(folder / "pre" / "T1.nii.gz"), True)
+            sitk.WriteImage(_image(s["wmh"], site, np.uint8), str(folder / "wmh.nii.gz"), True)
+            # the authors' release lacks no subject, but real cohorts do: leave the last test subject out
+            has_regions = not (site is SITES[-1] and sid == plan[-1][1])
+            if has_regions:
+                rdir = tmp / "region_labels" / ("Train" if site.split == "training" else "Test")
+                rdir.mkdir(parents=True, exist_ok=True)
+                sitk.WriteImage(_image(s["regions"], site, np.uint8), str(rdir / f"WMH_{sid}.nii.gz"), True)
+            subjects.append({"id": sid, "split": site.split, "site": site.folder,
+                             "lesion_voxels": int((s["wmh"] == 1).sum()), "has_regions": has_regions})
+    return subjects
+
+
+def _main(argv=None) -> int:
+    p = cli.parser("wmhloc_synth", __doc__.split("\n\n")[0])
+    p.add_argument("--output", "-o", required=True, help="folder to create (the release root)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same cohort")
+    p.add_argument("--per-site", type=int, default=2, help="training subjects per training site (3 sites)")
+    p.add_argument("--test-per-site", type=int, default=1, help="test subjects per test site (5 sites)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    a = p.parse_args(argv)
+    if a.per_site < 1 or a.test_per_site < 1:
+        p.error("--per-site and --test-per-site must be at least 1")
+    subs = make_cohort(a.output, seed=a.seed, per_site=a.per_site, test_per_site=a.test_per_site,
+                       overwrite=a.overwrite)
+    n_tr = sum(s["split"] == "training" for s in subs)
+    print(f"wrote {len(subs)} synthetic subjects ({n_tr} training, {len(subs) - n_tr} test) to {a.output}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
