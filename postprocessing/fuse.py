@@ -1,0 +1,178 @@
+"""wmhloc_fuse: average nnU-Net FLAIR/T1 probabilities per subject and take the argmax.
+
+Input: one or more folders written by `nnUNetv2_predict --save_probabilities` holding cases
+`<subject>_<modality>` (e.g. wmh012_flair, wmh012_t1): `<case>.npz` (key 'probabilities'), `<case>.pkl` and
+the segmentation `<case>.nii.gz`. nnU-Net's plans.json / dataset.json / predict_from_raw_data_args.json in
+those folders are ignored (dataset.json is only read to refuse region-based models).
+
+Per subject the probabilities of the selected modalities are mapped onto the segmentation's grid (see
+_nnunet_pred: reverting SimpleITKIOWithReorient where used), averaged with the given weights
+(renormalised over the modalities present) and turned into labels by argmax; the label of channel c is c,
+as in nnU-Net's own export. This works for any softmax model: the lesion task (2 channels when label 2 is
+declared 'ignore' — nnU-Net predicts no ignore class — or 3 when 'other pathology' is a class) and the
+region task (37 channels). A subject with only one of the modalities falls back to it: reported on stderr
+and in fusion_log.csv.
+
+Output folder (created atomically, nothing is left on error):
+- `<subject>.nii.gz`: uint8 labels, geometry (size, spacing, origin, direction) of the subject's nnU-Net
+  segmentation, i.e. of the input image. uint8 is what nnU-Net itself writes; it is safe for the WMH
+  challenge evaluation, which thresholds integer images at [1, 1000] (tested in tests/).
+- `fusion_log.csv`: one row per subject: modalities used, weights, fallback, channels, foreground voxels,
+  voxels where the modalities' own argmax disagree, files.
+- `fusion_log.json`: options and skipped files.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_wmhloc import cli
+from nnunet_wmhloc.io import WMHLocError, atomic_dir, write_csv, write_json
+from nnunet_wmhloc.postprocessing._nnunet_pred import CaseReader, scan_prediction_folders
+
+LOG_COLUMNS = ["subject", "modalities_used", "weights", "fallback", "missing_modalities", "n_channels",
+               "foreground_voxels", "disagreeing_voxels", "files"]
+
+
+def fuse_subject(readers: list[CaseReader], weights: list[float], *, check: bool = True
+                 ) -> tuple[np.ndarray, int]:
+    """Weighted mean of the readers' probabilities, argmax over channels, streamed channel by channel.
+
+    Returns (labels as uint8 (z, y, x), voxels where the single-modality argmaxes disagree). The running
+    strict '>' keeps the first maximal channel, exactly like np.argmax on the full average."""
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    shape = tuple(readers[0].seg_info["size"][::-1])
+    best = np.full(shape, -np.inf)
+    label = np.zeros(shape, dtype=np.uint8)
+    # per-modality running argmax: verifies each case against nnU-Net's own segmentation
+    own_best = [np.full(shape, -np.inf, dtype=np.float32) for _ in readers]
+    own_label = [np.zeros(shape, dtype=np.uint8) for _ in readers]
+    iters = [r.channels() for r in readers]
+    fused = np.empty(shape, dtype=np.float64)
+    for c in range(readers[0].n_channels):
+        fused.fill(0.0)
+        for i, it in enumerate(iters):
+            ch = next(it)
+            fused += w[i] * ch
+            better = ch > own_best[i]
+            own_best[i][better] = ch[better]
+            own_label[i][better] = c
+        better = fused > best
+        best[better] = fused[better]
+        label[better] = c
+    if check:
+        for r, own in zip(readers, own_label):
+            r.check_against_segmentation(own)
+    disagree = 0
+    for other in own_label[1:]:
+        disagree = max(disagree, int(np.count_nonzero(other != own_label[0])))
+    return label, disagree
+
+
+def _build_parser():
+    p = cli.parser("wmhloc_fuse", __doc__.split("\n\n")[0] + " Writes one label map per subject in its "
+                   "original geometry, plus fusion_log.csv/json.")
+    p.add_argument("inputs", nargs="+", help="folder(s) written by nnUNetv2_predict --save_probabilities")
+    p.add_argument("-o", "--output", required=True, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--modalities", nargs="+", default=["flair", "t1"],
+                   help="case-name suffixes to fuse (<subject>_<modality>); others are skipped")
+    p.add_argument("--weights", nargs="+", type=float, default=None,
+                   help="one weight per modality (default: equal); renormalised over the modalities a "
+                        "subject has")
+    p.add_argument("--require-all", action="store_true",
+                   help="error instead of falling back when a subject lacks a modality")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the check that each case's probabilities reproduce nnU-Net's segmentation")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    return p
+
+
+def _main(argv=None) -> int:
+    args = _build_parser().parse_args(argv)
+    mods = list(dict.fromkeys(args.modalities))
+    if len(mods) != len(args.modalities):
+        raise WMHLocError(f"--modalities: repeated modality in {args.modalities}")
+    weights = args.weights if args.weights is not None else [1.0] * len(mods)
+    if len(weights) != len(mods):
+        raise WMHLocError(f"--weights: {len(weights)} weights for {len(mods)} modalities")
+    if any(not np.isfinite(x) or x <= 0 for x in weights):
+        raise WMHLocError(f"--weights: weights must be positive numbers, got {weights}")
+    wmap = dict(zip(mods, weights))
+
+    cases, notes = scan_prediction_folders(args.inputs, mods)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    if not cases:
+        raise WMHLocError(f"{args.inputs[0]}: no cases of modalities {', '.join(mods)} in the input folder(s)")
+
+    # validate every subject's headers before any heavy work, so a bad subject fails fast
+    plan = []
+    for subject in sorted(cases):
+        have = [m for m in mods if m in cases[subject]]
+        missing = [m for m in mods if m not in cases[subject]]
+        if missing and args.require_all:
+            c = cases[subject][have[0]]
+            raise WMHLocError(f"{c.folder / (subject + '_' + missing[0] + '.npz')}: missing partner of {c.npz.name}"
+                              " (--require-all)")
+        readers = [CaseReader(cases[subject][m]) for m in have]
+        for r in readers[1:]:
+            a, b = readers[0], r
+            if a.seg_info["size"] != b.seg_info["size"] or not np.allclose(
+                    np.r_[a.seg_info["spacing"], a.seg_info["origin"], a.seg_info["direction"]],
+                    np.r_[b.seg_info["spacing"], b.seg_info["origin"], b.seg_info["direction"]], atol=1e-3):
+                raise WMHLocError(f"{b.case.seg}: geometry {b.seg_info['size']} differs from {a.case.seg} "
+                                  f"{a.seg_info['size']} (same subject, different grids)")
+            if a.n_channels != b.n_channels:
+                raise WMHLocError(f"{b.case.npz}: {b.n_channels} probability channels, {a.case.npz.name} has "
+                                  f"{a.n_channels} (different models?)")
+        for r in readers:
+            r.close()
+        plan.append((subject, have, missing))
+    n_channels = {cases[s][h[0]].n_channels for s, h, _ in plan}
+    if len(n_channels) > 1:
+        raise WMHLocError(f"{args.inputs[0]}: subjects have different numbers of channels {sorted(n_channels)} "
+                          "(mixed lesion and region predictions?)")
+
+    rows = []
+    with atomic_dir(args.output, overwrite=args.overwrite) as out:
+        for subject, have, missing in cli.progress(plan, desc="fuse", total=len(plan)):
+            if missing:
+                print(f"note: {subject}: no {', '.join(missing)} prediction, using {', '.join(have)} only",
+                      file=sys.stderr)
+            readers = [CaseReader(cases[subject][m]) for m in have]
+            try:
+                labels, disagree = fuse_subject(readers, [wmap[m] for m in have], check=not args.no_check)
+            finally:
+                for r in readers:
+                    r.close()
+            ref = sitk.ReadImage(str(readers[0].case.seg))
+            img = sitk.GetImageFromArray(labels)
+            img.CopyInformation(ref)
+            sitk.WriteImage(img, str(out / f"{subject}.nii.gz"), True)
+            wsum = sum(wmap[m] for m in have)
+            rows.append({"subject": subject, "modalities_used": " ".join(have),
+                         "weights": " ".join(f"{wmap[m] / wsum:.4g}" for m in have),
+                         "fallback": "yes" if missing else "no", "missing_modalities": " ".join(missing),
+                         "n_channels": readers[0].n_channels,
+                         "foreground_voxels": int(np.count_nonzero(labels)),
+                         "disagreeing_voxels": disagree if len(have) > 1 else "",
+                         "files": ";".join(str(r.case.npz) for r in readers)})
+        write_csv(rows, out / "fusion_log.csv", columns=LOG_COLUMNS)
+        write_json({"inputs": [str(p) for p in args.inputs], "modalities": mods, "weights": wmap,
+                    "subjects": len(rows), "fallback_subjects": [r["subject"] for r in rows if r["fallback"] == "yes"],
+                    "skipped": notes, "label_dtype": "uint8",
+                    "checked_against_nnunet_segmentation": not args.no_check}, out / "fusion_log.json")
+    nf = sum(r["fallback"] == "yes" for r in rows)
+    print(f"fused {len(rows)} subjects ({nf} with a single modality) -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
