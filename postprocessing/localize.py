@@ -1,0 +1,230 @@
+"""wmhloc_localize: where each subject's lesions are and how much: regional loads and a lesion census.
+
+Inputs: a folder of lesion segmentations (label 1 = lesion; 0 background; 2 = the challenge's 'other
+pathology'/ignore label, accepted but never counted) and a folder of region segmentations (labels 0..36:
+1-17 left and 18-34 right WM regions, 35/36 rest of the left/right hemisphere, 0 outside). Files are matched
+by subject (postprocessing/_match.py): `wmh012.nii.gz`, `wmh012_flair.nii.gz` and `wmh012_t1.nii.gz` all
+mean subject wmh012; within a folder a bare name beats `_flair`, which beats `_t1` (--modality-priority).
+Every lesion file needs a region map on the same grid; region maps without a lesion file are only reported.
+
+Outputs (folder created atomically; nothing is left behind on error):
+- `regional_maps/<subject>.nii.gz`: uint8, each lesion voxel carries its region label, 0 elsewhere
+  (so lesion voxels outside every region are 0 too; they are counted in `outside_*`);
+- `regional_loads.csv`, one row per subject, volumes in mm³ = voxels × the product of the image spacing:
+  total_mm3, one column per region 1-36 named `region_column(label)` (e.g. r01_L_parietal), wm_mm3
+  (regions 1-34), left_wm_mm3 / right_wm_mm3 (1-17 / 18-34), left_mm3 / right_mm3 (with 35 / 36),
+  outside_voxels / outside_mm3 (lesion voxels in region 0), n_lesions;
+- `lesions.csv`, one row per 26-connected lesion: subject, lesion_id (scipy.ndimage.label raster order),
+  voxels, volume_mm3, centroid in world mm (SimpleITK/ITK physical space, LPS, direction honoured),
+  main_region (label with most of its voxels; 0 = outside all regions) and name, main_share,
+  outside_share, n_regions and `regions`, e.g. 'r12:0.800;r13:0.200' (share of its voxels per region);
+- `localize_log.json`: which files were paired, files passed over, region maps without lesions.
+With --reference-lesions the same is written under `reference/` for the reference labels (e.g. the
+challenge's ground truth), to compare predicted and true loads.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from nnunet_wmhloc import cli
+from nnunet_wmhloc.atlas.regions import (LEFT_REGIONS, REGION_NAMES, REST_LEFT, REST_RIGHT, RIGHT_REGIONS,
+                                         WM_REGIONS, region_column)
+from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_same_geometry, read_image, write_csv, write_json
+from nnunet_wmhloc.postprocessing._match import index_folder
+
+N_LABELS = 37  # 0..36
+REGION_LABELS = tuple(range(1, N_LABELS))
+STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+
+LOAD_COLUMNS = (["subject", "n_lesions", "total_voxels", "total_mm3"]
+                + [region_column(r) for r in REGION_LABELS]
+                + ["wm_mm3", "left_wm_mm3", "right_wm_mm3", "left_mm3", "right_mm3", "outside_voxels",
+                   "outside_mm3", "voxel_volume_mm3", "lesion_file", "region_file"])
+LESION_COLUMNS = ["subject", "lesion_id", "voxels", "volume_mm3", "centroid_x_mm", "centroid_y_mm",
+                  "centroid_z_mm", "main_region", "main_region_name", "main_share", "outside_share",
+                  "n_regions", "regions"]
+
+
+def _num(v: float) -> str:
+    """Volumes keep full precision (write_csv would round floats to 6 significant digits)."""
+    return f"{v:.10g}"
+
+
+def read_label_array(path: Path, *, max_label: int, what: str) -> tuple[np.ndarray, sitk.Image]:
+    """Read an integer label map with values in 0..max_label (stored as int or whole floats).
+
+    Faster than a full np.unique on every volume: min/max first, details only when out of range."""
+    img = read_image(path, what=what)
+    arr = sitk.GetArrayFromImage(img)
+    if arr.dtype.kind == "f":
+        r = np.rint(arr)
+        if np.abs(arr - r).max(initial=0) > 1e-3:
+            raise WMHLocError(f"{path}: {what} holds non-integer values")
+        arr = r
+    lo, hi = arr.min(initial=0), arr.max(initial=0)
+    if lo < 0 or hi > max_label:
+        bad = np.unique(arr[(arr < 0) | (arr > max_label)])[:10]
+        raise WMHLocError(f"{path}: {what} has unexpected label values {[int(b) for b in bad]} "
+                          f"(allowed: 0..{max_label})")
+    return arr.astype(np.uint8, copy=False), img
+
+
+def localize(lesion: np.ndarray, regions: np.ndarray, img: sitk.Image) -> dict:
+    """Core computation on (z, y, x) arrays: lesion boolean mask, regions 0..36, geometry from `img`.
+
+    Returns region voxel counts, per-lesion voxel counts by region, world centroids and the regional map.
+    Work is proportional to the lesion voxels plus one labelling of their bounding box."""
+    shape = lesion.shape
+    idx = np.flatnonzero(lesion)
+    out_map = np.zeros(shape, dtype=np.uint8)
+    if idx.size == 0:
+        return {"region_voxels": np.zeros(N_LABELS, np.int64), "lesion_region_voxels": np.zeros((0, N_LABELS), np.int64),
+                "centroids": np.zeros((0, 3)), "map": out_map}
+    reg_at = regions.ravel()[idx].astype(np.int64)
+    out_map.ravel()[idx] = reg_at
+    zyx = np.unravel_index(idx, shape)
+    lo = [int(c.min()) for c in zyx]
+    hi = [int(c.max()) + 1 for c in zyx]
+    sub = lesion[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    comp, n = ndimage.label(sub, structure=STRUCTURE_26)
+    lab_at = comp[zyx[0] - lo[0], zyx[1] - lo[1], zyx[2] - lo[2]].astype(np.int64)
+    lesion_region = np.bincount(lab_at * N_LABELS + reg_at, minlength=(n + 1) * N_LABELS)
+    lesion_region = lesion_region.reshape(n + 1, N_LABELS)[1:]
+    vox = lesion_region.sum(1).astype(np.float64)
+    # mean continuous index (x, y, z) per lesion, then ITK's index -> physical map (linear, so exact)
+    mean_xyz = np.stack([np.bincount(lab_at, weights=zyx[a], minlength=n + 1)[1:] / vox for a in (2, 1, 0)], 1)
+    d = np.asarray(img.GetDirection()).reshape(3, 3)
+    centroids = np.asarray(img.GetOrigin()) + (mean_xyz * np.asarray(img.GetSpacing())) @ d.T
+    return {"region_voxels": np.bincount(reg_at, minlength=N_LABELS), "lesion_region_voxels": lesion_region,
+            "centroids": centroids, "map": out_map}
+
+
+def subject_rows(subject: str, res: dict, vvol: float, lesion_file: Path, region_file: Path
+                 ) -> tuple[dict, list[dict]]:
+    rv = res["region_voxels"].astype(np.float64)
+    mm = rv * vvol
+    total = rv.sum()
+    row = {"subject": subject, "n_lesions": len(res["centroids"]), "total_voxels": int(total),
+           "total_mm3": _num(total * vvol)}
+    for r in REGION_LABELS:
+        row[region_column(r)] = _num(mm[r])
+    row.update({"wm_mm3": _num(mm[list(WM_REGIONS)].sum()),
+                "left_wm_mm3": _num(mm[list(LEFT_REGIONS)].sum()),
+                "right_wm_mm3": _num(mm[list(RIGHT_REGIONS)].sum()),
+                "left_mm3": _num(mm[list(LEFT_REGIONS) + [REST_LEFT]].sum()),
+                "right_mm3": _num(mm[list(RIGHT_REGIONS) + [REST_RIGHT]].sum()),
+                "outside_voxels": int(rv[0]), "outside_mm3": _num(mm[0]), "voxel_volume_mm3": _num(vvol),
+                "lesion_file": str(lesion_file), "region_file": str(region_file)})
+    lesions = []
+    for i, (counts, c) in enumerate(zip(res["lesion_region_voxels"], res["centroids"]), start=1):
+        n = counts.sum()
+        share = counts / n
+        main = int(np.argmax(counts))
+        touched = [r for r in np.argsort(-counts[1:], kind="stable") + 1 if counts[r] > 0]
+        lesions.append({"subject": subject, "lesion_id": i, "voxels": int(n), "volume_mm3": _num(n * vvol),
+                        "centroid_x_mm": f"{c[0]:.3f}", "centroid_y_mm": f"{c[1]:.3f}",
+                        "centroid_z_mm": f"{c[2]:.3f}", "main_region": main,
+                        "main_region_name": REGION_NAMES[main] if main else "outside regions",
+                        "main_share": f"{share[main]:.4f}", "outside_share": f"{share[0]:.4f}",
+                        "n_regions": len(touched),
+                        "regions": ";".join(f"r{r:02d}:{share[r]:.3f}" for r in touched)})
+    return row, lesions
+
+
+def _run_set(pairs, out: Path, *, lesion_label: int, max_lesion_label: int, write_maps: bool, desc: str):
+    rows, lesions = [], []
+    if write_maps:
+        (out / "regional_maps").mkdir(parents=True, exist_ok=True)
+    for subject, les_path, reg_path in cli.progress(pairs, desc=desc, total=len(pairs)):
+        les, les_img = read_label_array(les_path, max_label=max_lesion_label, what="lesion segmentation")
+        reg, reg_img = read_label_array(reg_path, max_label=N_LABELS - 1, what="region segmentation")
+        check_same_geometry(reg_img, reg_path, les_img, les_path)
+        res = localize(les == lesion_label, reg, reg_img)
+        row, les_rows = subject_rows(subject, res, float(np.prod(reg_img.GetSpacing())), les_path, reg_path)
+        rows.append(row)
+        lesions.extend(les_rows)
+        if write_maps:
+            m = sitk.GetImageFromArray(res["map"])
+            m.CopyInformation(reg_img)
+            sitk.WriteImage(m, str(out / "regional_maps" / f"{subject}.nii.gz"), True)
+    write_csv(rows, out / "regional_loads.csv", columns=LOAD_COLUMNS)
+    write_csv(lesions, out / "lesions.csv", columns=LESION_COLUMNS)
+    return rows, lesions
+
+
+def _pair(lesion_dir, regions: dict, priority, what: str):
+    lesions, notes = index_folder(lesion_dir, priority, what=what)
+    pairs = []
+    for subject in sorted(lesions):
+        if subject not in regions:
+            raise WMHLocError(f"{lesions[subject]}: no region map for subject '{subject}' "
+                              f"(expected {subject}.nii.gz, {subject}_flair.nii.gz or similar in the regions folder)")
+        pairs.append((subject, lesions[subject], regions[subject]))
+    return pairs, notes
+
+
+def _build_parser():
+    p = cli.parser("wmhloc_localize", __doc__.split("\n\n")[0] + " Writes regional_loads.csv, lesions.csv "
+                   "and per-subject regional lesion maps.")
+    p.add_argument("--lesions", required=True, help="folder of lesion segmentations (label 1 = lesion)")
+    p.add_argument("--regions", required=True, help="folder of region segmentations (labels 0..36)")
+    p.add_argument("-o", "--output", required=True, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--reference-lesions", default=None,
+                   help="folder of reference lesion labels: the same outputs are written under reference/")
+    p.add_argument("--lesion-label", type=int, default=1, help="label value counted as lesion")
+    p.add_argument("--max-lesion-label", type=int, default=2,
+                   help="highest label accepted in lesion files (2 = 'other pathology', not counted)")
+    p.add_argument("--modality-priority", nargs="+", default=["flair", "t1"],
+                   help="file-name suffixes stripped to find the subject, in order of preference")
+    p.add_argument("--no-maps", action="store_true", help="do not write the regional lesion maps")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    return p
+
+
+def _main(argv=None) -> int:
+    args = _build_parser().parse_args(argv)
+    if not 1 <= args.lesion_label <= args.max_lesion_label <= 255:
+        raise WMHLocError(f"--lesion-label {args.lesion_label}: must be in 1..--max-lesion-label "
+                          f"({args.max_lesion_label}, at most 255)")
+    regions, reg_notes = index_folder(args.regions, args.modality_priority, what="regions")
+    pairs, notes = _pair(args.lesions, regions, args.modality_priority, "lesions")
+    ref_pairs, ref_notes = ([], [])
+    if args.reference_lesions:
+        ref_pairs, ref_notes = _pair(args.reference_lesions, regions, args.modality_priority, "reference lesions")
+    for n in reg_notes + notes + ref_notes:
+        print(f"note: {n}", file=sys.stderr)
+    used = {s for s, _, _ in pairs} | {s for s, _, _ in ref_pairs}
+    unused = sorted(set(regions) - used)
+    if unused:
+        print(f"note: {len(unused)} region map(s) without lesion file, not used (e.g. {unused[0]})",
+              file=sys.stderr)
+    kw = {"lesion_label": args.lesion_label, "max_lesion_label": args.max_lesion_label,
+          "write_maps": not args.no_maps}
+    with atomic_dir(args.output, overwrite=args.overwrite) as out:
+        rows, lesions = _run_set(pairs, out, desc="localize", **kw)
+        log = {"lesions": str(args.lesions), "regions": str(args.regions), "lesion_label": args.lesion_label,
+               "subjects": len(rows), "lesions_found": len(lesions),
+               "pairs": [{"subject": s, "lesion_file": str(a), "region_file": str(b)} for s, a, b in pairs],
+               "notes": reg_notes + notes, "region_maps_without_lesions": unused}
+        if ref_pairs:
+            ref_rows, ref_lesions = _run_set(ref_pairs, out / "reference", desc="reference", **kw)
+            log["reference"] = {"folder": str(args.reference_lesions), "subjects": len(ref_rows),
+                                "lesions_found": len(ref_lesions), "notes": ref_notes,
+                                "pairs": [{"subject": s, "lesion_file": str(a), "region_file": str(b)}
+                                          for s, a, b in ref_pairs]}
+        write_json(log, out / "localize_log.json")
+    print(f"localized {len(lesions)} lesions in {len(rows)} subjects -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
