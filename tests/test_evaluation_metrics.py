@@ -301,3 +301,22 @@ def test_matches_official_evaluation_on_random_volumes(seed):
     got = M.lesion_metrics(pred, ref, spacing, origin, direction)
     for k, v in want.items():
         assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-9), k
+
+
+def test_matches_official_evaluation_on_real_geometry(shared_data):
+    # the authors' region map of challenge subject 0: 240x240x48, 0.96x0.96x3 mm, oblique direction.
+    # Lesion-like reference = region 12 (label 1) with region 17 as "other pathology" (label 2);
+    # prediction = region 12 shifted by 2 voxels plus region 13 and part of region 17.
+    path = shared_data / "wmhlocalization" / "WMH_refined_labels" / "Train" / "WMH_0.nii.gz"
+    labels, img = io.read_labels(path)
+    ref = np.zeros(labels.shape, np.uint8)
+    ref[labels == 12] = 1
+    ref[labels == 17] = 2
+    pred = np.roll(labels == 12, 2, axis=2) | (labels == 13)
+    pred[: labels.shape[0] // 2] |= labels[: labels.shape[0] // 2] == 17
+    pred = pred.astype(np.uint8)
+    want = _official(ref, pred, img.GetSpacing(), img.GetDirection(), img.GetOrigin())
+    got = M.lesion_metrics(pred, ref, img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+    assert got["n_pred_voxels_masked"] > 0
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-9), k
