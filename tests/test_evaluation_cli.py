@@ -357,3 +357,16 @@ def test_region_evaluate_against_the_authors_maps(shared_data, tmp_path):
     assert 0.5 < num(rows["WMH_2"]["mean_dice_wm"]) < 1.0
     summ = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert len(summ["missing_predictions"]) == len(list(train.glob("*.nii.gz"))) - 2
+
+
+def test_include_selects_one_modality(tmp_path, capsys):
+    args = _setup_pair(tmp_path)                       # wmh001_flair in pred and ref
+    ref = lesion_ref(0)
+    write(ref, tmp_path / "ref" / "wmh001_t1.nii.gz")
+    write(np.zeros(SHAPE, np.uint8), tmp_path / "pred" / "wmh001_t1.nii.gz")
+    assert evaluate.main(args + ["--include", "*_t1"]) == 0
+    capsys.readouterr()
+    rows = read_rows(tmp_path / "out" / "cases.csv")
+    assert [x["case"] for x in rows] == ["wmh001_t1"] and num(rows[0]["dice"]) == 0.0
+    assert evaluate.main(args + ["--include", "*_pd", "--overwrite"]) == 1
+    assert "--include" in _err(capsys)

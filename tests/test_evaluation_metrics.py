@@ -320,3 +320,14 @@ def test_matches_official_evaluation_on_real_geometry(shared_data):
     assert got["n_pred_voxels_masked"] > 0
     for k, v in want.items():
         assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-9), k
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_boundary_equals_simpleitk_erosion(seed):
+    # masks touching the image edges: ITK counts outside voxels as foreground, so must we
+    rng = np.random.default_rng(seed)
+    m = rng.random((5, 9, 11)) < (0.5 + 0.1 * seed)
+    m[:, 0, :] |= seed % 2 == 0
+    img = sitk.GetImageFromArray(m.astype(np.uint8))
+    want = m & ~sitk.GetArrayFromImage(sitk.BinaryErode(img, (1, 1, 0))).astype(bool)
+    np.testing.assert_array_equal(M.boundary(m), want)

@@ -52,6 +52,8 @@ METRIC_LABELS = {"dice": "Dice", "hd95_mm": "HD95 (mm)", "avd_pct": "AVD (%)", "
 
 # 26-connectivity: the official script uses sitk.ConnectedComponent with fullyConnected=True
 _CONN26 = np.ones((3, 3, 3), dtype=bool)
+# in-plane 3x3 square: ITK's ball of radius (1, 1, 0) (z, y, x order here)
+_IN_PLANE_3x3 = np.ones((1, 3, 3), dtype=bool)
 
 
 # ----------------------------------------------------------------------------------------- masking
@@ -85,12 +87,20 @@ def dice(pred_bin: np.ndarray, ref_bin: np.ndarray) -> float:
 def boundary(mask: np.ndarray) -> np.ndarray:
     """Outer boundary = mask minus its in-plane erosion.
 
-    As the official script: ``sitk.BinaryErode(mask, (1, 1, 0))``, i.e. a 3x3 square kernel in each
-    (x, y) index plane, no erosion across slices, outside the image counted as foreground."""
-    img = sitk.GetImageFromArray(mask.astype(np.uint8))
-    # a copy, not a view: a view of the temporary eroded image would dangle once it is freed
-    eroded = sitk.GetArrayFromImage(sitk.BinaryErode(img, (1, 1, 0))).astype(bool)
-    return mask & ~eroded
+    As the official script's ``sitk.BinaryErode(mask, (1, 1, 0))``: a 3x3 square kernel in each (x, y)
+    index plane, no erosion across slices, voxels outside the image counted as foreground (ITK's
+    BoundaryToForeground). Done with scipy on the mask's bounding box (+1 voxel): the same result,
+    several times faster than ITK on shared cores (tested against SimpleITK)."""
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros_like(mask)
+    nz = np.nonzero(mask)
+    if not nz[0].size:
+        return out
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in nz)
+    sub = mask[box]
+    eroded = ndimage.binary_erosion(sub, structure=_IN_PLANE_3x3, border_value=1)
+    out[box] = sub & ~eroded
+    return out
 
 
 def physical_points(zyx_mask: np.ndarray, spacing, origin, direction) -> np.ndarray:
