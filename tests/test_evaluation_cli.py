@@ -241,6 +241,10 @@ def test_overwrite_sites_and_empty_folder(tmp_path, capsys):
     (tmp_path / "s.csv").write_text("subject,scanner\nwmh001,GE\n")
     assert evaluate.main(args + ["--overwrite", "--sites", str(tmp_path / "s.csv")]) == 1
     assert "s.csv" in (e := _err(capsys)) and "site" in e
+    assert evaluate.main(args + ["--overwrite", "--sites", str(tmp_path / "s.csv"), "--site-column", "scanner"]) == 0
+    capsys.readouterr()
+    assert read_rows(tmp_path / "out" / "cases.csv")[0]["site"] == "GE"
+    assert "GE" in json.loads((tmp_path / "out" / "summary.json").read_text())["summary"]
     empty = tmp_path / "empty_pred"
     nnunet_folder(empty)
     args[1] = str(empty)

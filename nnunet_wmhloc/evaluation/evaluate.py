@@ -125,11 +125,12 @@ def match_cases(preds: dict[str, Path], refs: dict[str, Path]) -> tuple[list[tup
     return pairs, missing
 
 
-def read_sites(path: Path) -> dict[str, str]:
-    rows = io.read_csv(path, required=("subject", "site"))
+def read_sites(path: Path, column: str = "site") -> dict[str, str]:
+    """subject → site (or scanner, any `column`) from a CSV with a subject column."""
+    rows = io.read_csv(path, required=("subject", column))
     sites: dict[str, str] = {}
     for i, r in enumerate(rows, start=2):
-        s, site = (r["subject"] or "").strip(), (r["site"] or "").strip()
+        s, site = (r["subject"] or "").strip(), (r[column] or "").strip()
         if not s:
             raise WMHLocError(f"{path}: empty subject on line {i}")
         if s in sites and sites[s] != site:
@@ -195,6 +196,7 @@ def build_parser():
                    "summary.json)")
     p.add_argument("--sites", type=Path, default=None, help="CSV with columns subject,site (e.g. the "
                    "converter's subjects.csv) for a per-site breakdown")
+    p.add_argument("--site-column", default="site", help="column of --sites to group by, e.g. scanner")
     p.add_argument("--include", default=None, metavar="GLOB", help="only predictions whose name (without "
                    ".nii.gz) matches this pattern, e.g. '*_t1' when one folder holds both modalities")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -210,7 +212,7 @@ def _main(argv=None) -> int:
             raise WMHLocError(f"{args.pred}: no prediction matches --include {args.include!r}")
     refs = nifti_files(args.ref, "reference")
     pairs, missing = match_cases(preds, refs)
-    sites = read_sites(args.sites) if args.sites else {}
+    sites = read_sites(args.sites, args.site_column) if args.sites else {}
     if not args.overwrite and args.output.exists():  # fail before the (long) scoring, not after it
         raise WMHLocError(f"{args.output}: already exists (use --overwrite to replace it)")
 
