@@ -268,8 +268,12 @@ def _build_parser():
     g = p.add_mutually_exclusive_group()
     g.add_argument("--k", type=int, default=None, help="fixed number of groups")
     g.add_argument("--k-range", type=int, nargs=2, metavar=("KMIN", "KMAX"), default=None,
-                   help="try K = KMIN..KMAX and keep the best silhouette (default 2 8)")
-    p.add_argument("--normalise", choices=NORMALISATIONS, default="fraction", help="see the module doc above")
+                   help="try K = KMIN..KMAX and keep the best silhouette "
+                        "(2 8 when neither --k nor --k-range is given)")
+    p.add_argument("--normalise", choices=NORMALISATIONS, default="fraction",
+                   help="fraction: each region's share of the subject's WM lesion volume (where, not how much); "
+                        "fraction-zscore: fraction, then z-scored per region; log: log(1 + mm³); "
+                        "zscore: mm³ z-scored per region; raw: mm³")
     p.add_argument("--zero-load", choices=("group", "exclude"), default="group",
                    help="subjects without WM lesion volume: own group 0, or left out of the outputs")
     p.add_argument("--seed", type=int, default=0, help="k-means random state")

@@ -132,6 +132,8 @@ def _main(argv=None) -> int:
             r.close()
         plan.append((subject, have, missing))
     n_channels = {cases[s][h[0]].n_channels for s, h, _ in plan}
+    if max(n_channels) > 255:
+        raise WMHLocError(f"{args.inputs[0]}: {max(n_channels)} classes do not fit the uint8 label maps")
     if len(n_channels) > 1:
         raise WMHLocError(f"{args.inputs[0]}: subjects have different numbers of channels {sorted(n_channels)} "
                           "(mixed lesion and region predictions?)")

@@ -83,7 +83,8 @@ def localize(lesion: np.ndarray, regions: np.ndarray, img: sitk.Image) -> dict:
     idx = np.flatnonzero(lesion)
     out_map = np.zeros(shape, dtype=np.uint8)
     if idx.size == 0:
-        return {"region_voxels": np.zeros(N_LABELS, np.int64), "lesion_region_voxels": np.zeros((0, N_LABELS), np.int64),
+        return {"region_voxels": np.zeros(N_LABELS, np.int64),
+                "lesion_region_voxels": np.zeros((0, N_LABELS), np.int64),
                 "centroids": np.zeros((0, 3)), "map": out_map}
     reg_at = regions.ravel()[idx].astype(np.int64)
     out_map.ravel()[idx] = reg_at

@@ -170,7 +170,8 @@ def test_reference_lesions(tmp_path):
     assert localize.main(["--lesions", str(tmp_path / "lesions"), "--regions", str(tmp_path / "regions"),
                           "-o", str(out), "--reference-lesions", str(tmp_path / "ref"), "--no-maps"]) == 0
     (row,) = _read_csv(out / "reference" / "regional_loads.csv")
-    assert float(row[region_column(3)]) == pytest.approx(8 * VV, rel=1e-6) and float(row["total_mm3"]) == pytest.approx(8 * VV, rel=1e-6)
+    assert float(row[region_column(3)]) == pytest.approx(8 * VV, rel=1e-6)
+    assert float(row["total_mm3"]) == pytest.approx(8 * VV, rel=1e-6)
     assert len(_read_csv(out / "reference" / "lesions.csv")) == 1
     assert not (out / "regional_maps").exists()
 
