@@ -16,7 +16,7 @@ pkl) are ignored.
 
 Outputs in --output (written atomically): ``cases.csv`` (one row per prediction), ``summary.csv`` and
 ``summary.json`` (n, mean, SD, median, min, max per metric, for all cases and per site when --sites
-is given).
+is given; ``--site-column scanner`` groups by another column of that CSV).
 """
 from __future__ import annotations
 

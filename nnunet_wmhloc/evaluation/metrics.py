@@ -10,9 +10,9 @@ Masking (official ``getImages``)
     reference holds label 2 are set to 0 before any metric is computed.
     Deliberate difference: the official script thresholds the reference with
     ``sitk.BinaryThreshold(ref, 0.5, 1.5, 1, 0)`` in the image's own pixel type; for integer references
-    (nnU-Net writes uint8) the bound 0.5 is truncated to 0 and *background becomes lesion*. The
-    challenge's own references are float, so it never bit there. We compare integer values
-    (``ref == 1``), which equals the script on float references and is correct on integer ones.
+    (nnU-Net writes uint8) the bound 0.5 is truncated to 0 and *background becomes lesion*. We
+    compare integer values (``ref == 1``), which equals the script on float references and is correct
+    on integer ones.
     Prediction: lesion = label 1. (The script counts every non-zero prediction voxel as lesion; the two
     agree on binary predictions, and here a predicted label 2 means "other pathology", not WMH.)
 
@@ -159,7 +159,9 @@ def lesion_detection(pred_bin: np.ndarray, ref_bin: np.ndarray) -> dict:
     recall = reference lesions overlapping the prediction / reference lesions (1 when there are none);
     precision = predicted lesions overlapping the reference / predicted lesions (1 when there are none);
     F1 = 2 precision recall / (precision + recall), 0 when both are 0. "Overlapping" = sharing at least
-    one voxel (after label-2 masking)."""
+    one voxel (after label-2 masking). (The copy of evaluation.py we read multiplies the reference's
+    components by the prediction for recall, then uses an undefined ``lTest`` for precision; we
+    implement the evident intent, the prediction's components times the reference.)"""
     ref_lab, n_ref = ndimage.label(ref_bin, structure=_CONN26)
     pred_lab, n_pred = ndimage.label(pred_bin, structure=_CONN26)
     hit_ref = np.unique(ref_lab[pred_bin])
