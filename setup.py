@@ -45,6 +45,7 @@ setup(
         "nnunetv2>=2.8.1,<2.9",
         "torch",
         "SimpleITK>=2.2",
+        "nibabel",  # NaN checks: ITK's NIfTI reader silently turns NaN into 0
         "batchgeneratorsv2>=0.3.6",
         "numpy",
         "scipy",

@@ -102,10 +102,9 @@ def _label_image(arr: np.ndarray, ref: sitk.Image) -> sitk.Image:
     return img
 
 
-def write_cases(root: Path, s: Subject, loaded: dict, label_key: str | None, split: str) -> list[str]:
-    """Write `<subject>_<modality>_0000.nii.gz` (+ the shared label map) into images/labels Tr or Ts."""
-    img_dir = root / ("imagesTr" if split == "train" else "imagesTs")
-    lab_dir = root / ("labelsTr" if split == "train" else "labelsTs")
+def write_cases(img_dir: Path, s: Subject, loaded: dict, lab_dir: Path | None = None,
+                label_key: str | None = None) -> list[str]:
+    """Write `<subject>_<modality>_0000.nii.gz` into img_dir (+ the shared label map into lab_dir)."""
     img_dir.mkdir(exist_ok=True)
     cases = []
     for mod, img in loaded["images"].items():
@@ -211,7 +210,9 @@ def build_dataset(subjects: list[Subject], task: str, raw_root: Path, dataset_id
     with atomic_dir(raw_root / folder_name, overwrite=overwrite) as tmp:
         for s in cli.progress(subjects, desc=f"{task} dataset"):
             loaded = load_subject(s, need_lesion=(task == "lesion"), read_regions=(task == "region"))
-            cases = write_cases(tmp, s, loaded, label_key if label_key in loaded else None, s.split)
+            tr = s.split == "train"
+            cases = write_cases(tmp / ("imagesTr" if tr else "imagesTs"), s, loaded,
+                                tmp / ("labelsTr" if tr else "labelsTs"), label_key if label_key in loaded else None)
             if s.split == "train":
                 train_cases += cases
             rows.append(subject_row(s, loaded, s.split, len(cases)))

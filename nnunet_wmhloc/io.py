@@ -58,12 +58,32 @@ def read_image(path: str | os.PathLike, *, what: str = "image", dim: int = 3,
         raise WMHLocError(f"{path}: {what} is {real_dim}D (size {size}), expected a {dim}D volume")
     if dim == 3 and size[2] == 1:
         raise WMHLocError(f"{path}: {what} is a single slice (size {size}), expected a 3D volume")
-    if not allow_nonfinite and img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
-        arr = sitk.GetArrayViewFromImage(img)
-        if not np.isfinite(arr).all():
-            n = int((~np.isfinite(arr)).sum())
+    if not allow_nonfinite:
+        n = _count_nonfinite(path, img)
+        if n:
             raise WMHLocError(f"{path}: {what} has {n} NaN/inf voxels")
     return img
+
+
+def _count_nonfinite(path: Path, img: sitk.Image) -> int:
+    """NaN/inf voxels. ITK's NIfTI reader silently turns NaN into 0, so float NIfTI files are checked on
+    disk with nibabel (integer files cannot hold NaN)."""
+    if path.name.endswith(NIFTI_SUFFIXES):
+        import nibabel as nib
+
+        try:
+            nii = nib.load(str(path))
+            if nii.header.get_data_dtype().kind != "f":
+                return 0
+            arr = np.asanyarray(nii.dataobj)
+        except Exception as e:  # ITK read a truncated .gz without complaint; nibabel does not
+            raise WMHLocError(f"{path}: cannot read image (truncated or not a valid image: "
+                              f"{type(e).__name__}: {str(e)[:120]})") from None
+    elif img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        arr = sitk.GetArrayViewFromImage(img)
+    else:
+        return 0
+    return int(arr.size - np.isfinite(arr).sum())
 
 
 def read_array(path: str | os.PathLike, **kw) -> tuple[np.ndarray, sitk.Image]:
@@ -111,15 +131,19 @@ def check_same_geometry(ref: sitk.Image, ref_path, other: sitk.Image, other_path
         raise WMHLocError(f"{other_path}: size {other.GetSize()} differs from {ref_path} {ref.GetSize()}")
     sp_a, sp_b = np.array(ref.GetSpacing()), np.array(other.GetSpacing())
     if np.abs(sp_a - sp_b).max() > spacing_tol * max(1.0, sp_a.max()):
-        raise WMHLocError(f"{other_path}: spacing {tuple(np.round(sp_b, 4))} differs from {ref_path} "
-                          f"{tuple(np.round(sp_a, 4))}")
+        raise WMHLocError(f"{other_path}: spacing {_vec(sp_b)} differs from {ref_path} "
+                          f"{_vec(sp_a)}")
     o_a, o_b = np.array(ref.GetOrigin()), np.array(other.GetOrigin())
     if np.abs(o_a - o_b).max() > origin_tol * max(1.0, sp_a.max()):
-        raise WMHLocError(f"{other_path}: origin {tuple(np.round(o_b, 3))} differs from {ref_path} "
-                          f"{tuple(np.round(o_a, 3))}")
+        raise WMHLocError(f"{other_path}: origin {_vec(o_b)} differs from {ref_path} "
+                          f"{_vec(o_a)}")
     d_a, d_b = np.array(ref.GetDirection()), np.array(other.GetDirection())
     if np.abs(d_a - d_b).max() > direction_tol:
         raise WMHLocError(f"{other_path}: direction differs from {ref_path}")
+
+
+def _vec(v) -> str:
+    return "(" + ", ".join(f"{float(x):.4g}" for x in v) + ")"
 
 
 def voxel_volume_mm3(img: sitk.Image) -> float:

@@ -143,7 +143,7 @@ def _subject(site: Site, rng) -> dict:
     flair = flair_t[cls]
     t1 = t1_t[cls]
     flair[wmh == 1] = rng.uniform(0.85, 1.0)
-    t1[wmh == 1] = rng.uniform(0.45, 0.55)
+    t1[wmh == 1] = rng.uniform(0.35, 0.45)
     flair[wmh == 2] = 0.15  # infarct: dark cavity with a bright rim is too fancy; dark core suffices
     t1[wmh == 2] = 0.2
     out = {}

@@ -63,3 +63,11 @@ def converted(synth_release, nnunet_env) -> dict:
     raw = Path(nnunet_env["nnUNet_raw"])
     return {"env": nnunet_env, "raw": raw, "lesion": raw / "Dataset601_WMHLesion",
             "region": raw / "Dataset602_WMHRegion"}
+
+
+@pytest.fixture(scope="session")
+def preprocessed_2d(converted) -> dict:
+    """`converted`, then nnUNetv2_plan_and_preprocess -d 601 602 -c 2d --verify_dataset_integrity."""
+    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", "601", "602", "-c", "2d", "--verify_dataset_integrity",
+             "-np", "1"], env=converted["env"])
+    return converted
