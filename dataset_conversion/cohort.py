@@ -1,0 +1,209 @@
+"""wmhloc_convert_cohort: plug in a new cohort (BIDS root or CSV manifest).
+
+With lesion masks for every subject it writes an nnU-Net training dataset (lesion task; and the region task
+for subjects that have region maps). Without masks it writes an inference folder of
+<subject>_flair_0000.nii.gz / <subject>_t1_0000.nii.gz, ready for nnUNetv2_predict.
+
+BIDS: sub-*/[ses-*/]anat/*_FLAIR.nii.gz and *_T1w.nii.gz; lesion masks under derivatives/ named
+<sub>[_<ses>]*_label-WMH_mask.nii.gz (or _label-lesion_mask), region maps *_label-WMregions_dseg.nii.gz.
+CSV: columns subject, flair, t1 (may be empty), and optional lesion, regions; relative paths are relative to the
+CSV's folder. FLAIR-only subjects give one case. A T1 not on the FLAIR's grid is an error unless --register-t1.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from nnunet_wmhloc import cli
+from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_same_geometry, read_csv, read_image, write_csv
+from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, Subject, build_dataset,
+                                                     load_subject, raw_root_from, subject_id, subject_row,
+                                                     write_cases)
+
+LESION_PATTERNS = ("*_label-WMH_mask.nii.gz", "*_label-lesion_mask.nii.gz")
+REGION_PATTERNS = ("*_label-WMregions_dseg.nii.gz",)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def _one(paths: list[Path], what: str, where: Path) -> Path | None:
+    if len(paths) > 1:
+        raise WMHLocError(f"{where}: {len(paths)} {what} files ({', '.join(p.name for p in paths[:3])}); "
+                          f"expected one")
+    return paths[0] if paths else None
+
+
+def from_bids(root: Path) -> list[Subject]:
+    anat_dirs = sorted(list(root.glob("sub-*/anat")) + list(root.glob("sub-*/ses-*/anat")))
+    if not anat_dirs:
+        raise WMHLocError(f"{root}: no sub-*/[ses-*/]anat folders (not a BIDS root?)")
+    deriv = root / "derivatives"
+    subjects = []
+    for anat in anat_dirs:
+        parts = anat.relative_to(root).parts
+        prefix = "_".join(parts[:-1])  # sub-01 or sub-01_ses-1
+        flair = _one(sorted(anat.glob(f"{prefix}*_FLAIR.nii.gz")), "FLAIR", anat)
+        if flair is None:
+            raise WMHLocError(f"{anat}: no *_FLAIR.nii.gz (every subject needs a FLAIR)")
+        t1 = _one(sorted(anat.glob(f"{prefix}*_T1w.nii.gz")), "T1w", anat)
+        images = {"flair": flair} | ({"t1": t1} if t1 else {})
+        lesion = regions = None
+        if deriv.is_dir():
+            lesion = _one(sorted(p for pat in LESION_PATTERNS for p in deriv.rglob(f"{prefix}{pat[1:]}")),
+                          "lesion mask", deriv)
+            regions = _one(sorted(p for pat in REGION_PATTERNS for p in deriv.rglob(f"{prefix}{pat[1:]}")),
+                           "region map", deriv)
+        subjects.append(Subject(subject=subject_id(prefix.replace("_", "-")), images=images, lesion=lesion,
+                                regions=regions, site=root.name))
+    return subjects
+
+
+def from_csv(path: Path) -> list[Subject]:
+    rows = read_csv(path, required=("subject", "flair"))
+    if not rows:
+        raise WMHLocError(f"{path}: no rows")
+    base = path.parent
+
+    def resolve(v):
+        v = (v or "").strip()
+        return None if not v else (Path(v) if Path(v).is_absolute() else base / v)
+
+    subjects = []
+    for i, r in enumerate(rows, start=2):
+        if not (r.get("subject") or "").strip() or not (r.get("flair") or "").strip():
+            raise WMHLocError(f"{path}: line {i}: subject and flair are required")
+        images = {"flair": resolve(r["flair"])}
+        if resolve(r.get("t1")):
+            images["t1"] = resolve(r.get("t1"))
+        subjects.append(Subject(subject=subject_id(r["subject"].strip()), images=images,
+                                lesion=resolve(r.get("lesion")), regions=resolve(r.get("regions")),
+                                site=(r.get("site") or "").strip()))
+    return subjects
+
+
+def load_cohort(source: str | os.PathLike) -> list[Subject]:
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() == ".csv":
+        subjects = from_csv(source)
+    elif source.is_dir():
+        subjects = from_bids(source)
+    else:
+        raise WMHLocError(f"{source}: neither a BIDS folder nor a .csv manifest")
+    seen = {}
+    for s in subjects:
+        if s.subject in seen:
+            raise WMHLocError(f"{source}: duplicate subject id {s.subject}")
+        seen[s.subject] = s
+    return subjects
+
+
+# ------------------------------------------------------------------------------- T1 -> FLAIR space
+def register_rigid(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
+    """Rigid T1 -> FLAIR registration by Mattes mutual information (multi-resolution)."""
+    f = sitk.Cast(fixed, sitk.sitkFloat32)
+    m = sitk.Cast(moving, sitk.sitkFloat32)
+    init = sitk.CenteredTransformInitializer(f, m, sitk.Euler3DTransform(),
+                                             sitk.CenteredTransformInitializerFilter.MOMENTS)
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    # every voxel: at 3 mm slices a subject has ~1e6 voxels, and random sampling made results vary by run
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-4, numberOfIterations=300,
+                                                 relaxationFactor=0.6)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([4, 2, 1])
+    reg.SetSmoothingSigmasPerLevel([2, 1, 0])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    reg.SetInitialTransform(init, inPlace=False)
+    return reg.Execute(f, m)
+
+
+def _t1_to_flair(s: Subject, register: bool, tmp: Path) -> None:
+    """Leave s.images['t1'] when it shares the FLAIR grid; else register it (or refuse)."""
+    if "t1" not in s.images:
+        return
+    flair = read_image(s.images["flair"], what="FLAIR image")
+    t1 = read_image(s.images["t1"], what="T1 image")
+    try:
+        check_same_geometry(flair, s.images["flair"], t1, s.images["t1"])
+        return
+    except WMHLocError as e:
+        if not register:
+            raise WMHLocError(f"{e} (T1 not in FLAIR space: use --register-t1)") from None
+    tx = register_rigid(flair, t1)
+    out = sitk.Resample(t1, flair, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    dst = tmp / f"{s.subject}_T1_in_FLAIR.nii.gz"
+    sitk.WriteImage(out, str(dst), True)
+    sitk.WriteTransform(tx, str(tmp / f"{s.subject}_T1_to_FLAIR.tfm"))
+    s.info["t1_registered"] = True
+    s.images["t1"] = dst
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def write_inference_folder(subjects: list[Subject], output: Path, overwrite: bool) -> int:
+    """<subject>_<modality>_0000.nii.gz for nnUNetv2_predict, plus subjects.csv."""
+    n = 0
+    rows = []
+    with atomic_dir(output, overwrite=overwrite) as tmp:
+        for s in cli.progress(subjects, desc="cohort"):
+            loaded = load_subject(s, need_lesion=False, read_regions=False)
+            cases = write_cases(tmp, s, loaded)
+            n += len(cases)
+            rows.append(subject_row(s, loaded, "predict", len(cases)))
+        write_csv(rows, tmp / "subjects.csv", columns=list(dict.fromkeys(k for r in rows for k in r)))
+    return n
+
+
+def _main(argv=None) -> int:
+    p = cli.parser("wmhloc_convert_cohort", __doc__.split("\n\n")[0])
+    p.add_argument("source", help="BIDS root folder or CSV manifest (subject, flair, t1, lesion, regions)")
+    p.add_argument("--output", "-o", help="training: nnU-Net raw folder (default $nnUNet_raw); "
+                   "inference: the folder to create")
+    p.add_argument("--mode", choices=("auto", "train", "predict"), default="auto",
+                   help="auto: training dataset when every subject has a lesion mask, inference folder when none does")
+    p.add_argument("--lesion-id", type=int, default=611, help="dataset id of the lesion dataset (training)")
+    p.add_argument("--region-id", type=int, default=612, help="dataset id of the region dataset (training)")
+    p.add_argument("--name", default="Cohort", help="dataset name suffix (DatasetXXX_<name>Lesion/Region)")
+    p.add_argument("--register-t1", action="store_true",
+                   help="rigidly register T1s that are not on the FLAIR grid (mutual information)")
+    p.add_argument("--preprocessed", default=os.environ.get("nnUNet_preprocessed"),
+                   help="where splits_final.json goes (default: $nnUNet_preprocessed)")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+
+    subjects = load_cohort(a.source)
+    with_mask = [s for s in subjects if s.lesion is not None]
+    mode = a.mode
+    if mode == "auto":
+        if with_mask and len(with_mask) != len(subjects):
+            missing = next(s for s in subjects if s.lesion is None)
+            raise WMHLocError(f"{missing.images['flair']}: subject {missing.subject} has no lesion mask while "
+                              f"{len(with_mask)} others do (use --mode predict, or add the mask)")
+        mode = "train" if with_mask else "predict"
+    if mode == "predict" and not a.output:
+        raise WMHLocError("inference mode needs --output (the folder to create)")
+    with tempfile.TemporaryDirectory(prefix="wmhloc_t1reg_") as tmp:
+        for s in cli.progress(subjects, desc="T1 -> FLAIR check"):
+            _t1_to_flair(s, a.register_t1, Path(tmp))
+        if mode == "predict":
+            n = write_inference_folder(subjects, Path(a.output), a.overwrite)
+            print(f"inference folder: {a.output} ({n} cases from {len(subjects)} subjects)")
+            return 0
+        raw_root = raw_root_from(a.output)
+        les = build_dataset(subjects, "lesion", raw_root, a.lesion_id, f"{a.name}Lesion",
+                            preprocessed=a.preprocessed, overwrite=a.overwrite, description=LESION_DESCRIPTION)
+        print(f"lesion dataset: {les['folder']} ({les['train_cases']} training cases)")
+        with_regions = [s for s in subjects if s.regions is not None]
+        if len(with_regions) >= 2:
+            reg = build_dataset(with_regions, "region", raw_root, a.region_id, f"{a.name}Region",
+                                preprocessed=a.preprocessed, overwrite=a.overwrite, description=REGION_DESCRIPTION)
+            print(f"region dataset: {reg['folder']} ({reg['train_cases']} training cases)")
+        elif with_regions:
+            print("only one subject has a region map: region dataset not built")
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)

@@ -1,0 +1,129 @@
+"""wmhloc_convert_cohort: BIDS and CSV manifests, training datasets and inference folders, T1 registration."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import run_cmd
+from nnunet_wmhloc.dataset_conversion.cohort import register_rigid
+
+ARR = lambda p: sitk.GetArrayFromImage(sitk.ReadImage(str(p)))  # noqa: E731
+TRAIN = [("Utrecht", "0"), ("Utrecht", "2"), ("Singapore", "50"), ("GE3T", "100")]
+
+
+def _bids(release, root, with_masks=True, sessions=False):
+    for i, (site, sid) in enumerate(TRAIN):
+        src = release / "training" / site / sid
+        sub = f"sub-{i + 1:02d}"
+        ses = "ses-1" if sessions else None
+        anat = root / sub / (ses or "") / "anat"
+        anat.mkdir(parents=True)
+        prefix = f"{sub}_{ses}" if ses else sub
+        shutil.copy(src / "pre/FLAIR.nii.gz", anat / f"{prefix}_FLAIR.nii.gz")
+        if i != 3:  # the last subject is FLAIR-only
+            shutil.copy(src / "pre/T1.nii.gz", anat / f"{prefix}_T1w.nii.gz")
+        if with_masks:
+            d = root / "derivatives" / "manual" / sub / (ses or "") / "anat"
+            d.mkdir(parents=True)
+            shutil.copy(src / "wmh.nii.gz", d / f"{prefix}_label-WMH_mask.nii.gz")
+    return root
+
+
+def test_bids_training_dataset(synth_release, tmp_path):
+    bids = _bids(synth_release, tmp_path / "bids", sessions=True)
+    run_cmd(["wmhloc_convert_cohort", bids, "-o", tmp_path / "raw", "--preprocessed", tmp_path / "pre",
+             "--name", "Mine"])
+    ds = tmp_path / "raw" / "Dataset611_MineLesion"
+    imgs = sorted(f.name for f in (ds / "imagesTr").iterdir())
+    assert len(imgs) == 7  # 3 subjects x 2 + one FLAIR-only subject
+    assert "sub-04-ses-1_flair_0000.nii.gz" in imgs and "sub-04-ses-1_t1_0000.nii.gz" not in imgs
+    np.testing.assert_array_equal(ARR(ds / "labelsTr" / "sub-01-ses-1_t1.nii.gz"),
+                                  ARR(synth_release / "training/Utrecht/0/wmh.nii.gz"))
+    splits = json.loads((tmp_path / "pre" / ds.name / "splits_final.json").read_text())
+    for f in splits:
+        assert not {c.rsplit("_", 1)[0] for c in f["val"]} & {c.rsplit("_", 1)[0] for c in f["train"]}
+    assert json.loads((ds / "dataset.json").read_text())["numTraining"] == 7
+
+
+def test_csv_inference_folder_and_t1_registration(synth_release, tmp_path):
+    src = synth_release / "training" / "Singapore" / "50"
+    t1 = sitk.ReadImage(str(src / "pre/T1.nii.gz"))
+    true = sitk.Euler3DTransform()
+    true.SetCenter(t1.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in t1.GetSize()]))
+    true.SetRotation(0.0, 0.0, 0.15)
+    true.SetTranslation((4.0, -3.0, 2.0))
+    moved = sitk.Resample(t1, t1, true, sitk.sitkLinear, 0.0)
+    moved.SetOrigin([o + 1.0 for o in moved.GetOrigin()])
+    sitk.WriteImage(moved, str(tmp_path / "t1_moved.nii.gz"))
+    rows = [{"subject": "a1", "flair": str(src / "pre/FLAIR.nii.gz"), "t1": "t1_moved.nii.gz"},
+            {"subject": "a2", "flair": str(synth_release / "training/Utrecht/0/pre/FLAIR.nii.gz"), "t1": ""}]
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["subject", "flair", "t1"])
+        w.writeheader()
+        w.writerows(rows)
+
+    p = run_cmd(["wmhloc_convert_cohort", tmp_path / "m.csv", "-o", tmp_path / "inf"], check=False)
+    assert p.returncode == 1 and "t1_moved.nii.gz" in p.stderr and "--register-t1" in p.stderr
+    assert not (tmp_path / "inf").exists()
+
+    run_cmd(["wmhloc_convert_cohort", tmp_path / "m.csv", "-o", tmp_path / "inf", "--register-t1"])
+    assert sorted(f.name for f in (tmp_path / "inf").glob("*.nii.gz")) == \
+        ["a1_flair_0000.nii.gz", "a1_t1_0000.nii.gz", "a2_flair_0000.nii.gz"]
+    out = sitk.ReadImage(str(tmp_path / "inf" / "a1_t1_0000.nii.gz"))
+    flair = sitk.ReadImage(str(src / "pre/FLAIR.nii.gz"))
+    assert out.GetSize() == flair.GetSize() and np.allclose(out.GetOrigin(), flair.GetOrigin())
+    # the registered T1 matches the original far better than the moved one did
+    orig = ARR(src / "pre/T1.nii.gz").ravel()
+    assert np.corrcoef(orig, sitk.GetArrayFromImage(out).ravel())[0, 1] > 0.95
+    assert np.corrcoef(orig, sitk.GetArrayFromImage(moved).ravel())[0, 1] < 0.92
+
+
+def test_rigid_registration_accuracy(synth_release):
+    """Recovered T1->FLAIR mapping within 2 mm (2/3 of a slice) of the truth, on average over the brain.
+    The phantom's head is a near-symmetric ellipsoid, so in-plane rotation is weakly constrained: ~1.2 mm seen."""
+    src = synth_release / "training" / "Singapore" / "50"
+    t1 = sitk.ReadImage(str(src / "pre/T1.nii.gz"))
+    flair = sitk.ReadImage(str(src / "pre/FLAIR.nii.gz"))
+    true = sitk.Euler3DTransform()
+    true.SetCenter(t1.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in t1.GetSize()]))
+    true.SetRotation(0.0, 0.0, 0.15)
+    true.SetTranslation((4.0, -3.0, 2.0))
+    moved = sitk.Resample(t1, t1, true, sitk.sitkLinear, 0.0)
+    tx = register_rigid(flair, moved)
+    inv = true.GetInverse()
+    rng = np.random.default_rng(0)
+    errs = []
+    for _ in range(200):
+        idx = [rng.uniform(12, s - 12) for s in t1.GetSize()[:2]] + [rng.uniform(3, t1.GetSize()[2] - 4)]
+        p = np.array(flair.TransformContinuousIndexToPhysicalPoint(idx))
+        errs.append(np.linalg.norm(np.array(tx.TransformPoint(p)) - np.array(inv.TransformPoint(p))))
+    assert np.mean(errs) < 2.0, np.mean(errs)
+
+
+def test_mixed_masks_and_bad_manifest(synth_release, tmp_path):
+    bids = _bids(synth_release, tmp_path / "bids")
+    (next((bids / "derivatives").rglob("sub-02_label-WMH_mask.nii.gz"))).unlink()
+    p = run_cmd(["wmhloc_convert_cohort", bids, "-o", tmp_path / "raw"], check=False)
+    assert p.returncode == 1 and "sub-02" in p.stderr and "no lesion mask" in p.stderr
+    # --mode predict ignores masks and writes an inference folder
+    run_cmd(["wmhloc_convert_cohort", bids, "-o", tmp_path / "inf", "--mode", "predict"])
+    assert len(list((tmp_path / "inf").glob("*_0000.nii.gz"))) == 7
+
+    (tmp_path / "bad.csv").write_text("subject,t1\nx,y.nii.gz\n")
+    p = run_cmd(["wmhloc_convert_cohort", tmp_path / "bad.csv", "-o", tmp_path / "o2"], check=False)
+    assert p.returncode == 1 and "missing column(s) flair" in p.stderr and "bad.csv" in p.stderr
+    (tmp_path / "dup.csv").write_text("subject,flair\nx,a.nii.gz\nx,b.nii.gz\n")
+    p = run_cmd(["wmhloc_convert_cohort", tmp_path / "dup.csv", "-o", tmp_path / "o3"], check=False)
+    assert p.returncode == 1 and "duplicate subject id x" in p.stderr
+    (tmp_path / "miss.csv").write_text("subject,flair\nx,nothere.nii.gz\n")
+    p = run_cmd(["wmhloc_convert_cohort", tmp_path / "miss.csv", "-o", tmp_path / "o4"], check=False)
+    assert p.returncode == 1 and "nothere.nii.gz: FLAIR image not found" in p.stderr
+    assert not any((tmp_path / o).exists() for o in ("o2", "o3", "o4"))
+
+
+@pytest.mark.parametrize("cmd", ["wmhloc_convert_cohort", "wmhloc_synth", "wmhloc_splits", "wmhloc_env"])
+def test_help(cmd):
+    assert "usage:" in run_cmd([cmd, "--help"]).stdout
