@@ -12,10 +12,10 @@ import SimpleITK as sitk
 
 from nnunet_wmhloc import cli
 from nnunet_wmhloc.atlas.regions import ALL_LABELS, REST_REGIONS, region_column
+from nnunet_wmhloc.naming import MODALITIES, case_name, split_case
 from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_same_geometry, read_image, read_labels, write_csv,
                               write_json)
 
-MODALITIES = ("flair", "t1")
 LESION_LABELS = {"background": 0, "WMH": 1, "ignore": 2}
 LESION_ALLOWED = (0, 1, 2)
 # nnU-Net z-scores every channel whose name is not CT (or a few other keywords): "MRI" is safe
@@ -108,7 +108,7 @@ def write_cases(img_dir: Path, s: Subject, loaded: dict, lab_dir: Path | None = 
     img_dir.mkdir(exist_ok=True)
     cases = []
     for mod, img in loaded["images"].items():
-        case = f"{s.subject}_{mod}"
+        case = case_name(s.subject, mod)
         sitk.WriteImage(_as_float32(img), str(img_dir / f"{case}_0000.nii.gz"), True)
         if label_key is not None:
             lab_dir.mkdir(exist_ok=True)
@@ -149,7 +149,7 @@ REGION_DESCRIPTION = ("34 white-matter regions merged from the JHU Eve type-II a
 def grouped_splits(cases: list[str], n_folds: int = N_FOLDS, seed: int = SPLIT_SEED) -> list[dict]:
     """nnU-Net splits_final.json with every case of a subject in the same fold (subject = case minus
     its last '_<modality>' part)."""
-    subjects = sorted({c.rsplit("_", 1)[0] for c in cases})
+    subjects = sorted({split_case(c)[0] for c in cases})
     if len(subjects) < 2:
         raise WMHLocError(f"cross-validation needs at least 2 training subjects, got {len(subjects)}")
     n_folds = min(n_folds, len(subjects))
@@ -158,8 +158,8 @@ def grouped_splits(cases: list[str], n_folds: int = N_FOLDS, seed: int = SPLIT_S
     splits = []
     for k in range(n_folds):
         val = set(folds[k])
-        splits.append({"train": sorted(c for c in cases if c.rsplit("_", 1)[0] not in val),
-                       "val": sorted(c for c in cases if c.rsplit("_", 1)[0] in val)})
+        splits.append({"train": sorted(c for c in cases if split_case(c)[0] not in val),
+                       "val": sorted(c for c in cases if split_case(c)[0] in val)})
     return splits
 
 

@@ -11,16 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnunet_wmhloc.io import NIFTI_SUFFIXES, WMHLocError, strip_nifti
+from nnunet_wmhloc.naming import split_case
 
 
 def subject_key(name: str, priority) -> tuple[str, int]:
     """(subject, rank): rank 0 for a bare subject name, 1 + index in `priority` for a modality suffix."""
-    stem = strip_nifti(name)
-    for i, mod in enumerate(priority):
-        suffix = f"_{mod}"
-        if stem.lower().endswith(suffix.lower()) and len(stem) > len(suffix):
-            return stem[: -len(suffix)], 1 + i
-    return stem, 0
+    subject, mod = split_case(strip_nifti(name), tuple(priority))
+    return subject, 0 if mod is None else 1 + list(priority).index(mod)
 
 
 def index_folder(folder, priority, *, what: str) -> tuple[dict[str, Path], list[str]]:

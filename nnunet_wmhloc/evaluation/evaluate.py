@@ -31,8 +31,8 @@ from nnunet_wmhloc import cli, io
 from nnunet_wmhloc.atlas.regions import REST_REGIONS, WM_REGIONS, region_column
 from nnunet_wmhloc.evaluation import metrics as M
 from nnunet_wmhloc.io import WMHLocError
+from nnunet_wmhloc.naming import split_case
 
-MODALITY_SUFFIXES = ("_flair", "_t1")
 LESION_LABELS = (0, 1, 2)
 REGION_LABELS = tuple(range(0, 37))
 REGION_COLUMNS = {l: region_column(l) for l in tuple(WM_REGIONS) + tuple(REST_REGIONS)}
@@ -66,15 +66,11 @@ DEFINITIONS = {
 # ----------------------------------------------------------------------------------------- matching
 def subject_of(stem: str) -> str:
     """Subject id of a case name: the name without a trailing _flair/_t1 (case-insensitive)."""
-    low = stem.lower()
-    for s in MODALITY_SUFFIXES:
-        if low.endswith(s) and len(stem) > len(s):
-            return stem[: -len(s)]
-    return stem
+    return split_case(stem)[0]
 
 
 def _modality_of(stem: str) -> str:
-    return stem[len(subject_of(stem)):].lower()
+    return split_case(stem)[1] or ""
 
 
 def nifti_files(folder: Path, what: str) -> dict[str, Path]:
