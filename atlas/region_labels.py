@@ -1,0 +1,351 @@
+"""wmhloc_region_labels: carry the refined 36-label atlas into subjects' native space.
+
+One subject:
+    wmhloc_region_labels --t1 T1.nii.gz [--flair FLAIR.nii.gz] [--wm-mask WM.nii.gz] \\
+        --atlas-dir refined_atlas/ --output sub01_regions.nii.gz
+writes sub01_regions.nii.gz (labels 0..36 on the grid of --flair if given, else of --t1, zero outside the
+subject's WM), sub01_regions.tfm (ITK transform: subject point → atlas point), sub01_regions_qc.png
+(labels over the T1, three planes) and sub01_regions.json (quality figures).
+A cohort:
+    wmhloc_region_labels --input DIR|CSV --atlas-dir refined_atlas/ --output OUTDIR --workers 2
+DIR holds per-subject folders (<id>/T1.nii.gz or the challenge's <id>/pre/T1.nii.gz, with FLAIR.nii.gz
+beside it if present) or flat files <id>_t1[_0000].nii.gz (+ <id>_flair[_0000].nii.gz); a CSV has columns
+subject,t1 and optionally flair,wm_mask. OUTDIR gets <id>.nii.gz (+ .tfm, _qc.png, .json) and
+region_labels_summary.csv; a failed subject is listed there with its reason and the exit code is 1.
+
+Failure is loud: an implausible transform, or atlas WM landing mostly outside the subject's WM, ends
+with an error and no label map."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_wmhloc import cli, io
+from nnunet_wmhloc.atlas import _atlas, _register, _subject
+from nnunet_wmhloc.io import WMHLocError
+
+MIN_WM_ML = 20.0      # an adult brain has ~400+ ml of WM; the 3 mm challenge FOVs never hold < 100 ml
+MIN_WM_DICE = 0.45    # atlas WM vs subject WM after registration: ~0.6-0.8 when right, < 0.3 when lost
+MIN_COVERAGE = 0.70   # share of the subject's WM that receives a label: > 0.95 when right
+SUMMARY = "region_labels_summary.csv"
+
+
+class RegistrationFailed(WMHLocError):
+    pass
+
+
+@dataclass
+class Outcome:
+    labels: sitk.Image            # final: carried labels × subject WM, on the output grid
+    carried: sitk.Image           # carried labels before WM masking
+    transform: sitk.Transform
+    wm: sitk.Image
+    brain: sitk.Image
+    t1: sitk.Image
+    quality: dict = field(default_factory=dict)
+
+
+def sidecars(output: Path) -> dict[str, Path]:
+    stem = io.strip_nifti(output)
+    return {"tfm": output.with_name(stem + ".tfm"), "qc": output.with_name(stem + "_qc.png"),
+            "json": output.with_name(stem + ".json")}
+
+
+# ------------------------------------------------------------------------------------------- core
+def _read_inputs(t1_path, flair_path=None, wm_path=None):
+    t1 = io.read_image(t1_path, what="T1")
+    flair = wm = None
+    ref, ref_path = t1, t1_path
+    if flair_path is not None:
+        flair = io.read_image(flair_path, what="FLAIR")
+        # the output lives on the FLAIR grid (as the authors' labels); the T1 must share it, as the
+        # challenge's pre/T1.nii.gz does
+        io.check_same_geometry(flair, flair_path, t1, t1_path)
+        ref, ref_path = flair, flair_path
+    if wm_path is not None:
+        arr, wm_img = io.read_labels(wm_path, what="WM mask")
+        io.check_same_geometry(ref, ref_path, wm_img, wm_path)
+        if arr.min() < 0:
+            raise WMHLocError(f"{wm_path}: WM mask has negative values")
+        if not (arr > 0).any():
+            raise WMHLocError(f"{wm_path}: WM mask is empty")
+        wm = io.array_to_image((arr > 0).astype(np.uint8), wm_img)
+    return t1, flair, wm
+
+
+def label_subject(t1_path, atlas: _atlas.Atlas, *, flair_path=None, wm_path=None,
+                  deformable: bool = False) -> Outcome:
+    """Brain/WM of the subject, atlas → subject registration, labels × WM. Raises WMHLocError."""
+    t0 = time.time()
+    t1, flair, wm_given = _read_inputs(t1_path, flair_path, wm_path)
+    grid = flair if flair is not None else t1
+    brain, tissue = _subject.segment(t1, flair)
+    if wm_given is not None:  # the user's WM replaces ours; our brain mask still shapes the fit
+        brain = sitk.Cast((brain + wm_given) > 0, sitk.sitkUInt8)
+        arr = sitk.GetArrayFromImage(tissue)
+        arr[arr == 3] = 2
+        arr[(sitk.GetArrayViewFromImage(wm_given) > 0)] = 3
+        arr[(arr == 0) & (sitk.GetArrayViewFromImage(brain) > 0)] = 2
+        tissue = io.array_to_image(arr, tissue)
+    src = wm_path or t1_path
+    wm_arr = sitk.GetArrayViewFromImage(tissue) == 3
+    vox_ml = io.voxel_volume_mm3(grid) / 1000.0
+    wm_ml = float(wm_arr.sum()) * vox_ml
+    if wm_ml < MIN_WM_ML:
+        raise WMHLocError(f"{src}: subject WM is {wm_ml:.1f} ml (< {MIN_WM_ML:g} ml): not a brain T1, or the "
+                          f"brain/WM estimate failed (pass --wm-mask)")
+    try:
+        res = _register.register(tissue, atlas.tissue)
+    except RuntimeError as e:
+        raise RegistrationFailed(f"{t1_path}: registration failed ({str(e).strip().splitlines()[-1][:120]})") from None
+    bad = _register.affine_sanity(res.transform)
+    if bad:
+        raise RegistrationFailed(f"{t1_path}: registration diverged: {bad}")
+    transform, log = res.transform, list(res.log)
+    if deformable:
+        try:
+            ref = _register.refine_bspline(tissue, atlas.tissue, res.transform)
+            transform, log = ref.transform, log + ref.log
+        except RuntimeError as e:
+            raise RegistrationFailed(f"{t1_path}: deformable refinement failed "
+                                     f"({str(e).strip().splitlines()[-1][:120]})") from None
+    carried = sitk.Resample(atlas.labels, grid, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkInt16)
+    atlas_wm = sitk.Resample(atlas.wm, grid, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    c = sitk.GetArrayViewFromImage(carried)
+    a = sitk.GetArrayViewFromImage(atlas_wm) > 0
+    wm_dice = 2.0 * float((a & wm_arr).sum()) / max(1.0, float(a.sum() + wm_arr.sum()))
+    coverage = float(((c > 0) & wm_arr).sum()) / max(1.0, float(wm_arr.sum()))
+    in_wm = float((a & wm_arr).sum()) / max(1.0, float(a.sum()))
+    quality = {"t1": str(t1_path), "flair": str(flair_path) if flair_path else None,
+               "wm_mask": str(wm_path) if wm_path else None, "wm_ml": round(wm_ml, 1),
+               "wm_dice_atlas_vs_subject": round(wm_dice, 4), "atlas_wm_inside_subject_wm": round(in_wm, 4),
+               "subject_wm_labelled": round(coverage, 4), "deformable": deformable,
+               "registration_log": [list(x) for x in log],
+               "affine_matrix": list(res.transform.GetMatrix()), "seconds": None}
+    if wm_dice < MIN_WM_DICE or coverage < MIN_COVERAGE:
+        raise RegistrationFailed(
+            f"{t1_path}: registration failed: atlas WM vs subject WM Dice {wm_dice:.2f} (need ≥ {MIN_WM_DICE}), "
+            f"{100 * coverage:.0f}% of the subject's WM labelled (need ≥ {100 * MIN_COVERAGE:.0f}%)")
+    out = np.where(wm_arr, c, 0).astype(np.int16)
+    labels = io.array_to_image(out, grid)
+    quality["labelled_ml"] = round(float((out > 0).sum()) * vox_ml, 1)
+    quality["seconds"] = round(time.time() - t0, 2)
+    return Outcome(labels=labels, carried=carried, transform=transform, wm=sitk.Cast(tissue == 3, sitk.sitkUInt8),
+                   brain=brain, t1=t1, quality=quality)
+
+
+# --------------------------------------------------------------------------------------------- QC
+def qc_png(t1: sitk.Image, labels: sitk.Image, path: Path, title: str = "") -> None:
+    """Labels over the T1 in axial, coronal and sagittal planes through the labelled centre."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    t1o = sitk.DICOMOrient(sitk.Resample(t1, labels), "LPS")  # radiological: patient right on the left
+    lo = sitk.DICOMOrient(labels, "LPS")
+    a = sitk.GetArrayFromImage(t1o).astype(np.float32)
+    lab = sitk.GetArrayFromImage(lo)
+    sx, sy, sz = lo.GetSpacing()
+    idx = np.argwhere(lab > 0)
+    cz, cy, cx = (idx.mean(0).round().astype(int) if idx.size else np.array(lab.shape) // 2)
+    lo_v, hi_v = np.percentile(a[a > 0], [1, 99.5]) if (a > 0).any() else (0, 1)
+    rng = np.random.default_rng(7)
+    colors = np.vstack([[0, 0, 0, 0], np.c_[rng.uniform(0.15, 1, (36, 3)), np.full(36, 0.55)]])
+    cmap = ListedColormap(colors)
+    views = [("axial", a[cz], lab[cz], sy / sx, "upper"),
+             ("coronal", a[:, cy, :], lab[:, cy, :], sz / sx, "lower"),
+             ("sagittal", a[:, :, cx], lab[:, :, cx], sz / sy, "lower")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
+    for ax, (name, img, lb, aspect, origin) in zip(axes, views):
+        ax.imshow(img, cmap="gray", vmin=lo_v, vmax=hi_v, aspect=aspect, origin=origin, interpolation="nearest")
+        ax.imshow(np.ma.masked_equal(lb, 0), cmap=cmap, vmin=0, vmax=36, aspect=aspect, origin=origin,
+                  interpolation="nearest")
+        ax.set_title(name)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outcome(o: Outcome, output: Path, overwrite: bool) -> None:
+    sc = sidecars(output)
+    for p in [output, *sc.values()]:
+        io._check_overwrite(p, overwrite)
+    with io.atomic_file(sc["tfm"], overwrite=overwrite, suffix=".tfm") as tmp:
+        sitk.WriteTransform(o.transform, str(tmp))
+    with io.atomic_file(sc["qc"], overwrite=overwrite, suffix=".png") as tmp:
+        qc_png(o.t1, o.labels, tmp, title=f"{output.name}: WM Dice atlas/subject "
+               f"{o.quality['wm_dice_atlas_vs_subject']:.2f}, WM labelled {100 * o.quality['subject_wm_labelled']:.0f}%")
+    io.write_json(o.quality, sc["json"], overwrite=overwrite)
+    io.write_image(o.labels, output, overwrite=overwrite)  # last: its presence means success
+
+
+# ----------------------------------------------------------------------------------------- cohort
+def discover(input_path: Path) -> list[dict]:
+    """Subjects of a cohort folder or CSV: [{subject, t1, flair, wm_mask}]."""
+    if input_path.is_file():
+        rows = io.read_csv(input_path, required=("subject", "t1"))
+        if not rows:
+            raise WMHLocError(f"{input_path}: CSV has no rows")
+        base = input_path.parent
+        out = []
+        for r in rows:
+            def res(v):
+                return None if not v else (Path(v) if Path(v).is_absolute() else base / v)
+            out.append({"subject": r["subject"].strip(), "t1": res(r["t1"]), "flair": res(r.get("flair")),
+                        "wm_mask": res(r.get("wm_mask"))})
+    elif input_path.is_dir():
+        out = []
+        for t1 in sorted(input_path.rglob("T1.nii.gz")):
+            folder = t1.parent
+            sid = folder.parent.name if folder.name == "pre" else folder.name
+            fl = folder / "FLAIR.nii.gz"
+            out.append({"subject": sid, "t1": t1, "flair": fl if fl.is_file() else None, "wm_mask": None})
+        if not out:
+            for t1 in sorted(input_path.glob("*.nii.gz")):
+                name = io.strip_nifti(t1)
+                low = name.lower()
+                for suffix in ("_t1_0000", "_t1"):
+                    if low.endswith(suffix):
+                        sid = name[: -len(suffix)]
+                        fl = next((p for p in (input_path / f"{sid}_flair{s}.nii.gz" for s in ("_0000", ""))
+                                   if p.is_file()), None)
+                        out.append({"subject": sid, "t1": t1, "flair": fl, "wm_mask": None})
+                        break
+        if not out:
+            raise WMHLocError(f"{input_path}: no subjects found (expected <id>/T1.nii.gz, <id>/pre/T1.nii.gz "
+                              f"or <id>_t1.nii.gz)")
+    else:
+        raise WMHLocError(f"{input_path}: input folder or CSV not found")
+    ids = [r["subject"] for r in out]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise WMHLocError(f"{input_path}: duplicate subject ids {dup[:5]}")
+    return out
+
+
+_ATLAS_CACHE: dict = {}
+
+
+def _worker(job: dict) -> dict:
+    atlas = _ATLAS_CACHE.get(job["atlas_dir"])
+    if atlas is None:
+        atlas = _ATLAS_CACHE[job["atlas_dir"]] = _atlas.load_atlas(job["atlas_dir"])
+    row = {"subject": job["subject"], "status": "failed", "reason": "", "output": "", "t1": str(job["t1"])}
+    try:
+        o = label_subject(job["t1"], atlas, flair_path=job["flair"], wm_path=job["wm_mask"],
+                          deformable=job["deformable"])
+        write_outcome(o, Path(job["output"]), job["overwrite"])
+        row.update(status="ok", output=job["output"], wm_ml=o.quality["wm_ml"],
+                   wm_dice=o.quality["wm_dice_atlas_vs_subject"], wm_labelled=o.quality["subject_wm_labelled"],
+                   seconds=o.quality["seconds"])
+    except WMHLocError as e:
+        row["reason"] = str(e)
+    except Exception as e:  # noqa: BLE001 — one broken subject must not sink a cohort; reported below
+        row["reason"] = f"{job['t1']}: unexpected {type(e).__name__}: {str(e).strip().splitlines()[-1][:160]}"
+    return row
+
+
+def _init_worker(threads: int) -> None:
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def run_cohort(args) -> int:
+    subjects = discover(Path(args.input))
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise WMHLocError(f"{out_dir}: exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atlas.load_atlas(args.atlas_dir)  # fail fast on a bad atlas, before any work
+    jobs = [{"subject": s["subject"], "t1": s["t1"], "flair": s["flair"], "wm_mask": s["wm_mask"],
+             "atlas_dir": str(args.atlas_dir), "output": str(out_dir / f"{s['subject']}.nii.gz"),
+             "overwrite": args.overwrite, "deformable": args.deformable} for s in subjects]
+    if not args.overwrite:
+        for j in jobs:
+            for p in [Path(j["output"]), *sidecars(Path(j["output"])).values()]:
+                io._check_overwrite(p, False)
+    workers = max(1, min(args.workers, len(jobs)))
+    rows = []
+    if workers == 1:
+        for j in cli.progress(jobs, desc="region labels"):
+            rows.append(_worker(j))
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                    initargs=(threads,)) as ex:
+            futs = [ex.submit(_worker, j) for j in jobs]
+            for f in cli.progress(cf.as_completed(futs), desc="region labels", total=len(futs)):
+                rows.append(f.result())
+    order = {j["subject"]: i for i, j in enumerate(jobs)}
+    rows.sort(key=lambda r: order[r["subject"]])
+    cols = ["subject", "status", "reason", "t1", "output", "wm_ml", "wm_dice", "wm_labelled", "seconds"]
+    io.write_csv(rows, out_dir / SUMMARY, columns=cols, overwrite=True)
+    failed = [r for r in rows if r["status"] != "ok"]
+    print(f"{out_dir}: {len(rows) - len(failed)}/{len(rows)} subjects labelled; summary in {SUMMARY}",
+          file=sys.stderr)
+    for r in failed:
+        print(f"error: {r['reason']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# -------------------------------------------------------------------------------------------- CLI
+def _main(argv=None) -> int:
+    p = cli.parser("wmhloc_region_labels", __doc__.splitlines()[0])
+    g = p.add_argument_group("one subject")
+    g.add_argument("--t1", help="T1-weighted image (skull-stripped or not)")
+    g.add_argument("--flair", help="FLAIR on the same grid as the T1; the output then uses its grid, and "
+                   "FLAIR-bright lesions are counted as WM")
+    g.add_argument("--wm-mask", help="the subject's WM mask (non-zero = WM), on the output grid: replaces "
+                   "the built-in WM estimate")
+    c = p.add_argument_group("a cohort")
+    c.add_argument("--input", help="cohort folder or CSV (columns subject,t1[,flair,wm_mask])")
+    c.add_argument("--workers", type=int, default=1, help="subjects processed in parallel")
+    p.add_argument("--atlas-dir", required=True, help="folder written by wmhloc_build_atlas (or the raw Eve folder)")
+    p.add_argument("--output", required=True, help="label map .nii.gz (one subject) or output folder (cohort)")
+    p.add_argument("--deformable", action="store_true", help="add a coarse B-spline refinement after the affine")
+    p.add_argument("--save-masks", action="store_true", help="also write <output>_brainmask / _wm .nii.gz (one subject)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    a = p.parse_args(argv)
+    if (a.t1 is None) == (a.input is None):
+        raise WMHLocError("give either --t1 (one subject) or --input (a cohort)")
+    if a.input is not None:
+        if a.flair or a.wm_mask:
+            raise WMHLocError("--flair/--wm-mask are for one subject; give them as CSV columns for a cohort")
+        if a.workers < 1:
+            raise WMHLocError(f"--workers {a.workers}: must be ≥ 1")
+        return run_cohort(a)
+    output = Path(a.output)
+    if not output.name.endswith((".nii.gz", ".nii")):
+        raise WMHLocError(f"{output}: output must be a .nii.gz or .nii file")
+    for q in [output, *sidecars(output).values()]:
+        io._check_overwrite(q, a.overwrite)
+    atlas = _atlas.load_atlas(a.atlas_dir)
+    o = label_subject(a.t1, atlas, flair_path=a.flair, wm_path=a.wm_mask, deformable=a.deformable)
+    if a.save_masks:
+        stem = io.strip_nifti(output)
+        io.write_image(o.brain, output.with_name(stem + "_brainmask.nii.gz"), overwrite=a.overwrite)
+        io.write_image(o.wm, output.with_name(stem + "_wm.nii.gz"), overwrite=a.overwrite)
+    write_outcome(o, output, a.overwrite)
+    q = o.quality
+    print(f"{output}: {q['labelled_ml']:.0f} ml of WM labelled ({100 * q['subject_wm_labelled']:.0f}% of the "
+          f"subject's WM), atlas/subject WM Dice {q['wm_dice_atlas_vs_subject']:.2f}, {q['seconds']:.1f} s",
+          file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
