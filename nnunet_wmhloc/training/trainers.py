@@ -1,0 +1,242 @@
+"""nnU-Net trainers of the plugin (class names are public API; nnU-Net finds them through `nnUNet_extTrainer`,
+which `eval "$(wmhloc_env)"` sets).
+
+- nnUNetTrainerWMHLoc:     CE + Dice + skeleton recall (equal weights) and the MRI augmentation.
+- nnUNetTrainerWMHLocCEDC: the same augmentation, CE + Dice only (the ablation).
+- *_1epoch, *_5epochs, *_10epochs: shorter schedules; *_smoke: 2 epochs x 3 iterations, no test-time
+  mirroring, for CPU CI.
+
+Everything else (SGD + Nesterov, poly LR, 1000 x 250 iterations, deep supervision, ...) is nnU-Net's default.
+Every __init__ keeps nnUNetTrainer's exact signature: nnU-Net records the arguments through inspect.signature
+to rebuild the trainer from a checkpoint.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple, Union
+
+import numpy as np
+import torch
+from batchgeneratorsv2.helpers.scalar_type import RandomScalar
+from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+
+from nnunet_wmhloc.training.loss import DC_CE_SR_loss, SkeletonRecallLoss
+from nnunet_wmhloc.training.transforms import training_transforms, validation_transforms
+
+__all__ = [
+    "nnUNetTrainerWMHLoc", "nnUNetTrainerWMHLocCEDC",
+    "nnUNetTrainerWMHLoc_1epoch", "nnUNetTrainerWMHLoc_5epochs", "nnUNetTrainerWMHLoc_10epochs",
+    "nnUNetTrainerWMHLoc_smoke",
+    "nnUNetTrainerWMHLocCEDC_1epoch", "nnUNetTrainerWMHLocCEDC_5epochs", "nnUNetTrainerWMHLocCEDC_10epochs",
+    "nnUNetTrainerWMHLocCEDC_smoke",
+]
+
+
+class nnUNetTrainerWMHLocCEDC(nnUNetTrainer):
+    """nnU-Net's CE + Dice with the extra MRI augmentation (elastic, bias field, ghosting, motion,
+    multiplicative noise) on top of nnU-Net's default augmentation."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+
+    @staticmethod
+    def get_training_transforms(
+            patch_size: Union[np.ndarray, Tuple[int]],
+            rotation_for_DA: RandomScalar,
+            deep_supervision_scales: Union[List, Tuple, None],
+            mirror_axes: Tuple[int, ...],
+            do_dummy_2d_data_aug: bool,
+            use_mask_for_norm: List[bool] = None,
+            is_cascaded: bool = False,
+            foreground_labels: Union[Tuple[int, ...], List[int]] = None,
+            regions: List[Union[List[int], Tuple[int, ...], int]] = None,
+            ignore_label: int = None,
+    ) -> BasicTransform:
+        return training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                   do_dummy_2d_data_aug, use_mask_for_norm, is_cascaded, foreground_labels,
+                                   regions, ignore_label, skeleton=False)
+
+
+class nnUNetTrainerWMHLoc(nnUNetTrainerWMHLocCEDC):
+    """CE + Dice + skeleton recall (weights 1, 1, 1) with the MRI augmentation.
+
+    The tubed ground-truth skeleton travels as a second segmentation channel (added by SkeletonTransform
+    before deep-supervision downsampling); the loss splits it off. Label-based datasets only (including the
+    ignore label), not nnU-Net region-based training.
+    """
+    weight_sr = 1.0
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+
+    @staticmethod
+    def get_training_transforms(
+            patch_size: Union[np.ndarray, Tuple[int]],
+            rotation_for_DA: RandomScalar,
+            deep_supervision_scales: Union[List, Tuple, None],
+            mirror_axes: Tuple[int, ...],
+            do_dummy_2d_data_aug: bool,
+            use_mask_for_norm: List[bool] = None,
+            is_cascaded: bool = False,
+            foreground_labels: Union[Tuple[int, ...], List[int]] = None,
+            regions: List[Union[List[int], Tuple[int, ...], int]] = None,
+            ignore_label: int = None,
+    ) -> BasicTransform:
+        return training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                   do_dummy_2d_data_aug, use_mask_for_norm, is_cascaded, foreground_labels,
+                                   regions, ignore_label, skeleton=True)
+
+    @staticmethod
+    def get_validation_transforms(
+            deep_supervision_scales: Union[List, Tuple, None],
+            is_cascaded: bool = False,
+            foreground_labels: Union[Tuple[int, ...], List[int]] = None,
+            regions: List[Union[List[int], Tuple[int, ...], int]] = None,
+            ignore_label: int = None,
+    ) -> BasicTransform:
+        return validation_transforms(deep_supervision_scales, is_cascaded, foreground_labels, regions,
+                                     ignore_label, skeleton=True)
+
+    def _build_loss(self):
+        if self.label_manager.has_regions:
+            raise RuntimeError(f"{self.__class__.__name__}: skeleton recall needs label-based training; this "
+                               f"dataset uses nnU-Net regions. Use nnUNetTrainerWMHLocCEDC instead.")
+        # nnU-Net builds CE + Dice (ignore label, compile, deep-supervision weights); we put SR beside CE + Dice
+        loss = super()._build_loss()
+        sr = SkeletonRecallLoss(batch_dice=self.configuration_manager.batch_dice,
+                                ignore_label=self.label_manager.ignore_label)
+        if isinstance(loss, DeepSupervisionWrapper):
+            loss.loss = DC_CE_SR_loss(loss.loss, sr, self.weight_sr)
+            return loss
+        return DC_CE_SR_loss(loss, sr, self.weight_sr)
+
+    def validation_step(self, batch: dict) -> dict:
+        # nnU-Net's validation_step, except that the loss sees the skeleton channel while the pseudo Dice
+        # uses the segmentation channel only
+        data = batch['data'].to(self.device, non_blocking=True)
+        target = batch['target']
+        if isinstance(target, list):
+            target = [i.to(self.device, non_blocking=True) for i in target]
+        else:
+            target = target.to(self.device, non_blocking=True)
+
+        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+            output = self.network(data)
+            del data
+            l = self.loss(output, target)
+
+        if self.enable_deep_supervision:
+            output = output[0]
+            target = target[0]
+        target = target[:, :1]
+
+        axes = [0] + list(range(2, output.ndim))
+        output_seg = output.argmax(1)[:, None]
+        predicted_segmentation_onehot = torch.zeros(output.shape, device=output.device, dtype=torch.float16)
+        predicted_segmentation_onehot.scatter_(1, output_seg, 1)
+        del output_seg
+
+        if self.label_manager.has_ignore_label:
+            mask = (target != self.label_manager.ignore_label).float()
+            target = torch.where(target == self.label_manager.ignore_label, torch.zeros_like(target), target)
+        else:
+            mask = None
+
+        tp, fp, fn, _ = get_tp_fp_fn_tn(predicted_segmentation_onehot, target, axes=axes, mask=mask)
+        # drop the background, as nnU-Net does for softmax training
+        tp_hard = tp.detach().cpu().numpy()[1:]
+        fp_hard = fp.detach().cpu().numpy()[1:]
+        fn_hard = fn.detach().cpu().numpy()[1:]
+        return {'loss': l.detach().cpu().numpy(), 'tp_hard': tp_hard, 'fp_hard': fp_hard, 'fn_hard': fn_hard}
+
+
+class _NoTestTimeMirroring:
+    """Smoke runs: keep mirroring as a training augmentation but predict without mirrored test-time
+    augmentation (the checkpoint records it, so nnUNetv2_predict follows), 4x (2D) / 8x (3D) less CPU."""
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return out
+
+
+class nnUNetTrainerWMHLoc_1epoch(nnUNetTrainerWMHLoc):
+    """nnUNetTrainerWMHLoc for 1 epoch (debugging plans)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 1
+
+
+class nnUNetTrainerWMHLoc_5epochs(nnUNetTrainerWMHLoc):
+    """nnUNetTrainerWMHLoc for 5 epochs."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 5
+
+
+class nnUNetTrainerWMHLoc_10epochs(nnUNetTrainerWMHLoc):
+    """nnUNetTrainerWMHLoc for 10 epochs."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 10
+
+
+class nnUNetTrainerWMHLoc_smoke(_NoTestTimeMirroring, nnUNetTrainerWMHLoc):
+    """2 epochs x 3 iterations, 2 validation iterations, no test-time mirroring: a CPU smoke run."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 2
+        self.num_iterations_per_epoch = 3
+        self.num_val_iterations_per_epoch = 2
+
+
+class nnUNetTrainerWMHLocCEDC_1epoch(nnUNetTrainerWMHLocCEDC):
+    """nnUNetTrainerWMHLocCEDC for 1 epoch (debugging plans)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 1
+
+
+class nnUNetTrainerWMHLocCEDC_5epochs(nnUNetTrainerWMHLocCEDC):
+    """nnUNetTrainerWMHLocCEDC for 5 epochs."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 5
+
+
+class nnUNetTrainerWMHLocCEDC_10epochs(nnUNetTrainerWMHLocCEDC):
+    """nnUNetTrainerWMHLocCEDC for 10 epochs."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 10
+
+
+class nnUNetTrainerWMHLocCEDC_smoke(_NoTestTimeMirroring, nnUNetTrainerWMHLocCEDC):
+    """2 epochs x 3 iterations, 2 validation iterations, no test-time mirroring: a CPU smoke run."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 2
+        self.num_iterations_per_epoch = 3
+        self.num_val_iterations_per_epoch = 2
