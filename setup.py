@@ -54,6 +54,7 @@ setup(
         "acvl-utils",
         "matplotlib",
         "tqdm",
+        "monai>=1.5",  # UNETR and MedNeXt (MedNeXt since 1.5)
     ],
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": [f"{k}={v}" for k, v in CONSOLE_SCRIPTS.items()]},
