@@ -1,0 +1,320 @@
+"""Benchmark of the plugin's trainers on CPU (prints tables; not a test).
+
+Times are process CPU time (time.process_time), which a machine shared with other jobs disturbs far less
+than wall time; with one thread they equal the wall time of an idle machine.
+
+1. Per-iteration time (nnU-Net's own train_step: forward, loss, backward, clipped SGD step) of
+   nnUNetTrainer, nnUNetTrainerWMHLocCEDC and nnUNetTrainerWMHLoc on the SAME batches, 2D and 3D, plus the
+   loss alone (forward + backward on fixed logits), which is the part that matters on a GPU where the network
+   is fast. Goal: skeleton recall (SR) adds <= 10 % per iteration.
+2. Data-loading time per batch (crop + augmentation pipeline, one process, one thread, as one nnU-Net DA
+   worker) of nnU-Net's default pipeline vs ours (CEDC) vs ours + skeleton (WMHLoc), for the lesion task
+   (2 classes + ignore) and the 37-class region task. Goal: ours <= 1.5x the default.
+
+Label maps come from the authors' subject-space region maps in ../shared/data when present (real anatomy,
+37 classes; lesions are blobs placed in the WM), else from a synthetic brain. Images are label-dependent
+intensities plus noise, z-scored. Networks and losses are built by the real trainer classes from a plans
+dict written here in nnU-Net's format (PlainConvUNet, nnU-Net's stage/feature rules).
+
+    python benchmarks/bench_trainers.py                 # defaults (a few minutes on 2 cores)
+    python benchmarks/bench_trainers.py --quick         # tiny sizes, a smoke run of the script
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _plans(dim: int, patch, batch: int, name: str) -> dict:
+    """A plans dict in nnU-Net 2.8's format for a 1-channel MRI dataset (stages halve to >= 4 voxels)."""
+    patch = [int(p) for p in patch]
+    strides, size = [[1] * dim], list(patch)
+    while len(strides) < (8 if dim == 2 else 6) and any(s >= 8 for s in size):
+        st = [2 if s >= 8 else 1 for s in size]
+        size = [s // t for s, t in zip(size, st)]
+        strides.append(st)
+    n = len(strides)
+    feats = [min(32 * 2 ** i, 512 if dim == 2 else 320) for i in range(n)]
+    conv = "torch.nn.modules.conv.Conv%dd" % dim
+    norm = "torch.nn.modules.instancenorm.InstanceNorm%dd" % dim
+    spacing = [0.96, 0.96] if dim == 2 else [3.0, 0.96, 0.96]
+    cfg = {
+        "data_identifier": f"nnUNetPlans_{dim}d", "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": batch, "patch_size": patch, "median_image_size_in_voxels": patch, "spacing": spacing,
+        "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": n, "features_per_stage": feats, "conv_op": conv,
+                            "kernel_sizes": [[3] * dim] * n, "strides": strides, "n_conv_per_stage": [2] * n,
+                            "n_conv_per_stage_decoder": [2] * (n - 1), "conv_bias": True, "norm_op": norm,
+                            "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
+                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+                            "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+        "batch_dice": dim == 2,
+    }
+    return {"dataset_name": name, "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [3.0, 0.96, 0.96],
+            "original_median_shape_after_transp": [48, 240, 240], "image_reader_writer": "SimpleITKIO",
+            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "experiment_planner_used": "bench",
+            "label_manager": "LabelManager",
+            "foreground_intensity_properties_per_channel": {"0": {"max": 4.0, "mean": 0.0, "median": 0.0, "min": -2.0,
+                                                                  "percentile_00_5": -2.0, "percentile_99_5": 4.0,
+                                                                  "std": 1.0}},
+            "configurations": {f"{dim}d": cfg}}
+
+
+def _dataset_json(task: str) -> dict:
+    labels = {"background": 0, "WMH": 1, "ignore": 2} if task == "lesion" else \
+        dict({"background": 0}, **{f"region{i}": i for i in range(1, 37)})
+    return {"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": 4, "file_ending": ".nii.gz"}
+
+
+# ------------------------------------------------------------------------------------------- source data
+def _label_volumes(n: int, rng) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(region map 0..36, lesion map 0/1/2) pairs, z-y-x, ~48 x 240 x 240."""
+    files = sorted(glob.glob(str(Path(__file__).resolve().parents[2] / "shared/data/wmhlocalization/"
+                                 "WMH_refined_labels/Train/WMH_*.nii.gz")))
+    out = []
+    if files:
+        import SimpleITK as sitk
+        for f in files[:n]:
+            out.append(sitk.GetArrayFromImage(sitk.ReadImage(f)).astype(np.int16))
+        src = "authors' region maps (shared data)"
+    else:
+        z, y, x = np.mgrid[:48, :240, :240]
+        for _ in range(n):
+            r = np.sqrt(((z - 24) / 20) ** 2 + ((y - 120) / 95) ** 2 + ((x - 120) / 80) ** 2)
+            ang = (np.arctan2(y - 120, x - 120) + np.pi) / (2 * np.pi)
+            reg = np.where(r < 0.75, 1 + (ang * 17).astype(int) + 17 * (x > 120), 0)
+            reg[(r < 0.75) & (z < 10)] = 35 + (x[(r < 0.75) & (z < 10)] > 120)
+            out.append(reg.astype(np.int16))
+        src = "synthetic brain"
+    pairs = []
+    for reg in out:
+        les = np.zeros_like(reg)
+        wm = np.argwhere(reg > 0)
+        for k in range(25):
+            c = wm[rng.integers(len(wm))]
+            r = rng.uniform(1.5, 5)
+            sl = tuple(slice(max(0, ci - 6), ci + 7) for ci in c)
+            zz, yy, xx = np.meshgrid(*[np.arange(s.start, min(s.stop, sh)) for s, sh in zip(sl, reg.shape)],
+                                     indexing="ij")
+            blob = ((zz - c[0]) * 3) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= r * r
+            les[sl][blob & (reg[sl] > 0)] = 2 if k == 0 else 1
+        pairs.append((reg, les))
+    print(f"label maps: {len(pairs)} volumes from {src}, shape {pairs[0][0].shape}")
+    return pairs
+
+
+def _image(labels: np.ndarray, rng) -> np.ndarray:
+    img = (labels > 0) * 1.0 + 0.02 * labels + rng.normal(0, 0.3, labels.shape)
+    return ((img - img.mean()) / img.std()).astype(np.float32)
+
+
+def _crop(vol: np.ndarray, seg: np.ndarray, size, dim: int, rng, force_fg: bool):
+    """nnU-Net-like crop of `size` (padded with seg -1 outside) around a random or a foreground voxel."""
+    if dim == 2:
+        z = rng.integers(vol.shape[0]) if not force_fg else np.argwhere(seg > 0)[rng.integers((seg > 0).sum())][0]
+        vol, seg = vol[z], seg[z]
+    if force_fg and (seg > 0).any():
+        centre = np.argwhere(seg > 0)[rng.integers((seg > 0).sum())]
+    else:
+        centre = np.array([rng.integers(s) for s in seg.shape])
+    img = np.zeros(size, np.float32)
+    lab = np.full(size, -1, np.int16)
+    src, dst = [], []
+    for c, s, n in zip(centre, size, seg.shape):
+        lo = int(c) - s // 2
+        a, b = max(lo, 0), min(lo + s, n)
+        src.append(slice(a, b))
+        dst.append(slice(a - lo, b - lo))
+    img[tuple(dst)] = vol[tuple(src)]
+    lab[tuple(dst)] = seg[tuple(src)]
+    return img[None], lab[None]
+
+
+# ----------------------------------------------------------------------------------------------- timing
+def _trainer(cls, dim, patch, batch, task):
+    import torch
+    plans = _plans(dim, patch, batch, f"Dataset999_bench{task}")
+    tr = cls(dict(plans, continue_training=False), f"{dim}d", 0, _dataset_json(task), device=torch.device("cpu"))
+    tr.batch_size = batch
+    tr.network = tr.build_network_architecture(tr.plans_manager, tr.configuration_manager, 1,
+                                               tr.label_manager.num_segmentation_heads, True)
+    tr.optimizer, tr.lr_scheduler = tr.configure_optimizers()
+    tr.loss = tr._build_loss()
+    tr.was_initialized = True
+    return tr
+
+
+def _pipeline_args(tr):
+    rot, dummy2d, init_patch, mirror = tr.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    lm = tr.label_manager
+    return [int(i) for i in init_patch], (tr.configuration_manager.patch_size, rot, tr._get_deep_supervision_scales(),
+                                          mirror, dummy2d), dict(
+        use_mask_for_norm=tr.configuration_manager.use_mask_for_norm, is_cascaded=False,
+        foreground_labels=lm.foreground_labels, regions=None, ignore_label=lm.ignore_label)
+
+
+def _make_batch(pipe, crops, batch):
+    import torch
+    data, segs = [], None
+    for img, lab in crops[:batch]:
+        out = pipe(image=torch.from_numpy(img.copy()), segmentation=torch.from_numpy(lab.copy()))
+        data.append(out["image"])
+        s = out["segmentation"]
+        segs = [[x] for x in s] if segs is None else [acc + [x] for acc, x in zip(segs, s)]
+    return {"data": torch.stack(data), "target": [torch.stack(x) for x in segs]}
+
+
+def bench_iterations(dim, patch, batch, task, pairs, n_iter, rng):
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunet_wmhloc.training.trainers import nnUNetTrainerWMHLoc, nnUNetTrainerWMHLocCEDC
+
+    classes = [nnUNetTrainer, nnUNetTrainerWMHLocCEDC, nnUNetTrainerWMHLoc]
+    trainers = [_trainer(c, dim, patch, batch, task) for c in classes]
+    # identical initial weights
+    sd = trainers[0].network.state_dict()
+    for t in trainers[1:]:
+        t.network.load_state_dict(sd)
+    init_patch, args, kw = _pipeline_args(trainers[2])
+    pipe = nnUNetTrainerWMHLoc.get_training_transforms(*args, **kw)
+    batches = []
+    for _ in range(n_iter + 1):
+        crops = []
+        for _ in range(batch):
+            reg, les = pairs[rng.integers(len(pairs))]
+            seg = les if task == "lesion" else reg
+            crops.append(_crop(_image(reg, rng), seg, init_patch, dim, rng, force_fg=rng.uniform() < 0.33))
+        batches.append(_make_batch(pipe, crops, batch))
+    times = {c.__name__: [] for c in classes}
+    loss_times = {c.__name__: [] for c in classes}
+    for i, b in enumerate(batches):
+        for c, tr in zip(classes, trainers):
+            seg_only = {"data": b["data"], "target": [t[:, :1] for t in b["target"]]}
+            feed = b if c is nnUNetTrainerWMHLoc else seg_only
+            if i == 0:
+                tr.on_train_epoch_start()
+            t0 = time.process_time()
+            tr.train_step(feed)
+            dt = time.process_time() - t0
+            # loss alone on fixed logits
+            with torch.no_grad():
+                out = [o.detach() for o in tr.network(feed["data"])]
+            out = [o.requires_grad_(True) for o in out]
+            t1 = time.process_time()
+            for _ in range(3):
+                tr.loss(out, [t.clone() for t in feed["target"]]).backward()
+            lt = (time.process_time() - t1) / 3
+            if i > 0:  # the first round warms up
+                times[c.__name__].append(dt)
+                loss_times[c.__name__].append(lt)
+    return times, loss_times
+
+
+def bench_loading(dim, patch, batch, task, pairs, n_batches, seed):
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunet_wmhloc.training.trainers import nnUNetTrainerWMHLoc, nnUNetTrainerWMHLocCEDC
+
+    tr = _trainer(nnUNetTrainer, dim, patch, batch, task)
+    init_patch, args, kw = _pipeline_args(tr)
+    variants = {"nnU-Net default": nnUNetTrainer, "ours (CEDC)": nnUNetTrainerWMHLocCEDC,
+                "ours + skeleton (WMHLoc)": nnUNetTrainerWMHLoc}
+    rng = np.random.default_rng(seed)
+    images = [_image(reg, rng) for reg, _ in pairs]
+    results = {}
+    for name, cls in variants.items():
+        pipe = cls.get_training_transforms(*args, **kw)
+        rng = np.random.default_rng(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        per = []
+        for _ in range(n_batches):
+            t0 = time.process_time()
+            for _ in range(batch):
+                k = rng.integers(len(pairs))
+                reg, les = pairs[k]
+                img, lab = _crop(images[k], les if task == "lesion" else reg, init_patch, dim, rng,
+                                 force_fg=rng.uniform() < 0.33)
+                pipe(image=torch.from_numpy(img), segmentation=torch.from_numpy(lab))
+            per.append(time.process_time() - t0)
+        results[name] = per
+    return results
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (checks the script runs)")
+    p.add_argument("--iters", type=int, default=5, help="timed training iterations per trainer (after 1 warm-up)")
+    p.add_argument("--batches", type=int, default=6, help="timed batches per augmentation pipeline")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the training steps")
+    p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--skip-data", action="store_true")
+    a = p.parse_args(argv)
+
+    os.environ.setdefault("nnUNet_compile", "0")
+    tmp = tempfile.mkdtemp(prefix="wmhloc_bench_")
+    os.environ["nnUNet_results"] = tmp  # trainers write their log files there
+    os.environ.pop("nnUNet_preprocessed", None)
+    import torch
+    import contextlib
+    import io
+
+    rng = np.random.default_rng(0)
+    pairs = _label_volumes(2 if a.quick else 4, rng)
+    # training steps: CPU-sized patches (a 256x256 x 12 2D batch takes tens of seconds per step on 2 cores)
+    train_cfgs = [(2, (64, 64), 4), (3, (16, 48, 48), 2)] if a.quick else [(2, (128, 128), 8), (3, (32, 96, 96), 2)]
+    # data loading: the sizes nnU-Net plans for the WMH data (2D 256^2 x 12, 3D 40 x 224 x 192 x 2)
+    data_cfgs = [(2, (64, 64), 4), (3, (16, 48, 48), 2)] if a.quick else [(2, (256, 256), 12), (3, (40, 224, 192), 2)]
+    iters = 1 if a.quick else a.iters
+    nb = 2 if a.quick else a.batches
+    quiet = contextlib.redirect_stdout(io.StringIO())
+
+    if not a.skip_train:
+        torch.set_num_threads(a.threads)
+        print(f"\n## Per-iteration CPU time, {a.threads} thread(s) (median of {iters}; loss = forward+backward "
+              f"of the loss alone)")
+        print(f"{'task':7} {'dim':3} {'patch x batch':18} {'trainer':26} {'iter s':>8} {'vs plain':>9} "
+              f"{'loss ms':>8} {'vs plain':>9}")
+        for task in ("lesion", "region"):
+            for dim, patch, batch in train_cfgs:
+                with quiet:
+                    times, ltimes = bench_iterations(dim, patch, batch, task, pairs, iters, rng)
+                base = np.median(times["nnUNetTrainer"])
+                lbase = np.median(ltimes["nnUNetTrainer"])
+                for name in times:
+                    t, lt = np.median(times[name]), np.median(ltimes[name])
+                    print(f"{task:7} {dim}D  {str(tuple(patch)) + ' x ' + str(batch):18} {name:26} {t:8.2f} "
+                          f"{100 * (t / base - 1):+8.1f}% {1000 * lt:8.1f} {100 * (lt / lbase - 1):+8.1f}%")
+    if not a.skip_data:
+        torch.set_num_threads(1)
+        print(f"\n## Data loading: CPU time of crop + augmentation per batch, 1 thread (mean of {nb} batches)")
+        print(f"{'task':7} {'dim':3} {'patch x batch':20} {'pipeline':26} {'s/batch':>8} {'vs default':>10}")
+        for task in ("lesion", "region"):
+            for dim, patch, batch in data_cfgs:
+                with quiet:
+                    res = bench_loading(dim, patch, batch, task, pairs, nb, seed=1)
+                base = np.mean(res["nnU-Net default"])
+                for name, per in res.items():
+                    m = np.mean(per)
+                    print(f"{task:7} {dim}D  {str(tuple(patch)) + ' x ' + str(batch):20} {name:26} {m:8.3f} "
+                          f"{m / base:9.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
