@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# subprocesses must find the console scripts of the interpreter running the tests (a venv not activated)
+os.environ["PATH"] = str(Path(__import__("sys").executable).parent) + os.pathsep + os.environ.get("PATH", "")
 SHARED = Path(os.environ.get("WMHLOC_SHARED", REPO.parent / "shared")) / "data"
 
 
