@@ -7,8 +7,8 @@ contrast, bias and skull, and is what the authors did (their FAST-AID WM → WM,
 
 Initialisation works without any overlap at the start: the centres of mass of the two WM masks are
 matched (Eve's origin is (0,0,0), far from any scanner's), then a few start rotations (±12° about each
-axis) are scored and the best one is optimised: rigid+scale (similarity) at 4 mm, then affine at 4 and
-2 mm, on grids covering the subject's brain. The transform maps subject points to atlas points
+axis) are scored and the best one is optimised: rigid+scale (similarity) at 4 mm, then affine at 4, 2 and
+1.5 mm, on grids covering the subject's brain. The transform maps subject points to atlas points
 (ITK convention: fixed = subject, moving = atlas), as needed to resample atlas labels onto the subject."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-LEVELS_MM = (4.0, 2.0)
+LEVELS_MM = (4.0, 2.0, 1.5)
 TISSUE_VALUES = (0.0, 1.0, 2.0, 3.0)  # bg, CSF, GM, WM
 SEED = 20240917
 
@@ -130,7 +130,7 @@ def register(subject_tissue: sitk.Image, atlas_tissue: sitk.Image, *, start_deg:
         t.SetCenter(tuple(c_s))
         t.SetMatrix(tuple(m.ravel()))
         t.SetTranslation(tuple(c_a - c_s))
-        r = _method(25, 0.2, fov[h0])
+        r = _method(15, 0.2, fov[h0])
         r.SetInitialTransform(t, inPlace=True)
         try:
             r.Execute(fixed[h0], moving[h0])
@@ -153,7 +153,7 @@ def register(subject_tissue: sitk.Image, atlas_tissue: sitk.Image, *, start_deg:
     aff.SetMatrix(sim.GetMatrix())
     aff.SetTranslation(sim.GetTranslation())
     for h in levels_mm:
-        r = _method(200, 0.2 if h >= 4 else 0.1, fov[h], max_step_mm=h / 2)
+        r = _method(200, {4.0: 0.2, 2.0: 0.1}.get(h, 0.05), fov[h], max_step_mm=h / 2)
         r.SetInitialTransform(aff, inPlace=True)
         r.Execute(fixed[h], moving[h])
         log.append((f"affine {h:g}mm", r.GetMetricValue(), r.GetOptimizerIteration(),

@@ -85,7 +85,15 @@ def label_subject(t1_path, atlas: _atlas.Atlas, *, flair_path=None, wm_path=None
     t0 = time.time()
     t1, flair, wm_given = _read_inputs(t1_path, flair_path, wm_path)
     grid = flair if flair is not None else t1
-    brain, tissue = _subject.segment(t1, flair)
+    a = sitk.GetArrayViewFromImage(t1)
+    lo, hi = np.percentile(a[:: 4], [1, 99])
+    if not hi > lo:
+        raise WMHLocError(f"{t1_path}: T1 has no contrast (1st and 99th percentiles both {hi:g})")
+    try:
+        brain, tissue = _subject.segment(t1, flair)
+    except (RuntimeError, ValueError, IndexError) as e:
+        raise WMHLocError(f"{t1_path}: brain/WM estimation failed ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[-1][:100]}); pass --wm-mask") from None
     if wm_given is not None:  # the user's WM replaces ours; our brain mask still shapes the fit
         brain = sitk.Cast((brain + wm_given) > 0, sitk.sitkUInt8)
         arr = sitk.GetArrayFromImage(tissue)
