@@ -1,18 +1,21 @@
 """Brain mask and white matter of a subject's T1 (skull-stripped or not), optionally helped by FLAIR.
 
-Method (documented limits in the README text of issue 3's report):
-1. Head: Otsu threshold of the lightly smoothed T1, largest component, holes filled.
-2. Brain: inside the head, keep voxels above a dark/bright Otsu threshold (drops air, skull, CSF), erode
-   by ~4.5 mm so the brain detaches from scalp, eyes and neck muscles through the dark skull, keep the
-   component nearest the head's centre among the large ones, dilate back within the bright voxels, fill
-   holes (ventricles) and close by ~3 mm (sulcal CSF). Works when a dark skull layer separates brain and
-   scalp over most of the surface (T1, any resolution ≥ 3 mm slices); fails on images whose brain touches
-   bright tissue over large areas (e.g. strong fat-suppression artefacts) — pass --wm-mask then.
-3. Bias: N4 (SimpleITK) on a 4× shrunk copy, inside the brain mask.
+Method (on a >= 2 mm block-averaged working grid; masks are brought back to the T1's grid):
+1. Head: Otsu threshold of the lightly smoothed T1, largest component, closed, holes filled.
+2. Bias: N4 (SimpleITK) on a ~6 mm copy inside the head; the field is applied at full resolution.
+3. Brain: inside the head, a 3-class Otsu splits dark (air, skull, CSF) | mid (GM, muscle) | bright
+   (WM, fat); voxels above the first cut are eroded by 3 mm so the brain detaches from scalp, eyes and
+   neck muscles through the dark skull; the largest component (or a close second nearer the head's
+   centre) is regrown inside the bright voxels but at most 8 mm from the eroded core (the scalp lies
+   beyond CSF + skull), then closed by 3 mm and hole-filled (ventricles, sulcal CSF).
 4. WM: 3-class k-means on log intensities inside the brain (CSF < GM < WM on T1); WM = brightest class,
-   small specks removed. With FLAIR (same grid), FLAIR-bright voxels (lesions: dark on T1, so k-means
-   calls them GM/CSF) inside the closed WM are added to the WM.
-A skull-stripped input (zero background) goes through the same steps: the head is then the brain."""
+   specks < 200 mm3 removed. With FLAIR (same grid), FLAIR-bright voxels (median + 3 MAD of the WM)
+   inside the closed WM are added: lesions are dark on T1, so k-means calls them GM/CSF.
+Limits: assumes T1 contrast (WM brightest tissue of the brain) and a dark skull layer separating brain
+from scalp over most of the surface; deep grey matter that is bright on T1 (thalamus, pallidum) may be
+called WM (it then gets labels 35/36, reported apart); heavy atrophy or very large lesions shift the
+k-means cuts. A skull-stripped input (zero background) goes through the same steps. When the estimate is
+wrong, pass --wm-mask."""
 from __future__ import annotations
 
 import numpy as np
