@@ -1,0 +1,188 @@
+"""What wmhloc_run and wmhloc_predict share: the nnU-Net environment, and the stages after prediction
+(fuse -> localize -> cluster -> evaluate -> report) on one output layout:
+
+<output>/predictions/{lesion,region}/      nnUNetv2_predict --save_probabilities output, <subject>_{flair,t1}
+<output>/segmentations/{lesion,region}/    wmhloc_fuse: one map per subject (FLAIR and T1 averaged)
+<output>/localize/                          wmhloc_localize: regional_loads.csv, lesions.csv, regional_maps/
+<output>/cluster/                           wmhloc_cluster (when >= 3 subjects have WM lesions)
+<output>/evaluation/<task>_<setting>/       wmhloc_evaluate (FLAIR, T1, fused), compare_<task>/ wmhloc_compare
+<output>/report/report.html                 the report, with its figures/ and tables/
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+from nnunet_wmhloc.env import nnunet_environ
+from nnunet_wmhloc.io import WMHLocError
+from nnunet_wmhloc.naming import split_case
+from nnunet_wmhloc.pipeline.budget import budget_environ
+from nnunet_wmhloc.pipeline.stages import StageContext, clear_dir, cpu_count
+
+TASKS = ("lesion", "region")
+SETTINGS = (("FLAIR", "flair"), ("T1", "t1"), ("fused", None))
+
+
+def pipeline_environ(nnunet_root: Path | None, shim_folder: Path, *, device: str, threads: int | None,
+                     processes: int) -> dict:
+    """Environment for nnU-Net subprocesses: its folders (when a root is given), our trainers and the budget
+    trainers on nnUNet_extTrainer; on a CPU one torch thread per free core and few worker processes."""
+    env = nnunet_environ(nnunet_root)
+    if nnunet_root is not None:
+        for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            Path(env[k]).mkdir(parents=True, exist_ok=True)
+    env = budget_environ(env, shim_folder)
+    if device == "cpu":
+        env.setdefault("nnUNet_n_proc_DA", "1")
+        n_da = int(env["nnUNet_n_proc_DA"])
+        t = threads or max(1, cpu_count() - n_da)
+        env["WMHLOC_TORCH_THREADS"] = str(t)
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(t)
+        env["nnUNet_def_n_proc"] = str(processes)
+    elif threads:
+        env["WMHLOC_TORCH_THREADS"] = str(threads)
+    env["PYTHONUNBUFFERED"] = "1"  # nnU-Net's progress reaches the log as it happens
+    return env
+
+
+def default_processes(device: str) -> int:
+    """Worker processes for nnU-Net preprocessing/export: nnU-Net's 3 on a GPU machine, 1-2 on a CPU."""
+    return 3 if device != "cpu" else max(1, min(2, cpu_count() - 1))
+
+
+def nifti_stems(folder: Path) -> list[str]:
+    return sorted(p.name[:-len(".nii.gz")] for p in folder.glob("*.nii.gz") if not p.name.startswith("."))
+
+
+def predict_models(ctx: StageContext, images: Path, output: Path, models: dict[str, list[str]]) -> dict:
+    """Run one nnU-Net prediction command per task into <output>/predictions/<task>.
+
+    `models[task]` is the command (console script and arguments) without -i/-o."""
+    cases = sorted(p.name for p in images.glob("*_0000.nii.gz"))
+    if not cases:
+        raise WMHLocError(f"{images}: no <case>_0000.nii.gz images to predict")
+    out = {}
+    for task, cmd in models.items():
+        dst = clear_dir(output / "predictions" / task)
+        ctx.say(f"{task} model: predicting {len(cases)} cases -> {dst}")
+        ctx.nnunet([cmd[0], "-i", images, "-o", dst, *cmd[1:]])
+        got = nifti_stems(dst)
+        if len(got) != len(cases):
+            raise WMHLocError(f"{dst}: {len(got)} segmentations for {len(cases)} input cases")
+        out[task] = len(got)
+    return {"cases": len(cases), "predicted": out}
+
+
+def fuse_stage(ctx: StageContext) -> dict:
+    out = {}
+    for task in TASKS:
+        src = ctx.output / "predictions" / task
+        dst = ctx.output / "segmentations" / task
+        ctx.tool("wmhloc_fuse", [src, "-o", dst, "--overwrite"])
+        out[task] = len(nifti_stems(dst))
+    return {"subjects": out}
+
+
+def localize_stage(ctx: StageContext, reference_lesions: Path | None) -> dict:
+    args = ["--lesions", ctx.output / "segmentations" / "lesion", "--regions", ctx.output / "segmentations" / "region",
+            "-o", ctx.output / "localize", "--overwrite"]
+    if reference_lesions is not None:
+        args += ["--reference-lesions", reference_lesions]
+    ctx.tool("wmhloc_localize", args)
+    rows = read_rows(ctx.output / "localize" / "regional_loads.csv")
+    return {"subjects": len(rows), "with_wm_lesions": sum(float(r["wm_mm3"]) > 0 for r in rows),
+            "reference": reference_lesions is not None}
+
+
+def cluster_stage(ctx: StageContext, *, k_max: int = 8, atlas: str | None = None) -> dict:
+    """k-means on the predicted regional loads; skipped (and said so) with fewer than 3 subjects with WM
+    lesions, since K >= 2 groups and a silhouette need at least K + 1 of them."""
+    loads = ctx.output / "localize" / "regional_loads.csv"
+    rows = read_rows(loads)
+    n = sum(float(r["wm_mm3"]) > 0 for r in rows)
+    dst = ctx.output / "cluster"
+    if n < 3:
+        if dst.exists():
+            shutil.rmtree(dst)
+        msg = f"clustering skipped: {n} subject(s) with WM lesions, at least 3 needed"
+        ctx.say(msg)
+        return {"skipped": msg}
+    kmax = max(2, min(k_max, n - 1))
+    args = [loads, "-o", dst, "--k-range", 2, kmax, "--overwrite"]
+    if atlas:
+        args += ["--atlas", atlas]
+    ctx.tool("wmhloc_cluster", args)
+    return {"clustered": n, "k_range": [2, kmax]}
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
+    except OSError:  # file systems without symlinks
+        shutil.copy2(src, dst)
+
+
+def evaluate_stage(ctx: StageContext, references: dict[str, Path | None], sites: Path | None) -> dict:
+    """Score FLAIR, T1 and fused predictions against the references of each task that has them, then set
+    the three side by side (wmhloc_compare). Only subjects with a reference are scored: the others (e.g. a
+    subject without a region map) are listed in the summary."""
+    root = ctx.output / "evaluation"
+    if root.exists():
+        shutil.rmtree(root)
+    summary = {}
+    for task in TASKS:
+        ref = references.get(task)
+        if ref is None or not ref.is_dir() or not nifti_stems(ref):
+            summary[task] = "no references"
+            ctx.say(f"{task}: no references, not evaluated")
+            continue
+        ref_subjects = {split_case(s)[0] for s in nifti_stems(ref)}
+        done = {}
+        unscored: set[str] = set()
+        for name, mod in SETTINGS:
+            src = ctx.output / ("predictions" if mod else "segmentations") / task
+            view = clear_dir(root / "inputs" / f"{task}_{name.lower()}")
+            n = 0
+            for stem in nifti_stems(src):
+                subject, m = split_case(stem)
+                if (mod is None and m is not None) or (mod is not None and m != mod):
+                    continue
+                if subject not in ref_subjects:
+                    unscored.add(subject)
+                    continue
+                _link(src / f"{stem}.nii.gz", view / f"{stem}.nii.gz")
+                n += 1
+            if not n:
+                continue
+            dst = root / f"{task}_{name.lower()}"
+            args = ["--pred", view, "--ref", ref, "--task", task, "--output", dst]
+            if sites is not None and sites.is_file():
+                args += ["--sites", sites]
+            ctx.tool("wmhloc_evaluate", args)
+            done[name] = dst
+        if len(done) >= 2:
+            ctx.tool("wmhloc_compare", ["--results", *[f"{k}={v}" for k, v in done.items()],
+                                        "--output", root / f"compare_{task}", "--published"])
+        summary[task] = {"settings": sorted(done), "unscored_subjects": sorted(unscored)}
+    return summary
+
+
+def read_markers(output: Path) -> dict:
+    """{stage: done-marker} of the stages finished so far, in the order they finished."""
+    import json
+
+    out = []
+    for p in (output / "stages").glob("*.done"):
+        try:
+            m = json.loads(p.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        out.append((p.stat().st_mtime, p.stem, m))
+    return {name: m for _, name, m in sorted(out)}
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,208 @@
+"""wmhloc_predict: apply trained lesion and region models to a new cohort: lesion and region maps per
+subject, regional lesion loads, clustering (>= 3 subjects with lesions) and the report.
+
+    wmhloc_predict cohort.csv -o out --lesion-model RESULTS/Dataset601_WMHLesion/nnUNetTrainerWMHLoc__nnUNetPlans__3d_fullres \\
+        --region-model RESULTS/Dataset602_WMHRegion/nnUNetTrainerWMHLoc__nnUNetPlans__3d_fullres
+    wmhloc_predict bids_root -o out --lesion-model 601 --region-model 602 -c 3d_fullres   # ids in $nnUNet_results
+
+The cohort (BIDS root, CSV manifest or folder, see wmhloc_convert_cohort) becomes an inference folder of
+<subject>_flair_0000 / <subject>_t1_0000 images; each model predicts every case (nnUNetv2_predict_from_modelfolder),
+FLAIR and T1 are fused per subject, and the rest runs as in wmhloc_run. Lesion masks or region maps listed in
+the cohort are used as references (evaluation, reference loads). Stages resume like wmhloc_run's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from nnunet_wmhloc import cli
+from nnunet_wmhloc.io import WMHLocError
+from nnunet_wmhloc.pipeline import common
+from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext, clear_dir
+
+STAGES = ("convert", "predict", "fuse", "localize", "cluster", "evaluate", "report")
+
+
+def resolve_model(spec: str, *, task: str, trainer: str, configuration: str, plans: str,
+                  results: str | None) -> Path:
+    """A trained model folder (holding plans.json, dataset.json and fold_X/) from a path or a dataset id/name."""
+    p = Path(spec)
+    if p.is_dir():
+        folder = p
+    else:
+        if not (spec.isdigit() or spec.startswith("Dataset")):
+            raise WMHLocError(f"--{task}-model {spec}: neither a model folder nor a dataset id/name")
+        if not results:
+            raise WMHLocError(f"--{task}-model {spec}: a dataset id needs --nnunet-results or $nnUNet_results")
+        root = Path(results)
+        pattern = f"Dataset{int(spec):03d}_*" if spec.isdigit() else spec
+        hits = sorted(root.glob(pattern)) if root.is_dir() else []
+        if len(hits) != 1:
+            raise WMHLocError(f"{root}: expected one {pattern} folder for --{task}-model, found {len(hits)}")
+        folder = hits[0] / f"{trainer}__{plans}__{configuration}"
+        if not folder.is_dir():
+            have = ", ".join(sorted(x.name for x in hits[0].iterdir() if x.is_dir())) or "none"
+            raise WMHLocError(f"{folder}: no such trained model (trained models there: {have})")
+    for f in ("plans.json", "dataset.json"):
+        if not (folder / f).is_file():
+            raise WMHLocError(f"{folder}: not an nnU-Net model folder (no {f})")
+    labels = json.loads((folder / "dataset.json").read_text()).get("labels", {})
+    n = len([v for v in labels.values() if not isinstance(v, (list, tuple))])
+    if task == "region" and n < 30:
+        raise WMHLocError(f"{folder}: {n} labels; a region model has 37 (0..36). Lesion and region models swapped?")
+    if task == "lesion" and n > 3:
+        raise WMHLocError(f"{folder}: {n} labels; a lesion model has 2-3 (0 background, 1 WMH, 2 other). "
+                          "Lesion and region models swapped?")
+    return folder.resolve()
+
+
+def model_folds(folder: Path, folds: list[str] | None) -> list[str]:
+    if folds:
+        for f in folds:
+            if not (folder / f"fold_{f}" / "checkpoint_final.pth").is_file():
+                raise WMHLocError(f"{folder / f'fold_{f}' / 'checkpoint_final.pth'}: not found (fold {f} not trained)")
+        return folds
+    found = sorted(d.name[len("fold_"):] for d in folder.glob("fold_*") if (d / "checkpoint_final.pth").is_file())
+    if not found:
+        raise WMHLocError(f"{folder}: no fold_X/checkpoint_final.pth (no finished training)")
+    return found
+
+
+def build_parser():
+    p = cli.parser("wmhloc_predict", __doc__.split("\n\n")[0])
+    p.add_argument("cohort", type=Path, help="BIDS root or CSV manifest (subject, flair, t1[, lesion, regions, site])")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (created; re-runs resume it)")
+    p.add_argument("--lesion-model", required=True,
+                   help="trained lesion model: an nnU-Net results folder <trainer>__<plans>__<configuration> or a "
+                        "dataset id/name found in --nnunet-results")
+    p.add_argument("--region-model", required=True, help="trained region model, as --lesion-model")
+    p.add_argument("--trainer", default="nnUNetTrainerWMHLoc", help="trainer of models given by dataset id")
+    p.add_argument("--region-trainer", default=None, help="region trainer when given by id (default: --trainer)")
+    p.add_argument("-c", "--configuration", default="3d_fullres", help="configuration of models given by dataset id")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier of models given by dataset id")
+    p.add_argument("--nnunet-results", default=os.environ.get("nnUNet_results"),
+                   help="nnU-Net results folder for dataset ids (default $nnUNet_results)")
+    p.add_argument("-f", "--folds", nargs="+", default=None,
+                   help="folds to ensemble (default: every fold with checkpoint_final.pth)")
+    p.add_argument("--device", choices=("cuda", "cpu", "mps"), default="cuda")
+    p.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (faster)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per nnU-Net process on the CPU (default: cores minus one)")
+    p.add_argument("--processes", type=int, default=None, help="nnU-Net preprocessing/export worker processes")
+    p.add_argument("--register-t1", action="store_true",
+                   help="rigidly register T1s that are not on the FLAIR grid (wmhloc_convert_cohort)")
+    p.add_argument("--atlas", help="refined 36-label atlas for the cluster atlas maps")
+    p.add_argument("--k-max", type=int, default=8, help="largest number of groups tried by the clustering")
+    p.add_argument("--force", choices=STAGES, help="redo this stage and every stage after it")
+    p.add_argument("--quiet", action="store_true", help="only errors on the terminal")
+    return p
+
+
+class PredictPlan:
+    def __init__(self, a, command: str):
+        self.a = a
+        self.command = command
+        self.output = a.output.resolve()
+        if not a.cohort.exists():
+            raise WMHLocError(f"{a.cohort}: cohort not found (BIDS root or CSV manifest)")
+        self.models = {
+            "lesion": resolve_model(a.lesion_model, task="lesion", trainer=a.trainer, configuration=a.configuration,
+                                    plans=a.plans, results=a.nnunet_results),
+            "region": resolve_model(a.region_model, task="region", trainer=a.region_trainer or a.trainer,
+                                    configuration=a.configuration, plans=a.plans, results=a.nnunet_results)}
+        self.folds = {t: model_folds(m, a.folds) for t, m in self.models.items()}
+        self.processes = a.processes or common.default_processes(a.device)
+        self.env = common.pipeline_environ(None, self.output / "wmhloc_trainers", device=a.device,
+                                           threads=a.threads,
+                                           processes=self.processes)
+        self.images = self.output / "images"
+
+    def settings(self) -> dict:
+        return {"cohort": str(self.a.cohort.resolve()), "lesion model": str(self.models["lesion"]),
+                "region model": str(self.models["region"]), "lesion folds": self.folds["lesion"],
+                "region folds": self.folds["region"], "device": self.a.device,
+                "test-time mirroring": not self.a.disable_tta}
+
+    def convert(self, ctx: StageContext) -> dict:
+        from nnunet_wmhloc.dataset_conversion.cohort import load_cohort
+
+        args = [self.a.cohort, "--mode", "predict", "-o", self.images, "--overwrite"]
+        if self.a.register_t1:
+            args.append("--register-t1")
+        ctx.tool("wmhloc_convert_cohort", args)
+        # masks listed in the cohort are references: linked under references/<task>/<subject>.nii.gz
+        refs = {"lesion": 0, "region": 0}
+        for task in refs:
+            d = self.output / "references" / task
+            if d.exists():
+                clear_dir(d)
+        for s in load_cohort(self.a.cohort):
+            for task, path in (("lesion", s.lesion), ("region", s.regions)):
+                if path is not None:
+                    d = self.output / "references" / task
+                    d.mkdir(parents=True, exist_ok=True)
+                    common._link(Path(path), d / f"{s.subject}.nii.gz")
+                    refs[task] += 1
+        return {"cases": len(list(self.images.glob("*_0000.nii.gz"))), "references": refs}
+
+    def predict(self, ctx: StageContext) -> dict:
+        models = {}
+        for task, folder in self.models.items():
+            models[task] = (["nnUNetv2_predict_from_modelfolder", "-m", folder, "-f", *self.folds[task],
+                             "--save_probabilities", "-device", self.a.device, "-npp", self.processes,
+                             "-nps", self.processes] + (["--disable_tta"] if self.a.disable_tta else []))
+        return common.predict_models(ctx, self.images, self.output, models)
+
+    def references(self) -> dict:
+        out = {}
+        for task in ("lesion", "region"):
+            d = self.output / "references" / task
+            out[task] = d if d.is_dir() and common.nifti_stems(d) else None
+        return out
+
+    def report(self, ctx: StageContext) -> dict:
+        from nnunet_wmhloc.pipeline.report import build_report
+
+        path = build_report(self.output, title="White-matter lesion localization report", settings=self.settings(),
+                            images=self.images, stages=common.read_markers(self.output), command=self.command)
+        ctx.say(f"report: {path}")
+        return {"report": str(path)}
+
+    def stages(self) -> list[Stage]:
+        a = self.a
+        return [
+            Stage("convert", self.convert, {"cohort": str(a.cohort.resolve()), "register_t1": a.register_t1},
+                  description="inference folder (wmhloc_convert_cohort)"),
+            Stage("predict", self.predict, {"models": {t: str(m) for t, m in self.models.items()},
+                                            "folds": self.folds, "tta": not a.disable_tta},
+                  description="nnUNetv2_predict_from_modelfolder, lesion and region models"),
+            Stage("fuse", common.fuse_stage, description="FLAIR + T1 fusion"),
+            Stage("localize", lambda c: common.localize_stage(c, self.references()["lesion"]),
+                  description="regional lesion loads"),
+            Stage("cluster", lambda c: common.cluster_stage(c, k_max=a.k_max, atlas=a.atlas),
+                  {"k_max": a.k_max, "atlas": a.atlas}, description="k-means on regional loads"),
+            Stage("evaluate", lambda c: common.evaluate_stage(c, self.references(), self.images / "subjects.csv"),
+                  description="against references listed in the cohort"),
+            Stage("report", self.report, description="report.html"),
+        ]
+
+
+def _main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    command = "wmhloc_predict " + shlex.join(sys.argv[1:] if argv is None else [str(x) for x in argv])
+    plan = PredictPlan(a, command)
+    plan.output.mkdir(parents=True, exist_ok=True)
+    results = Runner(plan.output, plan.stages(), plan.env, force=a.force, quiet=a.quiet).run()
+    if not a.quiet:
+        print(f"done: {results.get('report', {}).get('summary', {}).get('report') or plan.output}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""wmhloc_run: the whole pipeline, images to regional lesion report, through the real nnU-Net commands.
+
+    wmhloc_run --demo -o demo                       # synthetic cohort, tiny CPU training, full report
+    wmhloc_run --release WMH2017 --region-labels WMH_refined_labels -o wmh_run       # GPU defaults
+    wmhloc_run --cohort cohort.csv -o cohort_run --quick --device cpu               # own data with masks
+
+Stages (each resumable, logged to <output>/logs/<stage>.log, marked done in <output>/stages/<stage>.done):
+synth (--demo) -> convert -> preprocess -> train_lesion -> train_region -> predict (T1 and FLAIR cases of the
+test split) -> fuse -> localize -> cluster -> evaluate (when references exist) -> report.
+A re-run skips finished stages; `--force STAGE` redoes that stage and the ones after it.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from nnunet_wmhloc import cli
+from nnunet_wmhloc.io import WMHLocError
+from nnunet_wmhloc.pipeline import common
+from nnunet_wmhloc.pipeline.budget import BASES, budget_name, parse_budget
+from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext
+
+STAGES = ("synth", "convert", "preprocess", "train_lesion", "train_region", "predict", "fuse", "localize",
+          "cluster", "evaluate", "report")
+# --quick: what a 2-core CPU trains in about a minute per model (2d, fold 0, 600 steps of batch 8)
+QUICK = {"configuration": "2d", "folds": ["0"], "epochs": 30, "iterations": 20, "batch_cap": 8}
+DEMO = {"seed": 0, "per_site": 2, "test_per_site": 2}
+
+
+def resolve_trainer(base: str, *, epochs: int | None, quick: bool) -> str:
+    """Trainer name for nnU-Net: the base itself, or a budget variant of it (see pipeline.budget)."""
+    if parse_budget(base) is not None and (epochs or quick):
+        raise WMHLocError(f"--trainer {base}: already a budget trainer; drop --epochs/--quick or give the base name")
+    if not (epochs or quick):
+        return base
+    if base not in BASES:
+        raise WMHLocError(f"--trainer {base}: --epochs/--quick need one of {', '.join(BASES)} "
+                          "(or give a trainer variant with its own schedule and no --epochs)")
+    if quick:
+        return budget_name(base, epochs or QUICK["epochs"], QUICK["iterations"], QUICK["batch_cap"])
+    return budget_name(base, epochs)
+
+
+def build_parser():
+    p = cli.parser("wmhloc_run", __doc__.split("\n\n")[0])
+    src = p.add_argument_group("input (one of; none = use the datasets already in the nnU-Net root)")
+    src.add_argument("--demo", action="store_true",
+                     help="synthesise a small challenge-like cohort (wmhloc_synth) and run everything with --quick "
+                          "on the CPU")
+    src.add_argument("--release", type=Path, help="MICCAI 2017 WMH challenge release root (training/ and test/)")
+    src.add_argument("--region-labels", type=Path,
+                     help="region maps WMH_<id>.nii.gz for the release (the authors' WMH_refined_labels)")
+    src.add_argument("--split", choices=("challenge", "paper"), default="challenge",
+                     help="challenge: train on its training subjects, test on its test subjects; paper: swapped")
+    src.add_argument("--cohort", type=Path,
+                     help="own cohort with lesion masks (BIDS root or CSV: subject, flair, t1, lesion, regions); "
+                          "converted with wmhloc_convert_cohort")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (created; re-runs resume it)")
+    p.add_argument("--nnunet-root", type=Path,
+                   help="folder holding nnUNet_raw, nnUNet_preprocessed, nnUNet_results (default <output>/nnunet)")
+    p.add_argument("--lesion-id", type=int, default=601, help="nnU-Net dataset id of the lesion task")
+    p.add_argument("--region-id", type=int, default=602, help="nnU-Net dataset id of the region task")
+    t = p.add_argument_group("training")
+    t.add_argument("-c", "--configuration", choices=("2d", "3d_fullres"), default=None,
+                   help="nnU-Net configuration (default 3d_fullres; 2d with --quick)")
+    t.add_argument("-f", "--folds", nargs="+", default=None,
+                   help="folds to train and ensemble (default 0 1 2 3 4; 0 with --quick)")
+    t.add_argument("--device", choices=("cuda", "cpu", "mps"), default=None,
+                   help="device for training and prediction (default cuda; cpu with --demo)")
+    t.add_argument("--trainer", default="nnUNetTrainerWMHLoc", help="lesion trainer (base name)")
+    t.add_argument("--region-trainer", default=None, help="region trainer (default: --trainer)")
+    t.add_argument("--epochs", type=int, default=None,
+                   help="training budget: <trainer>_<E>epochs (nnU-Net default 1000 epochs x 250 iterations)")
+    t.add_argument("--quick", action="store_true",
+                   help=f"tiny CPU budget: {QUICK['configuration']}, fold {QUICK['folds'][0]}, {QUICK['epochs']} "
+                        f"epochs x {QUICK['iterations']} iterations, batch size <= {QUICK['batch_cap']}, no test-time "
+                        "mirroring")
+    t.add_argument("--disable-tta", action="store_true", help="predict without test-time mirroring (faster)")
+    t.add_argument("--threads", type=int, default=None,
+                   help="torch threads per nnU-Net process on the CPU (default: cores minus data-augmentation workers)")
+    t.add_argument("--processes", type=int, default=None,
+                   help="nnU-Net worker processes for preprocessing and export (default 3 on a GPU machine, 1-2 on CPU)")
+    a = p.add_argument_group("analysis")
+    a.add_argument("--atlas", help="refined 36-label atlas (36_labels_merged.nii.gz) for the cluster atlas maps")
+    a.add_argument("--k-max", type=int, default=8, help="largest number of groups tried by the clustering")
+    p.add_argument("--force", choices=STAGES, help="redo this stage and every stage after it")
+    p.add_argument("--quiet", action="store_true", help="only errors on the terminal (logs are complete anyway)")
+    return p
+
+
+class RunPlan:
+    """Options resolved into paths, trainer names and commands."""
+
+    def __init__(self, a):
+        self.a = a
+        if a.demo and (a.release or a.cohort):
+            raise WMHLocError("--demo makes its own cohort: drop --release/--cohort")
+        if a.release and a.cohort:
+            raise WMHLocError("give --release or --cohort, not both")
+        if a.region_labels and not a.release:
+            raise WMHLocError("--region-labels belongs to --release")
+        if a.release and not a.region_labels:
+            raise WMHLocError(f"{a.release}: --region-labels DIR is needed to train the region model")
+        self.quick = a.quick or a.demo
+        self.output = a.output.resolve()
+        self.root = (a.nnunet_root or self.output / "nnunet").resolve()
+        self.configuration = a.configuration or (QUICK["configuration"] if self.quick else "3d_fullres")
+        self.folds = a.folds or (QUICK["folds"] if self.quick else ["0", "1", "2", "3", "4"])
+        for f in self.folds:
+            if f != "all" and not f.isdigit():
+                raise WMHLocError(f"--folds {f}: folds are numbers (or 'all')")
+        self.device = a.device or ("cpu" if a.demo else "cuda")
+        self.tta = not (a.disable_tta or self.quick)
+        self.processes = a.processes or common.default_processes(self.device)
+        if a.epochs is not None and a.epochs < 1:
+            raise WMHLocError(f"--epochs {a.epochs}: must be at least 1")
+        self.trainers = {"lesion": resolve_trainer(a.trainer, epochs=a.epochs, quick=self.quick),
+                         "region": resolve_trainer(a.region_trainer or a.trainer, epochs=a.epochs, quick=self.quick)}
+        self.ids = {"lesion": a.lesion_id, "region": a.region_id}
+        if a.lesion_id == a.region_id:
+            raise WMHLocError(f"--lesion-id and --region-id are both {a.lesion_id}")
+        self.release = (self.output / "synthetic") if a.demo else (a.release.resolve() if a.release else None)
+        self.region_labels = (self.release / "region_labels") if a.demo else a.region_labels
+        self.env = common.pipeline_environ(self.root, self.root / "wmhloc_trainers", device=self.device,
+                                           threads=a.threads, processes=self.processes)
+
+    @property
+    def raw(self) -> Path:
+        return Path(self.env["nnUNet_raw"])
+
+    def dataset(self, task: str) -> Path:
+        """The raw dataset folder of a task (found by id, as nnU-Net does)."""
+        i = self.ids[task]
+        hits = sorted(self.raw.glob(f"Dataset{i:03d}_*")) if self.raw.is_dir() else []
+        if len(hits) != 1:
+            raise WMHLocError(f"{self.raw}: expected one Dataset{i:03d}_* folder for the {task} task, found "
+                              f"{len(hits)} (convert data first: --release, --cohort or --demo)")
+        return hits[0]
+
+    def settings(self) -> dict:
+        return {"input": "demo (wmhloc_synth)" if self.a.demo else str(self.a.release or self.a.cohort or
+                                                                       "existing nnU-Net datasets"),
+                "nnU-Net root": str(self.root), "configuration": self.configuration, "folds": self.folds,
+                "device": self.device, "lesion trainer": self.trainers["lesion"],
+                "region trainer": self.trainers["region"], "lesion dataset": self.ids["lesion"],
+                "region dataset": self.ids["region"], "test-time mirroring": self.tta}
+
+    # ------------------------------------------------------------------------------------ stages
+    def synth(self, ctx: StageContext) -> dict:
+        from nnunet_wmhloc.synth import make_cohort
+
+        ctx.say(f"wmhloc_synth -o {self.release} --seed {DEMO['seed']} --per-site {DEMO['per_site']} "
+                f"--test-per-site {DEMO['test_per_site']}")
+        subs = make_cohort(self.release, seed=DEMO["seed"], per_site=DEMO["per_site"],
+                           test_per_site=DEMO["test_per_site"], overwrite=True, show_progress=False)
+        return {"subjects": len(subs), "training": sum(s["split"] == "training" for s in subs)}
+
+    def convert(self, ctx: StageContext) -> dict:
+        pre = self.env["nnUNet_preprocessed"]
+        # datasets under <output> are ours to replace on a re-run; elsewhere an existing one is an error
+        own = ["--overwrite"] if self.output in self.root.parents or self.root == self.output else []
+        if self.release is not None:
+            ctx.tool("wmhloc_convert_wmh2017", [self.release, "--region-labels", self.region_labels, "-o", self.raw,
+                                                "--lesion-id", self.ids["lesion"], "--region-id", self.ids["region"],
+                                                "--split", self.a.split, "--preprocessed", pre, *own])
+        elif self.a.cohort is not None:
+            ctx.tool("wmhloc_convert_cohort", [self.a.cohort, "--mode", "train", "-o", self.raw,
+                                               "--lesion-id", self.ids["lesion"], "--region-id", self.ids["region"],
+                                               "--preprocessed", pre, *own])
+        else:
+            ctx.say("no --release/--cohort/--demo: using the datasets already in " + str(self.raw))
+        out = {}
+        for task in ("lesion", "region"):
+            ds = self.dataset(task)
+            out[task] = {"dataset": ds.name, "training_cases": len(common.nifti_stems(ds / "labelsTr")),
+                         "test_cases": len(common.nifti_stems(ds / "imagesTs")) if (ds / "imagesTs").is_dir() else 0}
+            if not (Path(pre) / ds.name / "splits_final.json").is_file():
+                # datasets made by other tools: subject-grouped folds, so T1 and FLAIR never straddle folds
+                from nnunet_wmhloc.dataset_conversion import splits
+
+                ctx.log(f"$ wmhloc_splits -d {self.ids[task]}")
+                if splits.main(["-d", str(self.ids[task]), "--raw", str(self.raw), "--preprocessed", pre]) != 0:
+                    raise WMHLocError(f"{ds}: cannot write subject-grouped splits")
+        return out
+
+    def preprocess(self, ctx: StageContext) -> dict:
+        ctx.nnunet(["nnUNetv2_plan_and_preprocess", "-d", self.ids["lesion"], self.ids["region"],
+                    "-c", self.configuration, "--verify_dataset_integrity", "-np", self.processes,
+                    "-npfp", self.processes])
+        return {"configuration": self.configuration}
+
+    def model_folder(self, task: str) -> Path:
+        return (Path(self.env["nnUNet_results"]) / self.dataset(task).name
+                / f"{self.trainers[task]}__nnUNetPlans__{self.configuration}")
+
+    def train(self, ctx: StageContext, task: str, forced: bool) -> dict:
+        """Every fold, from scratch unless its checkpoint_final.pth is newer than the preprocessing (then
+        it was trained on this very data: kept), or continued (--c) from checkpoint_latest.pth."""
+        prep_marker = self.output / "stages" / "preprocess.done"
+        since = prep_marker.stat().st_mtime if prep_marker.is_file() else 0
+        folder = self.model_folder(task)
+        out = {"model": str(folder), "trainer": self.trainers[task], "folds": {}}
+        for fold in self.folds:
+            fdir = folder / f"fold_{fold}"
+            final, latest = fdir / "checkpoint_final.pth", fdir / "checkpoint_latest.pth"
+            if not forced and final.is_file() and final.stat().st_mtime > since:
+                ctx.say(f"fold {fold}: already trained ({final}), kept")
+                out["folds"][fold] = "kept"
+                continue
+            cont = not forced and not final.is_file() and latest.is_file() and latest.stat().st_mtime > since
+            ctx.say(f"fold {fold}: training {self.trainers[task]} on {self.dataset(task).name} "
+                    f"({self.configuration}, {self.device}){' (continued)' if cont else ''}")
+            ctx.nnunet(["nnUNetv2_train", self.ids[task], self.configuration, fold, "-tr", self.trainers[task],
+                        "-device", self.device] + (["--c"] if cont else []))
+            if not final.is_file():
+                raise WMHLocError(f"{final}: nnUNetv2_train finished without writing it")
+            out["folds"][fold] = "trained"
+        val = folder / f"fold_{self.folds[0]}" / "validation" / "summary.json"
+        if val.is_file():
+            import json
+
+            out["validation_dice"] = json.loads(val.read_text()).get("foreground_mean", {}).get("Dice")
+        return out
+
+    def predict(self, ctx: StageContext) -> dict:
+        images = self.dataset("lesion") / "imagesTs"
+        if not images.is_dir():
+            raise WMHLocError(f"{images}: no test split to predict (wmhloc_convert_cohort puts every subject in "
+                              "training: apply the trained models to held-out subjects with wmhloc_predict)")
+        models = {}
+        for task in ("lesion", "region"):
+            models[task] = (["nnUNetv2_predict", "-d", self.ids[task], "-c", self.configuration, "-f", *self.folds,
+                             "-tr", self.trainers[task], "--save_probabilities", "-device", self.device,
+                             "-npp", self.processes, "-nps", self.processes]
+                            + ([] if self.tta else ["--disable_tta"]))
+        return common.predict_models(ctx, images, self.output, models)
+
+    def references(self) -> dict:
+        out = {}
+        for task in ("lesion", "region"):
+            lab = self.dataset(task) / "labelsTs"
+            out[task] = lab if lab.is_dir() and common.nifti_stems(lab) else None
+        return out
+
+    def stages(self, force: str | None) -> list[Stage]:
+        a = self.a
+        src = {"release": str(self.release), "region_labels": str(self.region_labels), "split": a.split,
+               "cohort": str(a.cohort), "ids": self.ids}
+        train_key = {"configuration": self.configuration, "folds": self.folds}
+        return [
+            Stage("synth", self.synth, {"demo": DEMO}, enabled=a.demo, description="synthetic cohort"),
+            Stage("convert", self.convert, src, description="nnU-Net raw datasets"),
+            Stage("preprocess", self.preprocess, {"configuration": self.configuration},
+                  description="nnUNetv2_plan_and_preprocess"),
+            Stage("train_lesion", lambda c: self.train(c, "lesion", force == "train_lesion"),
+                  dict(train_key, trainer=self.trainers["lesion"]), description="nnUNetv2_train, lesion model"),
+            Stage("train_region", lambda c: self.train(c, "region", force == "train_region"),
+                  dict(train_key, trainer=self.trainers["region"]), description="nnUNetv2_train, region model"),
+            Stage("predict", self.predict, {"tta": self.tta}, description="nnUNetv2_predict on the test split"),
+            Stage("fuse", common.fuse_stage, description="FLAIR + T1 fusion"),
+            Stage("localize", lambda c: common.localize_stage(c, self.references()["lesion"]),
+                  description="regional lesion loads"),
+            Stage("cluster", lambda c: common.cluster_stage(c, k_max=a.k_max, atlas=a.atlas),
+                  {"k_max": a.k_max, "atlas": a.atlas}, description="k-means on regional loads"),
+            Stage("evaluate", lambda c: common.evaluate_stage(c, self.references(),
+                                                              self.dataset("lesion") / "subjects.csv"),
+                  description="against the references"),
+            Stage("report", self.report, description="report.html"),
+        ]
+
+    def report(self, ctx: StageContext) -> dict:
+        from nnunet_wmhloc.pipeline.report import build_report
+
+        path = build_report(self.output, title="White-matter lesion localization report", settings=self.settings(),
+                            images=self.dataset("lesion") / "imagesTs", stages=common.read_markers(self.output),
+                            command=self.command, progress=None)
+        ctx.say(f"report: {path}")
+        return {"report": str(path)}
+
+
+def _main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    plan = RunPlan(a)
+    plan.command = "wmhloc_run " + shlex.join(sys.argv[1:] if argv is None else [str(x) for x in argv])
+    plan.output.mkdir(parents=True, exist_ok=True)
+    runner = Runner(plan.output, plan.stages(a.force), plan.env, force=a.force, quiet=a.quiet)
+    results = runner.run()
+    rep = results.get("report", {}).get("summary", {}).get("report")
+    if not a.quiet:
+        print(f"done: {rep or plan.output}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Resumable stages: one done-marker and one log per stage in the output folder.
+
+<output>/stages/<stage>.done   JSON: when it finished, how long it took, its settings and a short summary
+<output>/logs/<stage>.log      every command of the stage with its full output
+
+A stage whose marker exists with the same settings is skipped. Once a stage runs, every later stage runs
+too (its inputs may have changed); `force` names the first stage to redo. A failing command stops the run
+with one line naming the stage, the reason and the log.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from nnunet_wmhloc.io import WMHLocError, write_json
+
+# our commands run in-process (no interpreter start-up per step); nnU-Net's run as subprocesses
+TOOLS = {
+    "wmhloc_convert_wmh2017": "nnunet_wmhloc.dataset_conversion.wmh2017",
+    "wmhloc_convert_cohort": "nnunet_wmhloc.dataset_conversion.cohort",
+    "wmhloc_fuse": "nnunet_wmhloc.postprocessing.fuse",
+    "wmhloc_localize": "nnunet_wmhloc.postprocessing.localize",
+    "wmhloc_cluster": "nnunet_wmhloc.postprocessing.cluster",
+    "wmhloc_evaluate": "nnunet_wmhloc.evaluation.evaluate",
+    "wmhloc_compare": "nnunet_wmhloc.evaluation.compare",
+}
+
+
+class StageFailed(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Stage:
+    name: str
+    func: Callable[["StageContext"], dict | None]
+    settings: dict = field(default_factory=dict)  # a change re-runs the stage
+    enabled: bool = True
+    description: str = ""
+
+
+def _last_error_line(text: str) -> str:
+    """The most telling line of a failed command's output: our 'error: ...', else a traceback's last line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("# exit")]
+    for ln in reversed(lines):
+        head, sep, rest = ln.partition("error:")
+        if sep and (not head or (head.endswith(": ") and " " not in head.rstrip(": "))):  # ours, or argparse's
+            return rest.strip()
+    for ln in reversed(lines):
+        if ("Error" in ln or "Exception" in ln) and ":" in ln and not ln.startswith("File "):
+            return ln
+    return lines[-1] if lines else "no output"
+
+
+class StageContext:
+    """What a stage function gets: its log file, and helpers that run commands into it."""
+
+    def __init__(self, name: str, log_path: Path, env: dict, output: Path, quiet: bool):
+        self.name = name
+        self.log_path = log_path
+        self.env = env
+        self.output = output
+        self.quiet = quiet
+        self.commands: list[str] = []
+
+    def log(self, text: str) -> None:
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(text.rstrip("\n") + "\n")
+
+    def say(self, text: str) -> None:
+        """A line for the user (stdout) and the log."""
+        self.log(text)
+        if not self.quiet:
+            print(f"  {text}", flush=True)
+
+    def _header(self, shown: list[str]) -> None:
+        line = shlex.join(str(a) for a in shown)
+        self.commands.append(line)
+        self.log(f"\n$ {line}\n# {time.strftime('%Y-%m-%d %H:%M:%S')}")
+
+    def nnunet(self, args: list, *, env: dict | None = None) -> None:
+        """Run an nnU-Net console script as a subprocess (through `launch`, which caps torch threads when
+        WMHLOC_TORCH_THREADS is set); output appended to the log; non-zero exit = StageFailed."""
+        args = [str(a) for a in args]
+        self._header(args)
+        t = time.time()
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            p = subprocess.run([sys.executable, "-m", "nnunet_wmhloc.pipeline.launch", *args],
+                               env=self.env if env is None else env, stdout=f, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL)
+        self.log(f"# exit {p.returncode} after {time.time() - t:.1f} s")
+        if p.returncode != 0:
+            tail = self.log_path.read_text(encoding="utf-8", errors="replace")[-20000:]
+            raise StageFailed(f"{args[0]} exited with {p.returncode}: {_last_error_line(tail)}")
+
+    def tool(self, name: str, args: list) -> None:
+        """Run one of our commands in-process (its main(argv)), output into the log."""
+        args = [str(a) for a in args]
+        self._header([name, *args])
+        mod = importlib.import_module(TOOLS[name])
+        t = time.time()
+        with open(self.log_path, "a", encoding="utf-8") as f, contextlib.redirect_stdout(f), \
+                contextlib.redirect_stderr(f):
+            try:
+                code = mod.main(args)
+            except Exception:  # a bug, not bad input: keep the traceback in the log
+                traceback.print_exc(file=f)
+                code = "crash"
+        self.log(f"# exit {code} after {time.time() - t:.1f} s")
+        if code != 0:
+            tail = self.log_path.read_text(encoding="utf-8", errors="replace")[-20000:]
+            raise StageFailed(f"{name} failed: {_last_error_line(tail)}")
+
+
+class Runner:
+    def __init__(self, output: Path, stages: list[Stage], env: dict, *, force: str | None = None,
+                 quiet: bool = False):
+        self.output = Path(output)
+        self.stages = [s for s in stages if s.enabled]
+        self.env = env
+        self.quiet = quiet
+        names = [s.name for s in stages]
+        if force is not None and force not in names:
+            raise WMHLocError(f"--force {force}: unknown stage (stages: {', '.join(names)})")
+        if force is not None and force not in [s.name for s in self.stages]:
+            raise WMHLocError(f"--force {force}: this stage is not part of this run")
+        self.force = force
+        self.marker_dir = self.output / "stages"
+        self.log_dir = self.output / "logs"
+
+    def marker(self, name: str) -> Path:
+        return self.marker_dir / f"{name}.done"
+
+    def read_marker(self, name: str) -> dict | None:
+        p = self.marker(name)
+        if not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except ValueError:
+            return None  # a broken marker means: not done
+
+    def _print(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+    def run(self) -> dict:
+        """Run or skip every stage in order; returns {stage: marker dict}."""
+        self.marker_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        redo = False
+        results = {}
+        for i, st in enumerate(self.stages, start=1):
+            done = self.read_marker(st.name)
+            settings = json.loads(json.dumps(st.settings, default=str))
+            if st.name == self.force:
+                redo = True
+            elif done is not None and done.get("settings") != settings and not redo:
+                self._print(f"[{i}/{len(self.stages)}] {st.name}: settings changed since the last run, redoing "
+                            "it and the stages after it")
+                redo = True
+            if done is not None and not redo:
+                self._print(f"[{i}/{len(self.stages)}] {st.name}: done, skipped ({done.get('seconds', 0):.0f} s "
+                            f"at {done.get('finished', '?')}; --force {st.name} redoes it)")
+                results[st.name] = done
+                continue
+            redo = True  # everything after a stage that ran runs too
+            for later in self.stages[i - 1:]:
+                self.marker(later.name).unlink(missing_ok=True)
+            log_path = self.log_dir / f"{st.name}.log"
+            log_path.write_text(f"# stage {st.name} started {time.strftime('%Y-%m-%d %H:%M:%S')}\n",
+                                encoding="utf-8")
+            self._print(f"[{i}/{len(self.stages)}] {st.name}: {st.description or 'running'} (log: {log_path})")
+            ctx = StageContext(st.name, log_path, self.env, self.output, self.quiet)
+            t = time.time()
+            try:
+                summary = st.func(ctx) or {}
+            except StageFailed as e:
+                raise WMHLocError(f"stage '{st.name}' failed: {e.reason} (log: {log_path})") from None
+            except WMHLocError as e:
+                ctx.log(f"error: {e}")
+                raise WMHLocError(f"stage '{st.name}' failed: {e} (log: {log_path})") from None
+            except Exception as e:  # a bug: full traceback in the log, one line for the user
+                ctx.log(traceback.format_exc())
+                raise WMHLocError(f"stage '{st.name}' failed: {type(e).__name__}: {e} (log: {log_path})") from None
+            seconds = time.time() - t
+            marker = {"stage": st.name, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(seconds, 1),
+                      "settings": settings, "commands": ctx.commands, "summary": summary}
+            write_json(marker, self.marker(st.name), overwrite=True)
+            ctx.log(f"# stage {st.name} done in {seconds:.1f} s")
+            self._print(f"      done in {seconds:.0f} s")
+            results[st.name] = marker
+        return results
+
+
+def clear_dir(path: Path) -> Path:
+    """An empty folder the stage owns (what a previous, interrupted attempt left is removed)."""
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

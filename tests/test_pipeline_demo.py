@@ -1,0 +1,245 @@
+"""End to end: `wmhloc_run --demo` once per session (synthetic cohort, real tiny nnU-Net trainings on the CPU),
+then its outputs, its resumption, `--force`, failures naming their stage, and `wmhloc_predict` with the
+demo's models on a new cohort. The expensive part is the single demo run (a few minutes on 2 cores)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+STAGES = ["synth", "convert", "preprocess", "train_lesion", "train_region", "predict", "fuse", "localize",
+          "cluster", "evaluate", "report"]
+
+
+def _run(args, timeout=1800, env=None):
+    env = dict(os.environ if env is None else env)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _script(name: str) -> str:
+    """The console script beside this interpreter (the venv's bin), else on PATH."""
+    p = Path(sys.executable).parent / name
+    return str(p) if p.exists() else name
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("demo") / "run"
+    p = _run([_script("wmhloc_run"), "--demo", "-o", out])
+    assert p.returncode == 0, f"demo failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return {"out": out, "stdout": p.stdout}
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.hrefs, self.other = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        d = dict(attrs)
+        if tag == "img":
+            self.imgs.append(d.get("src", ""))
+        if tag == "a" and "href" in d:
+            self.hrefs.append(d["href"])
+        for k, v in attrs:
+            if k in ("src", "href") and tag not in ("img", "a"):
+                self.other.append(v)
+
+
+def check_report_offline(html_path: Path) -> _Links:
+    """The report parses, every image and link is a local file of the report folder (or a data URI) and
+    nothing points to the network."""
+    text = html_path.read_text(encoding="utf-8")
+    parser = _Links()
+    parser.feed(text)
+    parser.close()
+    assert "http://" not in text and "https://" not in text and "<script" not in text.lower()
+    for src in parser.imgs + parser.hrefs + parser.other:
+        if src.startswith("data:") or src.startswith("#"):
+            continue
+        assert not src.startswith("/") and "://" not in src, src
+        assert (html_path.parent / src).is_file(), f"{src} missing"
+    return parser
+
+
+def _png_has_content(path: Path) -> bool:
+    import matplotlib.image as mpimg
+
+    a = mpimg.imread(str(path))
+    return a.ndim == 3 and a.shape[0] > 100 and a.shape[1] > 100 and float(a[..., :3].std()) > 0.02
+
+
+def test_demo_report_and_outputs(demo):
+    out = demo["out"]
+    for s in STAGES:
+        assert (out / "stages" / f"{s}.done").is_file(), s
+        assert (out / "logs" / f"{s}.log").is_file(), s
+    # the figures come from a real training: nnU-Net's own log and checkpoints are there
+    train_log = (out / "logs" / "train_lesion.log").read_text()
+    assert "$ nnUNetv2_train 601 2d 0 -tr nnUNetTrainerWMHLoc_" in train_log and "Epoch time" in train_log
+    ckpts = list((out / "nnunet" / "nnUNet_results").glob("Dataset60[12]_*/*__nnUNetPlans__2d/fold_0/checkpoint_final.pth"))
+    assert len(ckpts) == 2
+    # one row of regional loads per test subject (synthetic: 5 sites x 2), numbers consistent
+    rows = _csv(out / "localize" / "regional_loads.csv")
+    subjects = sorted(p.name[:-len(".nii.gz")] for p in (out / "segmentations" / "lesion").glob("*.nii.gz"))
+    assert sorted(r["subject"] for r in rows) == subjects and len(subjects) == 10
+    for r in rows:
+        region_sum = sum(float(v) for k, v in r.items() if k[:1] == "r" and k[1:3].isdigit())
+        assert math.isclose(region_sum + float(r["outside_mm3"]), float(r["total_mm3"]), rel_tol=1e-6, abs_tol=1e-6)
+    assert sum(float(r["total_mm3"]) > 0 for r in rows) >= 3
+    # evaluation against labelsTs: FLAIR, T1 and fused, and the comparison
+    for task in ("lesion", "region"):
+        for setting in ("flair", "t1", "fused"):
+            summ = json.loads((out / "evaluation" / f"{task}_{setting}" / "summary.json").read_text())
+            assert summ["task"] == task and summ["n_cases"] >= 9
+        assert (out / "evaluation" / f"compare_{task}" / "table.csv").is_file()
+    fused = json.loads((out / "evaluation" / "lesion_fused" / "summary.json").read_text())
+    dice = fused["summary"]["all"]["dice"]["mean"]
+    assert dice is not None and dice > 0.1, f"the tiny lesion model learned nothing (Dice {dice})"
+    # the region map of the subject without one is predicted but not scored
+    assert "wmh173" in json.loads((out / "stages" / "evaluate.done").read_text())["summary"]["region"]["unscored_subjects"]
+
+    html = out / "report" / "report.html"
+    links = check_report_offline(html)
+    figs = [out / "report" / s for s in links.imgs]
+    names = {f.name for f in figs}
+    assert {f"subject_{s}.png" for s in subjects} <= names
+    assert {"cluster_silhouette.png", "cluster_heatmap.png", "cohort_loads.png", "lesion_violin_sites_dice.png",
+            "region_violin_regions.png"} <= names
+    for f in figs:
+        assert _png_has_content(f), f
+    text = html.read_text()
+    assert "groups.csv" in text and "regional_loads.csv" in text and "Wilcoxon" in text
+
+
+def test_demo_rerun_skips_finished_stages(demo):
+    out = demo["out"]
+    before = {s: (out / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
+    logs = {s: (out / "logs" / f"{s}.log").stat().st_mtime_ns for s in STAGES}
+    p = _run([_script("wmhloc_run"), "--demo", "-o", out], timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("done, skipped") == len(STAGES)
+    assert before == {s: (out / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
+    assert logs == {s: (out / "logs" / f"{s}.log").stat().st_mtime_ns for s in STAGES}
+
+
+def test_demo_force_cluster_redoes_it_and_later_stages(demo):
+    out = demo["out"]
+    before = {s: (out / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
+    p = _run([_script("wmhloc_run"), "--demo", "-o", out, "--force", "cluster"], timeout=900)
+    assert p.returncode == 0, p.stderr
+    after = {s: (out / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
+    i = STAGES.index("cluster")
+    assert all(after[s] == before[s] for s in STAGES[:i])
+    assert all(after[s] > before[s] for s in STAGES[i:])
+    assert p.stdout.count("done, skipped") == i
+    assert "$ wmhloc_cluster" in (out / "logs" / "cluster.log").read_text()
+    check_report_offline(out / "report" / "report.html")
+
+
+def test_bad_dataset_id_stops_at_convert(demo, tmp_path):
+    """No dataset with that id in the nnU-Net root: the convert stage fails and says so."""
+    root = tmp_path / "nnunet"
+    shutil.copytree(demo["out"] / "nnunet" / "nnUNet_raw", root / "nnUNet_raw")
+    p = _run([_script("wmhloc_run"), "-o", tmp_path / "run", "--nnunet-root", root, "--lesion-id", "777",
+              "--quick", "--device", "cpu"], timeout=300)
+    assert p.returncode == 1
+    err = p.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: stage 'convert' failed:") and "Dataset777_*" in err
+    assert str(tmp_path / "run" / "logs" / "convert.log") in err
+    assert not (tmp_path / "run" / "stages" / "convert.done").exists()
+
+
+def test_corrupted_image_stops_at_convert(demo, tmp_path):
+    rel = tmp_path / "release"
+    shutil.copytree(demo["out"] / "synthetic", rel)
+    bad = sorted(rel.glob("training/Utrecht/*/pre/FLAIR.nii.gz"))[0]
+    bad.write_bytes(bad.read_bytes()[:300])  # truncated download
+    p = _run([_script("wmhloc_run"), "--release", rel, "--region-labels", rel / "region_labels", "-o",
+              tmp_path / "run", "--quick", "--device", "cpu"], timeout=300)
+    assert p.returncode == 1
+    err = p.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: stage 'convert' failed:") and str(bad) in err and "convert.log" in err
+
+
+def _model(demo, task):
+    ds = "Dataset601_WMHLesion" if task == "lesion" else "Dataset602_WMHRegion"
+    return next((demo["out"] / "nnunet" / "nnUNet_results" / ds).glob("*__nnUNetPlans__2d"))
+
+
+def _new_cohort(tmp_path) -> Path:
+    """Four new synthetic subjects (another seed) as a CSV manifest; lesion masks of three as references."""
+    from nnunet_wmhloc.synth import make_cohort
+
+    src = tmp_path / "src"
+    make_cohort(src, seed=7, per_site=1, test_per_site=1, show_progress=False)
+    folders = sorted(p.parent for p in src.glob("test/**/wmh.nii.gz"))[:4]
+    lines = ["subject,flair,t1,lesion,site"]
+    for i, f in enumerate(folders):
+        les = f / "wmh.nii.gz" if i < 3 else ""
+        lines.append(f"new{i},{f / 'pre' / 'FLAIR.nii.gz'},{f / 'pre' / 'T1.nii.gz'},{les},{f.parent.name}")
+    (tmp_path / "cohort.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path / "cohort.csv"
+
+
+def test_predict_new_cohort(demo, tmp_path):
+    cohort = _new_cohort(tmp_path)
+    out = tmp_path / "pred"
+    p = _run([_script("wmhloc_predict"), cohort, "-o", out, "--lesion-model", _model(demo, "lesion"),
+              "--region-model", _model(demo, "region"), "--device", "cpu", "--disable-tta"], timeout=900)
+    assert p.returncode == 0, f"{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
+    subjects = [f"new{i}" for i in range(4)]
+    for task in ("lesion", "region"):
+        assert sorted(x.name for x in (out / "segmentations" / task).glob("*.nii.gz")) == \
+            [f"{s}.nii.gz" for s in subjects]
+        assert len(list((out / "predictions" / task).glob("*.npz"))) == 8  # FLAIR and T1 of each
+    rows = _csv(out / "localize" / "regional_loads.csv")
+    assert [r["subject"] for r in rows] == subjects
+    # lesion maps are the model's: loads match the fused segmentation read back
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(out / "segmentations" / "lesion" / "new0.nii.gz"))
+    vox = float(np.prod(img.GetSpacing()))
+    assert math.isclose(float(rows[0]["total_mm3"]), (sitk.GetArrayFromImage(img) == 1).sum() * vox, rel_tol=1e-6)
+    ev = json.loads((out / "evaluation" / "lesion_fused" / "summary.json").read_text())
+    assert ev["n_cases"] == 3  # only the subjects with a mask in the CSV
+    assert (out / "localize" / "reference" / "regional_loads.csv").is_file()
+    n_les = sum(float(r["wm_mm3"]) > 0 for r in rows)
+    cluster = json.loads((out / "stages" / "cluster.done").read_text())["summary"]
+    assert ("skipped" in cluster) == (n_les < 3)
+    check_report_offline(out / "report" / "report.html")
+    assert "new3" in (out / "report" / "report.html").read_text()
+
+
+def test_predict_corrupted_model_names_stage(demo, tmp_path):
+    """A truncated checkpoint: nnU-Net's own prediction fails and the predict stage says so."""
+    model = tmp_path / "model"
+    src = _model(demo, "lesion")
+    (model / "fold_0").mkdir(parents=True)
+    for f in ("plans.json", "dataset.json"):
+        shutil.copy(src / f, model / f)
+    (model / "fold_0" / "checkpoint_final.pth").write_bytes((src / "fold_0" / "checkpoint_final.pth").read_bytes()[:5000])
+    cohort = _new_cohort(tmp_path)
+    p = _run([_script("wmhloc_predict"), cohort, "-o", tmp_path / "pred", "--lesion-model", model,
+              "--region-model", _model(demo, "region"), "--device", "cpu"], timeout=600)
+    assert p.returncode == 1
+    err = p.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: stage 'predict' failed: nnUNetv2_predict_from_modelfolder exited with")
+    assert "predict.log" in err
+    assert (tmp_path / "pred" / "stages" / "convert.done").is_file()
+    assert not (tmp_path / "pred" / "stages" / "predict.done").exists()
