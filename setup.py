@@ -28,6 +28,8 @@ CONSOLE_SCRIPTS = {
     "wmhloc_cluster": "nnunet_wmhloc.postprocessing.cluster:main",
     "wmhloc_evaluate": "nnunet_wmhloc.evaluation.evaluate:main",
     "wmhloc_compare": "nnunet_wmhloc.evaluation.compare:main",
+    "wmhloc_run": "nnunet_wmhloc.pipeline.run:main",
+    "wmhloc_predict": "nnunet_wmhloc.pipeline.predict:main",
 }
 
 setup(
