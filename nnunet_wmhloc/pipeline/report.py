@@ -353,7 +353,10 @@ def _write(rep: _Report, output: Path, *, title, images, settings, stages, comma
                               columns=["metric", "setting_a", "setting_b", "n_pairs", "median_diff", "p", "p_holm"])
             if (comp / "published_comparison.csv").is_file():
                 rep.p("beside published results:")
-                rep.table_csv(comp / "published_comparison.csv", f"{task}_published_comparison.csv")
+                pub = _read_csv(comp / "published_comparison.csv")
+                # citations as text; their URLs stay in the CSV (the page itself links nothing online)
+                rep.table_csv(comp / "published_comparison.csv", f"{task}_published_comparison.csv", rows=pub,
+                              columns=[c for c in (pub[0] if pub else {}) if c != "url"])
             for png in sorted(comp.glob("violin_*.png")):
                 rep.figure(png, f"{task}_{png.name}", png.stem.replace("_", " "),
                            half=png.name.startswith("violin_sites"))
