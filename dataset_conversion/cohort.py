@@ -6,8 +6,8 @@ for subjects that have region maps). Without masks it writes an inference folder
 
 BIDS: sub-*/[ses-*/]anat/*_FLAIR.nii.gz and *_T1w.nii.gz; lesion masks under derivatives/ named
 <sub>[_<ses>]*_label-WMH_mask.nii.gz (or _label-lesion_mask), region maps *_label-WMregions_dseg.nii.gz.
-CSV: columns subject, flair, t1 (may be empty), and optional lesion, regions; relative paths are relative to the
-CSV's folder. FLAIR-only subjects give one case. A T1 not on the FLAIR's grid is an error unless --register-t1.
+CSV: columns subject, flair, t1 (may be empty), and optional lesion, regions, site, split (train or test: test
+subjects go to imagesTs/labelsTs and may lack masks); relative paths are relative to the CSV's folder. FLAIR-only subjects give one case. A T1 not on the FLAIR's grid is an error unless --register-t1.
 """
 from __future__ import annotations
 
@@ -77,9 +77,12 @@ def from_csv(path: Path) -> list[Subject]:
         images = {"flair": resolve(r["flair"])}
         if resolve(r.get("t1")):
             images["t1"] = resolve(r.get("t1"))
+        split = (r.get("split") or "train").strip().lower()
+        if split not in ("train", "test"):
+            raise WMHLocError(f"{path}: line {i}: split '{split}' is neither train nor test")
         subjects.append(Subject(subject=subject_id(r["subject"].strip()), images=images,
                                 lesion=resolve(r.get("lesion")), regions=resolve(r.get("regions")),
-                                site=(r.get("site") or "").strip()))
+                                site=(r.get("site") or "").strip(), split=split))
     return subjects
 
 
@@ -174,11 +177,12 @@ def _main(argv=None) -> int:
     a = p.parse_args(argv)
 
     subjects = load_cohort(a.source)
-    with_mask = [s for s in subjects if s.lesion is not None]
+    train = [s for s in subjects if s.split == "train"]
+    with_mask = [s for s in train if s.lesion is not None]
     mode = a.mode
     if mode == "auto":
-        if with_mask and len(with_mask) != len(subjects):
-            missing = next(s for s in subjects if s.lesion is None)
+        if with_mask and len(with_mask) != len(train):
+            missing = next(s for s in train if s.lesion is None)
             raise WMHLocError(f"{missing.images['flair']}: subject {missing.subject} has no lesion mask while "
                               f"{len(with_mask)} others do (use --mode predict, or add the mask)")
         mode = "train" if with_mask else "predict"
@@ -194,9 +198,10 @@ def _main(argv=None) -> int:
         raw_root = raw_root_from(a.output)
         les = build_dataset(subjects, "lesion", raw_root, a.lesion_id, f"{a.name}Lesion",
                             preprocessed=a.preprocessed, overwrite=a.overwrite, description=LESION_DESCRIPTION)
-        print(f"lesion dataset: {les['folder']} ({les['train_cases']} training cases)")
+        print(f"lesion dataset: {les['folder']} ({les['train_cases']} training cases, "
+              f"{les['test_cases']} test cases)")
         with_regions = [s for s in subjects if s.regions is not None]
-        if len(with_regions) >= 2:
+        if sum(s.split == "train" for s in with_regions) >= 2:
             reg = build_dataset(with_regions, "region", raw_root, a.region_id, f"{a.name}Region",
                                 preprocessed=a.preprocessed, overwrite=a.overwrite, description=REGION_DESCRIPTION)
             print(f"region dataset: {reg['folder']} ({reg['train_cases']} training cases)")

@@ -209,7 +209,9 @@ def build_dataset(subjects: list[Subject], task: str, raw_root: Path, dataset_id
     rows, train_cases = [], []
     with atomic_dir(raw_root / folder_name, overwrite=overwrite) as tmp:
         for s in cli.progress(subjects, desc=f"{task} dataset"):
-            loaded = load_subject(s, need_lesion=(task == "lesion"), read_regions=(task == "region"))
+            # test subjects may come without labels (a cohort's held-out subjects); training ones may not
+            loaded = load_subject(s, need_lesion=(task == "lesion" and s.split == "train"),
+                                  read_regions=(task == "region"))
             tr = s.split == "train"
             cases = write_cases(tmp / ("imagesTr" if tr else "imagesTs"), s, loaded,
                                 tmp / ("labelsTr" if tr else "labelsTs"), label_key if label_key in loaded else None)

@@ -37,15 +37,16 @@ class Site:
     first_id: int
 
 
+# slices are always the coarsest axis, as in the challenge (3 mm slices), so nnU-Net's 2d plans cut axially
 SITES = (
-    Site("training", "Utrecht", (64, 64, 16), (3.0, 3.0, 3.0), _IDENT, 0),
-    Site("training", "Singapore", (60, 68, 16), (3.1, 2.8, 3.0), _FLIP_Y, 50),
-    Site("training", "GE3T", (56, 72, 18), (3.3, 2.6, 2.7), _IDENT, 100),
-    Site("test", "Utrecht", (64, 64, 16), (3.0, 3.0, 3.0), _IDENT, 1),
-    Site("test", "Singapore", (60, 68, 16), (3.1, 2.8, 3.0), _FLIP_Y, 51),
-    Site("test", "Amsterdam/GE3T", (56, 72, 18), (3.3, 2.6, 2.7), _IDENT, 101),
-    Site("test", "Amsterdam/GE1T5", (64, 64, 16), (2.9, 3.0, 3.0), _FLIP_Y, 151),
-    Site("test", "Amsterdam/Philips_VU .PETMR_01.", (68, 60, 16), (2.8, 3.2, 3.0), _IDENT, 171),
+    Site("training", "Utrecht", (68, 68, 16), (2.8, 2.8, 3.6), _IDENT, 0),
+    Site("training", "Singapore", (64, 72, 16), (2.9, 2.7, 3.6), _FLIP_Y, 50),
+    Site("training", "GE3T", (60, 76, 18), (3.0, 2.5, 3.3), _IDENT, 100),
+    Site("test", "Utrecht", (68, 68, 16), (2.8, 2.8, 3.6), _IDENT, 1),
+    Site("test", "Singapore", (64, 72, 16), (2.9, 2.7, 3.6), _FLIP_Y, 51),
+    Site("test", "Amsterdam/GE3T", (60, 76, 18), (3.0, 2.5, 3.3), _IDENT, 101),
+    Site("test", "Amsterdam/GE1T5", (68, 68, 16), (2.8, 2.8, 3.6), _FLIP_Y, 151),
+    Site("test", "Amsterdam/Philips_VU .PETMR_01.", (72, 64, 16), (2.7, 3.0, 3.6), _IDENT, 171),
 )
 
 
@@ -66,8 +67,10 @@ def _phantom(size, spacing, rng):
     scale = rng.uniform(0.9, 1.05)
     # head radii in mm (x: left-right, y: anterior-posterior, z: inferior-superior)
     hx, hy, hz = 88 * scale, 100 * scale, 26 * scale * size[2] * spacing[2] / 48.0
-    r_head = np.sqrt((X / hx) ** 2 + (Y / hy) ** 2 + (Z / hz) ** 2)
-    r_brain = np.sqrt((X / (hx - 9)) ** 2 + (Y / (hy - 9)) ** 2 + (Z / (hz * 0.92)) ** 2)
+    # egg-shaped like a real head: wider at the back, so orientation is well defined
+    egg = 1.0 - 0.12 * Y / hy
+    r_head = np.sqrt((X / (hx * egg)) ** 2 + (Y / hy) ** 2 + (Z / hz) ** 2)
+    r_brain = np.sqrt((X / ((hx - 9) * egg)) ** 2 + (Y / (hy - 9)) ** 2 + (Z / (hz * 0.92)) ** 2)
     cls = np.zeros(Z.shape, np.uint8)
     cls[r_head < 1] = 1
     cls[r_brain < 1] = 2
@@ -77,7 +80,9 @@ def _phantom(size, spacing, rng):
     vsize = rng.uniform(0.8, 1.4)
     vent = np.zeros(Z.shape, bool)
     for side in (-1, 1):
-        rv = np.sqrt(((X - side * 11) / (6 * vsize)) ** 2 + (Y / (34 * vsize)) ** 2 + (Z / (hz * 0.3)) ** 2)
+        # frontal horns close to the midline, occipital horns spread apart (a V seen from above)
+        rv = np.sqrt(((X - side * (11 - 0.12 * Y)) / (6 * vsize)) ** 2 + (Y / (34 * vsize)) ** 2
+                     + (Z / (hz * 0.3)) ** 2)
         vent |= rv < 1
     cls[vent & (cls >= 3)] = 5
 
