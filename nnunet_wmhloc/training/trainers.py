@@ -166,77 +166,58 @@ class _NoTestTimeMirroring:
         return out
 
 
-class nnUNetTrainerWMHLoc_1epoch(nnUNetTrainerWMHLoc):
+class _Schedule:
+    """Short schedules: class attributes override nnU-Net's epochs/iterations. `__init__` keeps nnU-Net's
+    exact signature, which nnUNetTrainer records through inspect.signature + locals()."""
+    epochs: int | None = None
+    iterations: int | None = None
+    val_iterations: int | None = None
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.epochs:
+            self.num_epochs = self.epochs
+        if self.iterations:
+            self.num_iterations_per_epoch = self.iterations
+        if self.val_iterations:
+            self.num_val_iterations_per_epoch = self.val_iterations
+
+
+class _Smoke(_Schedule, _NoTestTimeMirroring):
+    """2 epochs x 3 iterations, 2 validation iterations, no test-time mirroring: a CPU smoke run."""
+    epochs, iterations, val_iterations = 2, 3, 2
+
+
+class nnUNetTrainerWMHLoc_1epoch(_Schedule, nnUNetTrainerWMHLoc):
     """nnUNetTrainerWMHLoc for 1 epoch (debugging plans)."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
+    epochs = 1
 
 
-class nnUNetTrainerWMHLoc_5epochs(nnUNetTrainerWMHLoc):
-    """nnUNetTrainerWMHLoc for 5 epochs."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
+class nnUNetTrainerWMHLoc_5epochs(_Schedule, nnUNetTrainerWMHLoc):
+    epochs = 5
 
 
-class nnUNetTrainerWMHLoc_10epochs(nnUNetTrainerWMHLoc):
-    """nnUNetTrainerWMHLoc for 10 epochs."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 10
+class nnUNetTrainerWMHLoc_10epochs(_Schedule, nnUNetTrainerWMHLoc):
+    epochs = 10
 
 
-class nnUNetTrainerWMHLoc_smoke(_NoTestTimeMirroring, nnUNetTrainerWMHLoc):
-    """2 epochs x 3 iterations, 2 validation iterations, no test-time mirroring: a CPU smoke run."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 3
-        self.num_val_iterations_per_epoch = 2
+class nnUNetTrainerWMHLoc_smoke(_Smoke, nnUNetTrainerWMHLoc):
+    """nnUNetTrainerWMHLoc, 2 epochs x 3 iterations, no test-time mirroring (CPU smoke runs)."""
 
 
-class nnUNetTrainerWMHLocCEDC_1epoch(nnUNetTrainerWMHLocCEDC):
+class nnUNetTrainerWMHLocCEDC_1epoch(_Schedule, nnUNetTrainerWMHLocCEDC):
     """nnUNetTrainerWMHLocCEDC for 1 epoch (debugging plans)."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
+    epochs = 1
 
 
-class nnUNetTrainerWMHLocCEDC_5epochs(nnUNetTrainerWMHLocCEDC):
-    """nnUNetTrainerWMHLocCEDC for 5 epochs."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
+class nnUNetTrainerWMHLocCEDC_5epochs(_Schedule, nnUNetTrainerWMHLocCEDC):
+    epochs = 5
 
 
-class nnUNetTrainerWMHLocCEDC_10epochs(nnUNetTrainerWMHLocCEDC):
-    """nnUNetTrainerWMHLocCEDC for 10 epochs."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 10
+class nnUNetTrainerWMHLocCEDC_10epochs(_Schedule, nnUNetTrainerWMHLocCEDC):
+    epochs = 10
 
 
-class nnUNetTrainerWMHLocCEDC_smoke(_NoTestTimeMirroring, nnUNetTrainerWMHLocCEDC):
-    """2 epochs x 3 iterations, 2 validation iterations, no test-time mirroring: a CPU smoke run."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 3
-        self.num_val_iterations_per_epoch = 2
+class nnUNetTrainerWMHLocCEDC_smoke(_Smoke, nnUNetTrainerWMHLocCEDC):
+    """nnUNetTrainerWMHLocCEDC, 2 epochs x 3 iterations, no test-time mirroring (CPU smoke runs)."""
