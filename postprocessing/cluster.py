@@ -310,6 +310,14 @@ def _main(argv=None) -> int:
         print(f"note: {len(zero)} subject(s) without WM lesion volume: {what} ({', '.join(zero[:5])}"
               f"{', ...' if len(zero) > 5 else ''})", file=sys.stderr)
     x = normalise(loads[has], args.normalise)
+    if args.k is None:
+        # a range is a search: drop the Ks these data cannot support (cluster() still refuses a lone K)
+        n_distinct = len(np.unique(np.round(x, 12), axis=0))
+        feasible = [k for k in ks if k < len(x) and k <= n_distinct]
+        if feasible and len(feasible) < len(ks):
+            print(f"note: K={', '.join(str(k) for k in ks if k not in feasible)} skipped: {len(x)} subjects with "
+                  f"WM lesions, {n_distinct} distinct load profiles", file=sys.stderr)
+            ks = feasible
     scores, labels = cluster(x, ks, seed=args.seed, n_init=args.n_init, source=src)
     best = max(scores, key=lambda s: (s["silhouette"], -s["k"]))
     k = best["k"]

@@ -132,7 +132,7 @@ def _snapshot(folder: Path) -> set:
 
 @pytest.mark.parametrize("argv_extra,expect,kw", [
     (["--k", "5"], "fewer than K+1=6", {"n_per_group": (2, 2, 1)}),
-    (["--k-range", "2", "8"], "fewer than K+1", {"n_per_group": (2, 2, 2)}),
+    (["--k-range", "7", "8"], "fewer than K+1", {"n_per_group": (2, 2, 2)}),  # no feasible K in the range
     (["--k", "3"], "missing column(s) r12", {"drop": region_column(12)}),
     (["--k", "3"], "with WM lesions, fewer than", {"n_per_group": (0, 0, 0), "n_zero": 4}),
     (["--k", "1"], "K must be at least 2", {}),
@@ -155,3 +155,28 @@ def test_bad_values(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.csv: line 4" in err and ">= 0" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_k_range_skips_ks_the_data_cannot_support(tmp_path):
+    """Every subject of a group has the same profile here: 3 distinct profiles. A K range keeps the feasible
+    Ks (and says which it skipped); a fixed K=4 is refused."""
+    cols = ["subject", "total_mm3"] + [region_column(r) for r in range(1, 35)]
+    with open(tmp_path / "loads.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for i in range(7):
+            v = np.zeros(34)
+            for r, share in PATTERNS[1 + i % 3].items():
+                v[r - 1] = share * 1000.0
+            w.writerow([f"s{i}", v.sum()] + list(v))
+    p = subprocess.run([sys.executable, "-m", "nnunet_wmhloc.postprocessing.cluster", str(tmp_path / "loads.csv"),
+                        "-o", str(tmp_path / "out"), "--k-range", "2", "5"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "K=4, 5 skipped" in p.stderr
+    assert [int(r["k"]) for r in _read(tmp_path / "out" / "silhouette.csv")] == [2, 3]
+    groups = {r["subject"]: r["group"] for r in _read(tmp_path / "out" / "assignments.csv")}
+    assert len(set(groups.values())) == 3  # the three profiles, K=3 chosen
+    p = subprocess.run([sys.executable, "-m", "nnunet_wmhloc.postprocessing.cluster", str(tmp_path / "loads.csv"),
+                        "-o", str(tmp_path / "out2"), "--k", "4"], capture_output=True, text=True)
+    assert p.returncode == 1 and "only 3 distinct load profiles" in p.stderr
+    assert not (tmp_path / "out2").exists()
