@@ -40,12 +40,11 @@ class nnUNetTrainerWMHLocCEDC(nnUNetTrainer):
     """nnU-Net's CE + Dice with the extra MRI augmentation (elastic, bias field, ghosting, motion,
     multiplicative noise) on top of nnU-Net's default augmentation."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
+    skeleton_channel = False  # nnUNetTrainerWMHLoc: the SR target travels as an extra segmentation channel
 
-    @staticmethod
+    @classmethod
     def get_training_transforms(
+            cls,
             patch_size: Union[np.ndarray, Tuple[int]],
             rotation_for_DA: RandomScalar,
             deep_supervision_scales: Union[List, Tuple, None],
@@ -59,7 +58,7 @@ class nnUNetTrainerWMHLocCEDC(nnUNetTrainer):
     ) -> BasicTransform:
         return training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                    do_dummy_2d_data_aug, use_mask_for_norm, is_cascaded, foreground_labels,
-                                   regions, ignore_label, skeleton=False)
+                                   regions, ignore_label, skeleton=cls.skeleton_channel)
 
 
 class nnUNetTrainerWMHLoc(nnUNetTrainerWMHLocCEDC):
@@ -70,27 +69,7 @@ class nnUNetTrainerWMHLoc(nnUNetTrainerWMHLocCEDC):
     ignore label), not nnU-Net region-based training.
     """
     weight_sr = 1.0
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-
-    @staticmethod
-    def get_training_transforms(
-            patch_size: Union[np.ndarray, Tuple[int]],
-            rotation_for_DA: RandomScalar,
-            deep_supervision_scales: Union[List, Tuple, None],
-            mirror_axes: Tuple[int, ...],
-            do_dummy_2d_data_aug: bool,
-            use_mask_for_norm: List[bool] = None,
-            is_cascaded: bool = False,
-            foreground_labels: Union[Tuple[int, ...], List[int]] = None,
-            regions: List[Union[List[int], Tuple[int, ...], int]] = None,
-            ignore_label: int = None,
-    ) -> BasicTransform:
-        return training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
-                                   do_dummy_2d_data_aug, use_mask_for_norm, is_cascaded, foreground_labels,
-                                   regions, ignore_label, skeleton=True)
+    skeleton_channel = True
 
     @staticmethod
     def get_validation_transforms(
