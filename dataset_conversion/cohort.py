@@ -88,6 +88,8 @@ def from_csv(path: Path) -> list[Subject]:
 
 def load_cohort(source: str | os.PathLike) -> list[Subject]:
     source = Path(source)
+    if not source.exists():
+        raise WMHLocError(f"{source}: not found")
     if source.is_file() and source.suffix.lower() == ".csv":
         subjects = from_csv(source)
     elif source.is_dir():

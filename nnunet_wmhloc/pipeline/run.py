@@ -102,6 +102,11 @@ class RunPlan:
             raise WMHLocError("--region-labels belongs to --release")
         if a.release and not a.region_labels:
             raise WMHLocError(f"{a.release}: --region-labels DIR is needed to train the region model")
+        # inputs are checked before anything is created
+        for flag, path in (("--release", a.release), ("--region-labels", a.region_labels), ("--cohort", a.cohort),
+                           ("--atlas", a.atlas)):
+            if path is not None and not Path(path).exists():
+                raise WMHLocError(f"{path}: not found ({flag})")
         self.quick = a.quick or a.demo
         self.output = a.output.resolve()
         self.root = (a.nnunet_root or self.output / "nnunet").resolve()

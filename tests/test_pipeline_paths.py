@@ -1,0 +1,134 @@
+"""End to end: `wmhloc_run --cohort` (a CSV cohort with a train/test split) and `wmhloc_run --release` (the
+challenge layout with --split paper), through the real nnU-Net commands. Both train the smoke trainer (2 epochs
+x 3 iterations): what is under test is the pipeline's plumbing on these inputs, not the models (the demo test
+checks that a real, if tiny, training learns)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import SHARED, run_cmd
+from test_pipeline_demo import STAGES, check_report_offline
+
+SMOKE = ["-c", "2d", "-f", "0", "--trainer", "nnUNetTrainerWMHLoc_smoke", "--device", "cpu", "--disable-tta"]
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _done(out: Path, stage: str) -> dict:
+    return json.loads((out / "stages" / f"{stage}.done").read_text())
+
+
+@pytest.fixture(scope="module")
+def cohort_csv(synth_release, tmp_path_factory) -> Path:
+    """The synthetic release as a user's CSV cohort: the 6 training subjects train, 4 test subjects test.
+    One test subject has no T1 (FLAIR only), one no region map, one neither lesion mask nor region map."""
+    rows = []
+    for p in sorted(synth_release.glob("*/**/wmh.nii.gz")):
+        folder = p.parent
+        split = "train" if folder.parts[len(synth_release.parts)] == "training" else "test"
+        sid = folder.name
+        reg = synth_release / "region_labels" / ("Train" if split == "train" else "Test") / f"WMH_{sid}.nii.gz"
+        rows.append({"subject": f"s{sid}", "flair": folder / "pre" / "FLAIR.nii.gz", "t1": folder / "pre" / "T1.nii.gz",
+                     "lesion": p, "regions": reg if reg.is_file() else "", "site": folder.parent.name, "split": split})
+    test = [r for r in rows if r["split"] == "test"][:4]
+    rows = [r for r in rows if r["split"] == "train"] + test
+    test[0]["t1"] = ""
+    test[1]["regions"] = ""
+    test[2]["lesion"] = test[2]["regions"] = ""
+    path = tmp_path_factory.mktemp("cohort") / "cohort.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_run_cohort_csv(cohort_csv, tmp_path):
+    rows = _csv(cohort_csv)
+    test = [r for r in rows if r["split"] == "test"]
+    out = tmp_path / "run"
+    p = run_cmd(["wmhloc_run", "--cohort", cohort_csv, "-o", out, *SMOKE], timeout=1800)
+    for s in STAGES[1:]:
+        assert (out / "stages" / f"{s}.done").is_file(), f"{s}\n{p.stdout[-2000:]}"
+    assert not (out / "stages" / "synth.done").exists()
+    conv = _done(out, "convert")["summary"]
+    # training cases: FLAIR + T1 of each training subject; the test split went to imagesTs
+    assert conv["lesion"]["training_cases"] == 2 * sum(r["split"] == "train" for r in rows)
+    assert conv["lesion"]["test_cases"] == 2 * len(test) - 1  # one test subject is FLAIR only
+    ds = out / "nnunet" / "nnUNet_raw" / conv["lesion"]["dataset"]
+    splits = json.loads((out / "nnunet" / "nnUNet_preprocessed" / ds.name / "splits_final.json").read_text())
+    for fold in splits:  # T1 and FLAIR of a subject never straddle a fold
+        assert not {c.rsplit("_", 1)[0] for c in fold["val"]} & {c.rsplit("_", 1)[0] for c in fold["train"]}
+    # both models trained through nnU-Net with the smoke trainer
+    for task, d in (("lesion", "Dataset601"), ("region", "Dataset602")):
+        ck = list((out / "nnunet" / "nnUNet_results").glob(f"{d}_*/nnUNetTrainerWMHLoc_smoke__nnUNetPlans__2d/"
+                                                            "fold_0/checkpoint_final.pth"))
+        assert len(ck) == 1, task
+    # every test subject gets fused lesion and region maps on its own FLAIR grid, and a row of loads
+    subjects = sorted(r["subject"] for r in test)
+    for task in ("lesion", "region"):
+        assert sorted(f.name[:-7] for f in (out / "segmentations" / task).glob("*.nii.gz")) == subjects
+    flair = {r["subject"]: sitk.ReadImage(r["flair"]) for r in test}
+    for s in subjects:
+        seg = sitk.ReadImage(str(out / "segmentations" / "lesion" / f"{s}.nii.gz"))
+        assert seg.GetSize() == flair[s].GetSize()
+        np.testing.assert_allclose(seg.GetSpacing(), flair[s].GetSpacing(), rtol=1e-5)
+        np.testing.assert_allclose(seg.GetDirection(), flair[s].GetDirection(), atol=1e-5)
+    loads = _csv(out / "localize" / "regional_loads.csv")
+    assert sorted(r["subject"] for r in loads) == subjects
+    # evaluation only where the CSV gave references: 3 lesion masks, 2 region maps
+    ev = _done(out, "evaluate")["summary"]
+    lesion = json.loads((out / "evaluation" / "lesion_fused" / "summary.json").read_text())
+    region = json.loads((out / "evaluation" / "region_fused" / "summary.json").read_text())
+    assert lesion["n_cases"] == 3 and region["n_cases"] == 2, ev
+    check_report_offline(out / "report" / "report.html")
+    html = (out / "report" / "report.html").read_text()
+    assert all(s in html for s in subjects) and str(cohort_csv) in html
+
+
+def test_run_cohort_rerun_and_bad_csv(cohort_csv, tmp_path):
+    """A CSV naming a missing image stops at convert, names the file and writes no dataset."""
+    rows = _csv(cohort_csv)
+    rows[1]["flair"] = str(tmp_path / "missing_FLAIR.nii.gz")
+    bad = tmp_path / "bad.csv"
+    with open(bad, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    p = run_cmd(["wmhloc_run", "--cohort", bad, "-o", tmp_path / "run", *SMOKE], check=False, timeout=600)
+    assert p.returncode == 1
+    err = p.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: stage 'convert' failed:") and "missing_FLAIR.nii.gz" in err
+    assert not list((tmp_path / "run" / "nnunet" / "nnUNet_raw").glob("Dataset*"))
+
+
+def test_run_release_paper_split(synth_release, tmp_path):
+    """--release with --split paper trains on the challenge's test subjects and tests on its training ones;
+    --atlas (the authors' refined atlas, when the shared data is here) adds the cluster's atlas maps."""
+    out = tmp_path / "run"
+    atlas = SHARED / "wmhlocalization" / "36_labels_merged.nii.gz"
+    extra = ["--atlas", atlas] if atlas.is_file() else []
+    run_cmd(["wmhloc_run", "--release", synth_release, "--region-labels", synth_release / "region_labels",
+             "--split", "paper", "-o", out, *SMOKE, *extra], timeout=1800)
+    for s in STAGES[1:]:
+        assert (out / "stages" / f"{s}.done").is_file(), s
+    training = {int(p.parent.name) for p in synth_release.glob("training/*/*/wmh.nii.gz")}
+    subjects = _csv(out / "nnunet" / "nnUNet_raw" / "Dataset601_WMHLesion" / "subjects.csv")
+    tested = sorted(r["subject"] for r in subjects if r["split"] == "test")
+    assert {int(r["challenge_id"]) for r in subjects if r["split"] == "test"} == training
+    got = sorted(f.name[:-7] for f in (out / "segmentations" / "lesion").glob("*.nii.gz"))
+    assert got == tested
+    assert sorted(r["subject"] for r in _csv(out / "localize" / "regional_loads.csv")) == tested
+    cl = _done(out, "cluster")["summary"]
+    if extra and "skipped" not in cl:
+        assert list((out / "cluster").glob("*atlas*.png")), "no atlas maps although --atlas was given"
+    check_report_offline(out / "report" / "report.html")
