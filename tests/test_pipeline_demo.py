@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import find_chromium, render
 
 STAGES = ["synth", "convert", "preprocess", "train_lesion", "train_region", "predict", "fuse", "localize",
           "cluster", "evaluate", "report"]
@@ -243,3 +244,50 @@ def test_predict_corrupted_model_names_stage(demo, tmp_path):
     assert "predict.log" in err
     assert (tmp_path / "pred" / "stages" / "convert.done").is_file()
     assert not (tmp_path / "pred" / "stages" / "predict.done").exists()
+
+
+# Real-browser checks of the report (headless Chromium, network cut off); a clone without chromium skips them.
+needs_chromium = pytest.mark.skipif(find_chromium() is None, reason="chromium not installed (Debian: apt-get "
+                                    "install chromium); the report's real-browser check is skipped")
+
+
+def _not_loaded(seen: dict) -> list[str]:
+    return [i["src"] for i in seen["images"] if not (i["complete"] and i["decoded"] and i["width"] > 0)]
+
+
+@needs_chromium
+def test_demo_report_renders_in_browser(demo, tmp_path):
+    html = demo["out"] / "report" / "report.html"
+    links = check_report_offline(html)
+    assert len(links.imgs) > 10
+    shot = tmp_path / "report_screenshot.png"
+    seen = render(html, shot)
+    assert seen["title"].strip() and seen["text_length"] > 500
+    assert [i["src"] for i in seen["images"]] == links.imgs  # the browser saw every <img> of the file
+    assert _not_loaded(seen) == []
+    assert seen["remote"] == [], "the report asks for something off this machine"
+    assert seen["failed"] == [] and seen["console_errors"] == []
+    assert seen["height"] > 2000  # the figures take room: not a blank or collapsed page
+    assert _png_has_content(shot), shot
+
+
+@needs_chromium
+def test_browser_check_detects_broken_report(demo, tmp_path):
+    """The same check on a copy of the report with one figure deleted, one emptied (not an image any more: a
+    truncated PNG still shows its top, so that is the file checks' job) and a CDN stylesheet added: each is
+    caught, and only those."""
+    rep = tmp_path / "report"
+    shutil.copytree(demo["out"] / "report", rep)
+    imgs = check_report_offline(rep / "report.html").imgs
+    gone, empty = imgs[1], imgs[-1]
+    (rep / gone).unlink()
+    (rep / empty).write_bytes(b"")
+    cdn = "https://cdn.example.org/style.css"
+    text = (rep / "report.html").read_text(encoding="utf-8")
+    (rep / "report.html").write_text(text.replace("</head>", f"<link rel='stylesheet' href='{cdn}'></head>", 1),
+                                     encoding="utf-8")
+    seen = render(rep / "report.html", tmp_path / "broken.png")
+    assert sorted(_not_loaded(seen)) == sorted([gone, empty])
+    assert seen["remote"] == [cdn]
+    assert sorted(u for u, _ in seen["failed"]) == sorted([cdn, (rep / gone).as_uri()])
+    assert len(seen["console_errors"]) >= 2
