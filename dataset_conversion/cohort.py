@@ -1,4 +1,4 @@
-"""wmhloc_convert_cohort: plug in a new cohort (BIDS root or CSV manifest).
+"""wmhloc_convert_cohort: plug in a new cohort (BIDS root, CSV manifest or a folder in the challenge's layout).
 
 With lesion masks for every subject it writes an nnU-Net training dataset (lesion task; and the region task
 for subjects that have region maps). Without masks it writes an inference folder of
@@ -7,7 +7,10 @@ for subjects that have region maps). Without masks it writes an inference folder
 BIDS: sub-*/[ses-*/]anat/*_FLAIR.nii.gz and *_T1w.nii.gz; lesion masks under derivatives/ named
 <sub>[_<ses>]*_label-WMH_mask.nii.gz (or _label-lesion_mask), region maps *_label-WMregions_dseg.nii.gz.
 CSV: columns subject, flair, t1 (may be empty), and optional lesion, regions, site, split (train or test: test
-subjects go to imagesTs/labelsTs and may lack masks); relative paths are relative to the CSV's folder. FLAIR-only subjects give one case. A T1 not on the FLAIR's grid is an error unless --register-t1.
+subjects go to imagesTs/labelsTs and may lack masks); relative paths are relative to the CSV's folder.
+Folder in the challenge's layout: any <...>/<subject>/pre/FLAIR.nii.gz below it, with pre/T1.nii.gz and
+wmh.nii.gz (lesion mask) when present; the subject's parent folder is its site.
+FLAIR-only subjects give one case. A T1 not on the FLAIR's grid is an error unless --register-t1.
 """
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ def _one(paths: list[Path], what: str, where: Path) -> Path | None:
 def from_bids(root: Path) -> list[Subject]:
     anat_dirs = sorted(list(root.glob("sub-*/anat")) + list(root.glob("sub-*/ses-*/anat")))
     if not anat_dirs:
-        raise WMHLocError(f"{root}: no sub-*/[ses-*/]anat folders (not a BIDS root?)")
+        raise WMHLocError(f"{root}: no sub-*/[ses-*/]anat folders (BIDS) and no <subject>/pre/FLAIR.nii.gz "
+                          "(challenge layout)")
     deriv = root / "derivatives"
     subjects = []
     for anat in anat_dirs:
@@ -57,6 +61,19 @@ def from_bids(root: Path) -> list[Subject]:
                            "region map", deriv)
         subjects.append(Subject(subject=subject_id(prefix.replace("_", "-")), images=images, lesion=lesion,
                                 regions=regions, site=root.name))
+    return subjects
+
+
+def from_challenge_layout(root: Path) -> list[Subject]:
+    """Subjects as the challenge ships them: <subject>/pre/FLAIR.nii.gz [+ pre/T1.nii.gz, wmh.nii.gz]."""
+    subjects = []
+    for flair in sorted(root.rglob("pre/FLAIR.nii.gz")):
+        folder = flair.parent.parent
+        t1, lesion = folder / "pre" / "T1.nii.gz", folder / "wmh.nii.gz"
+        images = {"flair": flair} | ({"t1": t1} if t1.is_file() else {})
+        site = folder.parent.name if folder.parent != root else root.name
+        subjects.append(Subject(subject=subject_id(folder.name), images=images,
+                                lesion=lesion if lesion.is_file() else None, regions=None, site=site))
     return subjects
 
 
@@ -92,10 +109,12 @@ def load_cohort(source: str | os.PathLike) -> list[Subject]:
         raise WMHLocError(f"{source}: not found")
     if source.is_file() and source.suffix.lower() == ".csv":
         subjects = from_csv(source)
+    elif source.is_dir() and not any(source.glob("sub-*")) and any(source.rglob("pre/FLAIR.nii.gz")):
+        subjects = from_challenge_layout(source)
     elif source.is_dir():
         subjects = from_bids(source)
     else:
-        raise WMHLocError(f"{source}: neither a BIDS folder nor a .csv manifest")
+        raise WMHLocError(f"{source}: neither a folder (BIDS or challenge layout) nor a .csv manifest")
     seen = {}
     for s in subjects:
         if s.subject in seen:

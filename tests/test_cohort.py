@@ -77,8 +77,9 @@ def test_csv_inference_folder_and_t1_registration(synth_release, tmp_path):
     assert out.GetSize() == flair.GetSize() and np.allclose(out.GetOrigin(), flair.GetOrigin())
     # the registered T1 matches the original far better than the moved one did
     orig = ARR(src / "pre/T1.nii.gz").ravel()
-    assert np.corrcoef(orig, sitk.GetArrayFromImage(out).ravel())[0, 1] > 0.95
-    assert np.corrcoef(orig, sitk.GetArrayFromImage(moved).ravel())[0, 1] < 0.92
+    after = np.corrcoef(orig, sitk.GetArrayFromImage(out).ravel())[0, 1]
+    before = np.corrcoef(orig, sitk.GetArrayFromImage(moved).ravel())[0, 1]
+    assert after > 0.93 and after > before + 0.02, (after, before)  # accuracy in mm: test_rigid_registration_accuracy
 
 
 def test_rigid_registration_accuracy(synth_release):
@@ -151,3 +152,23 @@ def test_csv_split_column_holds_out_test_subjects(synth_release, tmp_path):
     (tmp_path / "bad.csv").write_text((tmp_path / "m.csv").read_text().replace(",test", ",holdout"))
     p = run_cmd(["wmhloc_convert_cohort", tmp_path / "bad.csv", "-o", tmp_path / "raw2"], check=False)
     assert p.returncode == 1 and "split 'holdout'" in p.stderr
+
+
+def test_challenge_layout_folder(synth_release, tmp_path):
+    """A folder as the challenge ships it (<site>/<id>/pre/FLAIR.nii.gz, T1, wmh.nii.gz) is a cohort too."""
+    from nnunet_wmhloc.dataset_conversion.cohort import load_cohort
+
+    test = load_cohort(synth_release / "test")
+    folders = sorted(p.parent for p in (synth_release / "test").rglob("wmh.nii.gz"))
+    assert sorted(s.subject for s in test) == sorted(f"wmh{int(f.name):03d}" for f in folders)
+    s = next(s for s in test if s.subject == "wmh151")
+    assert s.site == "GE1T5" and s.images["t1"].name == "T1.nii.gz" and s.lesion.name == "wmh.nii.gz"
+    # no masks wanted: an inference folder of FLAIR and T1 cases, voxel for voxel the inputs
+    run_cmd(["wmhloc_convert_cohort", synth_release / "test", "-o", tmp_path / "inf", "--mode", "predict"])
+    assert len(list((tmp_path / "inf").glob("*_0000.nii.gz"))) == 2 * len(folders)
+    np.testing.assert_array_equal(ARR(tmp_path / "inf" / "wmh151_t1_0000.nii.gz"),
+                                  ARR(s.images["t1"]))
+    # a folder that is neither BIDS nor challenge layout
+    (tmp_path / "empty" / "x").mkdir(parents=True)
+    p = run_cmd(["wmhloc_convert_cohort", tmp_path / "empty", "-o", tmp_path / "o"], check=False)
+    assert p.returncode == 1 and "challenge layout" in p.stderr and not (tmp_path / "o").exists()
