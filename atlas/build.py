@@ -20,7 +20,7 @@ def _main(argv=None) -> int:
     p.add_argument("--eve-dir", required=True,
                    help=f"folder with {_atlas.EVE_T1}, {_atlas.EVE_TYPE2}, {_atlas.EVE_TISSUE} "
                         f"(and optionally {_atlas.EVE_MASK})")
-    p.add_argument("--output", required=True, help="atlas folder to create")
+    p.add_argument("-o", "--output", required=True, help="atlas folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     a = p.parse_args(argv)
     atlas, prov = _atlas.build_from_eve(a.eve_dir)

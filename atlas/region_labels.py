@@ -319,7 +319,7 @@ def _main(argv=None) -> int:
     c.add_argument("--input", help="cohort folder or CSV (columns subject,t1[,flair,wm_mask])")
     c.add_argument("--workers", type=int, default=1, help="subjects processed in parallel")
     p.add_argument("--atlas-dir", required=True, help="folder written by wmhloc_build_atlas (or the raw Eve folder)")
-    p.add_argument("--output", required=True, help="label map .nii.gz (one subject) or output folder (cohort)")
+    p.add_argument("-o", "--output", required=True, help="label map .nii.gz (one subject) or output folder (cohort)")
     p.add_argument("--deformable", action="store_true", help="add a coarse B-spline refinement after the affine")
     p.add_argument("--save-masks", action="store_true", help="also write <output>_brainmask / _wm .nii.gz (one subject)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")

@@ -279,7 +279,7 @@ def build_parser():
                    "per site and per region, and the published results beside ours.")
     p.add_argument("--results", nargs="+", required=True, metavar="NAME=DIR",
                    help="evaluation output folders, e.g. FLAIR=eval_flair T1=eval_t1 fused=eval_fused")
-    p.add_argument("--output", required=True, type=Path, help="output folder")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     p.add_argument("--published", action="store_true", help="print our results beside the published ones "
                    "(paper and the challenge's top entry) and write published_comparison.csv")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")

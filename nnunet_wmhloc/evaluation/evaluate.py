@@ -188,7 +188,7 @@ def build_parser():
                    "nnUNetv2_predict output or wmhloc_fuse output; other files are ignored")
     p.add_argument("--ref", required=True, type=Path, help="folder of reference label maps, e.g. labelsTs")
     p.add_argument("--task", required=True, choices=("lesion", "region"))
-    p.add_argument("--output", required=True, type=Path, help="output folder (cases.csv, summary.csv, "
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder (cases.csv, summary.csv, "
                    "summary.json)")
     p.add_argument("--sites", type=Path, default=None, help="CSV with columns subject,site (e.g. the "
                    "converter's subjects.csv) for a per-site breakdown")
