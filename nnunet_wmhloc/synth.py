@@ -37,17 +37,17 @@ class Site:
     first_id: int
 
 
-# Small matrices so that nnU-Net trains on a CPU in minutes. nnU-Net's 2d plans cut along the coarsest axis,
-# which here is in-plane for some sites: the demo's 2d region model cannot tell left from right (see README).
+# Small matrices so that nnU-Net trains on a CPU in minutes. Slices are the coarsest axis, as in the challenge
+# (3 mm slices, ~1 mm in-plane), so nnU-Net's 2d configuration cuts axial slices, which show both hemispheres.
 SITES = (
-    Site("training", "Utrecht", (64, 64, 16), (3.0, 3.0, 3.0), _IDENT, 0),
-    Site("training", "Singapore", (60, 68, 16), (3.1, 2.8, 3.0), _FLIP_Y, 50),
-    Site("training", "GE3T", (56, 72, 18), (3.3, 2.6, 2.7), _IDENT, 100),
-    Site("test", "Utrecht", (64, 64, 16), (3.0, 3.0, 3.0), _IDENT, 1),
-    Site("test", "Singapore", (60, 68, 16), (3.1, 2.8, 3.0), _FLIP_Y, 51),
-    Site("test", "Amsterdam/GE3T", (56, 72, 18), (3.3, 2.6, 2.7), _IDENT, 101),
-    Site("test", "Amsterdam/GE1T5", (64, 64, 16), (2.9, 3.0, 3.0), _FLIP_Y, 151),
-    Site("test", "Amsterdam/Philips_VU .PETMR_01.", (68, 60, 16), (2.8, 3.2, 3.0), _IDENT, 171),
+    Site("training", "Utrecht", (54, 62, 12), (3.4, 3.4, 4.0), _IDENT, 0),
+    Site("training", "Singapore", (52, 64, 12), (3.5, 3.3, 4.0), _FLIP_Y, 50),
+    Site("training", "GE3T", (50, 66, 13), (3.6, 3.2, 3.7), _IDENT, 100),
+    Site("test", "Utrecht", (54, 62, 12), (3.4, 3.4, 4.0), _IDENT, 1),
+    Site("test", "Singapore", (52, 64, 12), (3.5, 3.3, 4.0), _FLIP_Y, 51),
+    Site("test", "Amsterdam/GE3T", (50, 66, 13), (3.6, 3.2, 3.7), _IDENT, 101),
+    Site("test", "Amsterdam/GE1T5", (54, 62, 12), (3.4, 3.4, 4.0), _FLIP_Y, 151),
+    Site("test", "Amsterdam/Philips_VU .PETMR_01.", (56, 60, 12), (3.3, 3.5, 4.0), _IDENT, 171),
 )
 
 
@@ -67,9 +67,10 @@ def _phantom(size, spacing, rng):
     Z, Y, X = _coords(size, spacing, rng)
     scale = rng.uniform(0.9, 1.05)
     # head radii in mm (x: left-right, y: anterior-posterior, z: inferior-superior)
-    hx, hy, hz = 88 * scale, 100 * scale, 26 * scale * size[2] * spacing[2] / 48.0
-    # egg-shaped like a real head: wider at the back, so orientation is well defined
-    egg = 1.0 - 0.12 * Y / hy
+    hx, hy, hz = 78 * scale, 94 * scale, 26 * scale * size[2] * spacing[2] / 48.0
+    # egg-shaped like a real head: wider at the back and at the base, so orientation is well defined and an
+    # axial slice tells how high it lies (a 2d model needs that for the regions' height bands)
+    egg = (1.0 - 0.12 * Y / hy) * (1.0 - 0.15 * Z / hz)
     r_head = np.sqrt((X / (hx * egg)) ** 2 + (Y / hy) ** 2 + (Z / hz) ** 2)
     r_brain = np.sqrt((X / ((hx - 9) * egg)) ** 2 + (Y / (hy - 9)) ** 2 + (Z / (hz * 0.92)) ** 2)
     cls = np.zeros(Z.shape, np.uint8)
@@ -83,7 +84,7 @@ def _phantom(size, spacing, rng):
     for side in (-1, 1):
         # frontal horns close to the midline, occipital horns spread apart (a V seen from above)
         rv = np.sqrt(((X - side * (11 - 0.12 * Y)) / (6 * vsize)) ** 2 + (Y / (34 * vsize)) ** 2
-                     + (Z / (hz * 0.3)) ** 2)
+                     + ((Z - 0.15 * hz) / (hz * 0.3)) ** 2)
         vent |= rv < 1
     cls[vent & (cls >= 3)] = 5
 

@@ -1,5 +1,5 @@
 """The paper's architectures (U-Net, UNETR, MultiResUNet, MedNeXt) as nnU-Net trainers, on the synthetic cohort's
-own nnU-Net plans (2d [16, 72] and 3d_fullres [64, 16, 80]: neither UNETR's 16-voxel grid nor MedNeXt's 2^4
+own nnU-Net plans (2d [64, 56] and 3d_fullres [12, 64, 56]: neither UNETR's 16-voxel grid nor MedNeXt's 2^4
 divides every axis, so both pad inside the module).
 
 Networks are built through the trainers' static build_network_architecture (what nnUNetv2_train and

@@ -19,7 +19,11 @@ from nnunet_wmhloc.pipeline.stages import Runner, Stage, _last_error_line
 def test_budget_names_round_trip():
     n = budget.budget_name("nnUNetTrainerWMHLoc", 12, 20, 8)
     assert n == "nnUNetTrainerWMHLoc_12epochs_20it_bs8"
-    assert budget.parse_budget(n) == {"base": "nnUNetTrainerWMHLoc", "epochs": 12, "iterations": 20, "batch_cap": 8}
+    assert budget.parse_budget(n) == {"base": "nnUNetTrainerWMHLoc", "epochs": 12, "iterations": 20, "batch_cap": 8,
+                                      "adamw": False}
+    a = budget.budget_name("nnUNetTrainerWMHLoc", 12, 20, 8, adamw=True)
+    assert a == "nnUNetTrainerWMHLoc_12epochs_20it_bs8_adamw" and budget.parse_budget(a)["adamw"]
+    assert budget.parse_budget("nnUNetTrainerWMHLoc_12epochs_adam") is None
     assert budget.parse_budget("nnUNetTrainerWMHLocCEDC_50epochs")["iterations"] is None
     assert budget.parse_budget("nnUNetTrainer_50epochs") is None  # not one of our bases
     assert budget.parse_budget("nnUNetTrainerWMHLoc") is None
@@ -41,6 +45,22 @@ def test_budget_trainer_classes():
     assert list(inspect.signature(cls.__init__).parameters) == list(inspect.signature(nnUNetTrainer.__init__).parameters)
     assert issubclass(getattr(budget, "nnUNetTrainerWMHLocCEDC_3epochs"), nnUNetTrainerWMHLocCEDC)
     assert not hasattr(budget, "nnUNetTrainerWMHLoc_fast")
+
+
+def test_budget_adamw_optimizer():
+    """`_adamw` budgets train with AdamW under nnU-Net's poly schedule; the others keep nnU-Net's SGD."""
+    import types
+
+    import torch
+
+    net = torch.nn.Conv2d(1, 2, 3)
+    fake = types.SimpleNamespace(network=net, weight_decay=3e-5, num_epochs=10, initial_lr=1e-2)
+    opt, sched = budget.make_trainer("nnUNetTrainerWMHLoc_10epochs_adamw").configure_optimizers(fake)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == budget.ADAMW_LR
+    sched.step(5)
+    assert 0 < opt.param_groups[0]["lr"] < budget.ADAMW_LR
+    opt, _ = budget.make_trainer("nnUNetTrainerWMHLoc_10epochs").configure_optimizers(fake)
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["nesterov"]
 
 
 def test_budget_shim_is_found_by_nnunet(tmp_path, monkeypatch):
@@ -156,7 +176,11 @@ def test_run_resolves_quick_budget():
 
     q = resolve_trainer("nnUNetTrainerWMHLocCEDC", epochs=None, quick=True)
     assert budget.parse_budget(q) == {"base": "nnUNetTrainerWMHLocCEDC", "epochs": QUICK["epochs"],
-                                      "iterations": QUICK["iterations"], "batch_cap": QUICK["batch_cap"]}
+                                      "iterations": QUICK["iterations"], "batch_cap": QUICK["batch_cap"],
+                                      "adamw": QUICK["adamw"]}
+    r = resolve_trainer("nnUNetTrainerWMHLoc", epochs=None, quick=True, task="region")
+    assert budget.parse_budget(r)["epochs"] == QUICK["region_epochs"]
+    assert budget.parse_budget(resolve_trainer("nnUNetTrainerWMHLoc", epochs=7, quick=True, task="region"))["epochs"] == 7
     assert resolve_trainer("nnUNetTrainerWMHLoc", epochs=100, quick=False) == "nnUNetTrainerWMHLoc_100epochs"
     assert resolve_trainer("nnUNetTrainerWMHLoc", epochs=None, quick=False) == "nnUNetTrainerWMHLoc"
 
@@ -182,3 +206,33 @@ def test_predict_model_resolution(tmp_path):
         resolve_model("601", task="lesion", **dict(kw, configuration="3d_fullres"))
     with pytest.raises(WMHLocError, match="fold 3 not trained"):
         model_folds(les, ["3"])
+
+
+def test_cluster_stage_skips_what_cannot_be_clustered(tmp_path):
+    """One regional distribution shared by every subject (a model that puts all lesions in one region) is
+    reported and skipped, not a failed run; different distributions are clustered by wmhloc_cluster."""
+    import csv
+
+    from nnunet_wmhloc.atlas.regions import WM_REGIONS, region_column
+    from nnunet_wmhloc.pipeline.common import cluster_stage
+    from nnunet_wmhloc.pipeline.stages import StageContext
+
+    def stage(profiles):
+        out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        (out / "localize").mkdir(parents=True)
+        (out / "logs").mkdir()
+        cols = [region_column(r) for r in WM_REGIONS]
+        with open(out / "localize" / "regional_loads.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["subject", "total_mm3", "wm_mm3", *cols])
+            w.writeheader()
+            for i, p in enumerate(profiles):
+                row = dict.fromkeys(cols, 0.0) | {region_column(r): v for r, v in p.items()}
+                w.writerow(row | {"subject": f"s{i}", "total_mm3": sum(p.values()), "wm_mm3": sum(p.values())})
+        ctx = StageContext("cluster", out / "logs" / "cluster.log", {}, out, quiet=True)
+        return out, cluster_stage(ctx, k_max=4)
+
+    out, res = stage([{7: 10.0 * (i + 1)} for i in range(5)])  # same shares, different volumes
+    assert "same regional distribution" in res["skipped"] and not (out / "cluster").exists()
+    out, res = stage([{7: 10.0}, {7: 12.0}, {20: 5.0}, {20: 9.0}, {3: 1.0, 30: 1.0}])
+    assert res == {"clustered": 5, "k_range": [2, 3]}  # 3 distinct profiles bound K
+    assert (out / "cluster" / "groups.csv").is_file()

@@ -23,12 +23,14 @@ from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext
 
 STAGES = ("synth", "convert", "preprocess", "train_lesion", "train_region", "predict", "fuse", "localize",
           "cluster", "evaluate", "report")
-# --quick: what a 2-core CPU trains in about two minutes per model (2d, fold 0, 600 steps of batch 8)
-QUICK = {"configuration": "2d", "folds": ["0"], "epochs": 30, "iterations": 20, "batch_cap": 8}
+# --quick: what a 2-core CPU trains in a few minutes per model: 2d, fold 0, epochs of 20 steps of batch <= 4,
+# AdamW (nnU-Net's SGD barely starts learning in so few steps); the region model (37 classes) gets more epochs
+QUICK = {"configuration": "2d", "folds": ["0"], "epochs": 30, "region_epochs": 60, "iterations": 20, "batch_cap": 4,
+         "adamw": True}
 DEMO = {"seed": 0, "per_site": 2, "test_per_site": 2}
 
 
-def resolve_trainer(base: str, *, epochs: int | None, quick: bool) -> str:
+def resolve_trainer(base: str, *, epochs: int | None, quick: bool, task: str = "lesion") -> str:
     """Trainer name for nnU-Net: the base itself, or a budget variant of it (see pipeline.budget)."""
     if parse_budget(base) is not None and (epochs or quick):
         raise WMHLocError(f"--trainer {base}: already a budget trainer; drop --epochs/--quick or give the base name")
@@ -38,7 +40,8 @@ def resolve_trainer(base: str, *, epochs: int | None, quick: bool) -> str:
         raise WMHLocError(f"--trainer {base}: --epochs/--quick need one of {', '.join(BASES)} "
                           "(or give a trainer variant with its own schedule and no --epochs)")
     if quick:
-        return budget_name(base, epochs or QUICK["epochs"], QUICK["iterations"], QUICK["batch_cap"])
+        default = QUICK["region_epochs"] if task == "region" else QUICK["epochs"]
+        return budget_name(base, epochs or default, QUICK["iterations"], QUICK["batch_cap"], adamw=QUICK["adamw"])
     return budget_name(base, epochs)
 
 
@@ -74,8 +77,8 @@ def build_parser():
                    help="training budget: <trainer>_<E>epochs (nnU-Net default 1000 epochs x 250 iterations)")
     t.add_argument("--quick", action="store_true",
                    help=f"tiny CPU budget: {QUICK['configuration']}, fold {QUICK['folds'][0]}, {QUICK['epochs']} "
-                        f"epochs x {QUICK['iterations']} iterations, batch size <= {QUICK['batch_cap']}, no test-time "
-                        "mirroring")
+                        f"epochs (region model {QUICK['region_epochs']}) x {QUICK['iterations']} iterations, batch "
+                        f"size <= {QUICK['batch_cap']}, AdamW instead of SGD, no test-time mirroring")
     t.add_argument("--disable-tta", action="store_true", help="predict without test-time mirroring (faster)")
     t.add_argument("--threads", type=int, default=None,
                    help="torch threads per nnU-Net process on the CPU (default: cores minus data-augmentation workers)")
@@ -121,7 +124,8 @@ class RunPlan:
         if a.epochs is not None and a.epochs < 1:
             raise WMHLocError(f"--epochs {a.epochs}: must be at least 1")
         self.trainers = {"lesion": resolve_trainer(a.trainer, epochs=a.epochs, quick=self.quick),
-                         "region": resolve_trainer(a.region_trainer or a.trainer, epochs=a.epochs, quick=self.quick)}
+                         "region": resolve_trainer(a.region_trainer or a.trainer, epochs=a.epochs, quick=self.quick,
+                                                   task="region")}
         self.ids = {"lesion": a.lesion_id, "region": a.region_id}
         if a.lesion_id == a.region_id:
             raise WMHLocError(f"--lesion-id and --region-id are both {a.lesion_id}")
