@@ -109,7 +109,23 @@ def cluster_stage(ctx: StageContext, *, k_max: int = 8, atlas: str | None = None
         msg = f"clustering skipped: {n} subject(s) with WM lesions, at least 3 needed"
         ctx.say(msg)
         return {"skipped": msg}
-    kmax = max(2, min(k_max, n - 1))
+    # k-means needs at least two different lesion distributions (e.g. a model that puts every lesion in one
+    # region gives one): nothing to cluster then, which is a finding, not a failure of the run
+    import numpy as np
+
+    from nnunet_wmhloc.postprocessing.cluster import load_table, normalise
+
+    _, wm, _ = load_table(loads)
+    x = normalise(wm[wm.sum(1) > 0], "fraction")
+    n_distinct = len(np.unique(np.round(x, 12), axis=0))
+    if n_distinct < 2:
+        if dst.exists():
+            shutil.rmtree(dst)
+        msg = (f"clustering skipped: the {n} subjects with WM lesions all have the same regional distribution "
+               "of lesions")
+        ctx.say(msg)
+        return {"skipped": msg}
+    kmax = max(2, min(k_max, n - 1, n_distinct))
     args = [loads, "-o", dst, "--k-range", 2, kmax, "--overwrite"]
     if atlas:
         args += ["--atlas", atlas]
