@@ -112,6 +112,10 @@ def test_demo_report_and_outputs(demo):
     fused = json.loads((out / "evaluation" / "lesion_fused" / "summary.json").read_text())
     dice = fused["summary"]["all"]["dice"]["mean"]
     assert dice is not None and dice > 0.1, f"the tiny lesion model learned nothing (Dice {dice})"
+    # the region model learned something too (0.2 measured; an untrained 37-class model scores ~0.01)
+    region = json.loads((out / "evaluation" / "region_fused" / "summary.json").read_text())
+    rdice = region["summary"]["all"]["mean_dice_wm"]["mean"]
+    assert rdice is not None and rdice > 0.08, f"the tiny region model learned nothing (Dice {rdice})"
     # the region map of the subject without one is predicted but not scored
     assert "wmh173" in json.loads((out / "stages" / "evaluate.done").read_text())["summary"]["region"]["unscored_subjects"]
 
@@ -291,3 +295,24 @@ def test_browser_check_detects_broken_report(demo, tmp_path):
     assert seen["remote"] == [cdn]
     assert sorted(u for u, _ in seen["failed"]) == sorted([cdn, (rep / gone).as_uri()])
     assert len(seen["console_errors"]) >= 2
+
+
+def test_predict_challenge_layout_folder(demo, tmp_path):
+    """wmhloc_predict on a folder as the challenge ships it: <site>/<id>/pre/{FLAIR,T1}.nii.gz, wmh.nii.gz."""
+    from nnunet_wmhloc.synth import make_cohort
+
+    make_cohort(tmp_path / "rel", seed=11, per_site=1, test_per_site=1, show_progress=False)
+    folder = tmp_path / "rel" / "test" / "Amsterdam"
+    ids = sorted(f"wmh{int(p.parent.name):03d}" for p in folder.rglob("wmh.nii.gz"))
+    out = tmp_path / "pred"
+    p = _run([_script("wmhloc_predict"), folder, "-o", out, "--lesion-model", _model(demo, "lesion"),
+              "--region-model", _model(demo, "region"), "--device", "cpu", "--disable-tta"], timeout=900)
+    assert p.returncode == 0, f"{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
+    assert len(ids) == 3
+    for task in ("lesion", "region"):
+        assert sorted(x.name[:-7] for x in (out / "segmentations" / task).glob("*.nii.gz")) == ids
+    # each subject's wmh.nii.gz is its reference
+    ev = json.loads((out / "evaluation" / "lesion_fused" / "summary.json").read_text())
+    assert ev["n_cases"] == 3
+    assert [r["subject"] for r in _csv(out / "localize" / "regional_loads.csv")] == ids
+    check_report_offline(out / "report" / "report.html")
