@@ -111,14 +111,16 @@ def test_run_cohort_rerun_and_bad_csv(cohort_csv, tmp_path):
     assert not list((tmp_path / "run" / "nnunet" / "nnUNet_raw").glob("Dataset*"))
 
 
-def test_run_release_paper_split(synth_release, tmp_path):
-    """--release with --split paper trains on the challenge's test subjects and tests on its training ones;
-    --atlas (the authors' refined atlas, when the shared data is here) adds the cluster's atlas maps."""
+def test_run_release_paper_split_3d(synth_release, tmp_path):
+    """--release with --split paper trains on the challenge's test subjects and tests on its training ones, in
+    3d_fullres (the GPU default); --atlas (the authors' refined atlas, when the shared data is here) adds the
+    cluster's atlas maps."""
     out = tmp_path / "run"
     atlas = SHARED / "wmhlocalization" / "36_labels_merged.nii.gz"
     extra = ["--atlas", atlas] if atlas.is_file() else []
     run_cmd(["wmhloc_run", "--release", synth_release, "--region-labels", synth_release / "region_labels",
-             "--split", "paper", "-o", out, *SMOKE, *extra], timeout=1800)
+             "--split", "paper", "-o", out, *SMOKE, "-c", "3d_fullres", *extra], timeout=1800)
+    assert list((out / "nnunet" / "nnUNet_results").glob("Dataset602_*/*__3d_fullres/fold_0/checkpoint_final.pth"))
     for s in STAGES[1:]:
         assert (out / "stages" / f"{s}.done").is_file(), s
     training = {int(p.parent.name) for p in synth_release.glob("training/*/*/wmh.nii.gz")}
