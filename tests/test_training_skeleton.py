@@ -95,3 +95,103 @@ def test_transform_appends_a_channel_and_leaves_the_segmentation():
     assert s.shape == (2, 30, 30) and s.dtype == torch.int16
     assert torch.equal(s[0], seg[0])
     assert torch.equal(s[1], torch.from_numpy(skeleton_labels(seg[0].numpy(), [1])))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The fast skeleton_labels (shared bounding box, one class map, tubes grown on the skeleton voxels) must give
+# exactly what the straightforward per-class algorithm gives; this is that algorithm, kept here as the reference.
+
+def _reference_skeleton_labels(seg, labels, tube=2):
+    from skimage.morphology import skeletonize
+    seg = np.asarray(seg)
+    out = np.zeros(seg.shape, dtype=np.int16)
+    wanted = sorted({int(c) for c in labels if int(c) > 0})
+    if not wanted:
+        return out
+    work = np.where(np.isin(seg, wanted), seg, 0).astype(np.int32)
+    cross = ndi.generate_binary_structure(seg.ndim, 1)
+    for c0, sl in enumerate(ndi.find_objects(work)):
+        c = c0 + 1
+        if sl is None or c not in wanted:
+            continue
+        m = work[sl] == c
+        sk = skeletonize(m)
+        if m.ndim == 3:  # skimage #3757: components thinned to nothing get their centre voxels
+            comps, n = ndi.label(m, structure=np.ones((3, 3, 3), bool))
+            for i in range(1, n + 1):
+                comp = comps == i
+                if not sk[comp].any():
+                    dist = ndi.distance_transform_edt(np.pad(comp, 1))[1:-1, 1:-1, 1:-1]
+                    sk |= comp & (dist >= dist[comp].max())
+        if tube > 0:
+            sk = ndi.binary_dilation(sk, cross, iterations=tube, mask=m)
+        out[sl][sk] = c
+    return out
+
+
+def _random_label_map(rng, shape, n_classes, sigma, fg=0.5):
+    """Contiguous random regions 1..n_classes (touching each other) inside a random foreground."""
+    noise = ndi.gaussian_filter(rng.normal(size=shape), sigma)
+    seg = 1 + np.digitize(noise, np.quantile(noise, np.linspace(0, 1, n_classes + 1)[1:-1]))
+    smooth = ndi.gaussian_filter(rng.normal(size=shape), sigma)
+    mask = smooth > np.quantile(smooth, 1 - fg)
+    return np.where(mask, seg, 0).astype(np.int16)
+
+
+def _equality_cases():
+    rng = np.random.default_rng(42)
+    cases = []
+    for k in range(3):
+        cases.append((f"2d-regions-{k}", _random_label_map(rng, (64, 56), 8, 2.5), range(1, 9)))
+        cases.append((f"3d-regions-{k}", _random_label_map(rng, (20, 40, 36), 12, 2.0 + k), range(1, 13)))
+    # all region ids wanted though fewer are present, and the -1 padding of nnU-Net's crops
+    seg = _random_label_map(rng, (18, 40, 40), 6, 2.0)
+    seg[:, :5] = -1
+    cases.append(("3d-padded-all-labels", seg, range(1, 37)))
+    # subsets: a present class left out, an ignore label, labels listed but absent
+    seg = _random_label_map(rng, (20, 36, 36), 5, 1.5)
+    cases.append(("3d-subset", seg, [1, 3, 4, 9]))
+    seg2 = _random_label_map(rng, (64, 64), 5, 1.5)
+    cases.append(("2d-subset", seg2, [2, 5]))
+    # lesion-like: blobs of class 1 touching an ignore label 2; and a single class other than 1
+    seg = np.zeros((24, 48, 48), np.int16)
+    for _ in range(12):
+        c = rng.integers(3, 45, size=3) * [0.5, 1, 1]
+        r = rng.uniform(1, 4)
+        z, y, x = np.ogrid[:24, :48, :48]
+        seg[((z - c[0]) * 2) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= r * r] = 1
+    seg[10:14, 20:30, 20:34] = 2
+    cases.append(("3d-lesions-ignore", seg, [1]))
+    cases.append(("3d-single-class-2", seg, [2]))
+    les2d = seg[12].copy()
+    les2d[les2d == 1] = 3
+    cases.append(("2d-single-class-3", les2d, [3]))
+    # even-thickness plates, bars and cubes that Lee's 3D thinning erases (skimage #3757), in two classes
+    seg = np.zeros((30, 40, 40), np.int16)
+    seg[2:6, 2:30, 2:30] = 1       # 4-thick plate
+    seg[6:8, 2:30, 2:30] = 2       # 2-thick plate touching it
+    seg[10:12, 10:12, 5:35] = 1    # 2x2 bar
+    seg[15:17, 15:17, 15:17] = 2   # 2-cube
+    seg[20:28, 20:28, 8:36] = 1    # odd-ish bar
+    seg[20:24, 30:34, 30:34] = 3   # 4-cube
+    cases.append(("3d-even-plates", seg, [1, 2, 3]))
+    cases.append(("3d-even-plates-float", seg.astype(np.float32), [1, 2, 3]))
+    # empty and label-free
+    cases.append(("3d-empty", np.zeros((8, 12, 12), np.int16), [1, 2]))
+    cases.append(("2d-only-ignore", np.full((16, 16), 2, np.int16), [1]))
+    cases.append(("2d-no-labels", np.ones((16, 16), np.int16), []))
+    cases.append(("3d-padding-only", np.full((6, 8, 8), -1, np.int16), range(1, 37)))
+    # a class filling the whole patch (its tube reaches every border)
+    cases.append(("2d-full", np.ones((20, 24), np.int16), [1]))
+    return cases
+
+
+@pytest.mark.parametrize("name,seg,labels", _equality_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_fast_skeleton_labels_equals_the_per_class_reference(name, seg, labels):
+    for tube in (0, 1, 2, 3):
+        ref = _reference_skeleton_labels(seg, labels, tube)
+        got = skeleton_labels(seg, labels, tube)
+        assert got.dtype == ref.dtype == np.int16 and got.shape == seg.shape
+        assert np.array_equal(got, ref), f"{name}, tube={tube}: {(got != ref).sum()} voxels differ"
+    if name.startswith("3d-even"):
+        assert (ref > 0).any()  # the cases exercise the #3757 fall-back, not only empty outputs

@@ -39,33 +39,85 @@ def _thin(mask: np.ndarray) -> np.ndarray:
     return skel
 
 
+def _class_map(seg: np.ndarray, wanted: list[int]) -> tuple[np.ndarray, int]:
+    """Non-negative integer map of the wanted classes only, and `single`.
+
+    One wanted class (the lesion task): a uint8 mask coding it as 1 (a comparison instead of np.isin) and
+    single = that class. Otherwise the class ids themselves and single = 0.
+    """
+    if len(wanted) == 1:
+        return (seg == wanted[0]).view(np.uint8), wanted[0]
+    if seg.dtype.kind in "iu" and seg.size:
+        lo, hi = int(seg.min()), int(seg.max())
+        # every positive value is wanted (the region task): seg itself, without background/padding < 0
+        if hi <= wanted[-1] and set(range(1, hi + 1)) <= set(wanted):
+            return (seg if lo >= 0 else np.maximum(seg, 0)), 0
+    work = np.where(np.isin(seg, wanted), seg, 0)
+    return (work if work.dtype.kind in "iu" else work.astype(np.int32)), 0
+
+
+def _tube(out: np.ndarray, work: np.ndarray, steps: int) -> None:
+    """Grow the skeleton label map `out` in place by `steps` face-connected steps, each voxel only into its own
+    class of `work` (same codes). Equal to a per-class binary_dilation(cross, iterations=steps, mask=class),
+    done on the skeleton's voxel indices only: the skeleton is sparse, the patch is not."""
+    flat_out, flat_work = out.reshape(-1), work.reshape(-1)
+    strides = [int(np.prod(out.shape[a + 1:])) for a in range(out.ndim)]
+    front = np.flatnonzero(flat_out)
+    for _ in range(steps):
+        if not front.size:
+            break
+        coords = np.unravel_index(front, out.shape)
+        grown = []
+        for a, n in enumerate(out.shape):
+            for d in (-1, 1):
+                ok = (coords[a] >= 1) if d < 0 else (coords[a] < n - 1)
+                src = front[ok]
+                nb = src + d * strides[a]
+                cls = flat_out[src]
+                new = (flat_out[nb] == 0) & (flat_work[nb] == cls)
+                # marking at once is safe: voxels added in this step are not grown from until the next one
+                flat_out[nb[new]] = cls[new]
+                grown.append(nb[new])
+        front = np.concatenate(grown)
+
+
 def skeleton_labels(seg: np.ndarray, labels: Iterable[int], tube: int = 2) -> np.ndarray:
     """Tubed skeleton of each class of `seg` (2D or 3D integer label map) listed in `labels`.
 
     Returns an int16 map of seg's shape: voxel = class c where c's tubed skeleton passes, else 0. The tube is
     `tube` dilations with the face-connected cross, clipped to the class itself, so a skeleton voxel always
     lies inside its class (never in the background nor in the ignore label). Each class is thinned inside its
-    own bounding box (one `find_objects` pass), which keeps the 37-class region maps cheap.
+    own bounding box (one `find_objects` pass over the foreground's bounding box), which keeps the 37-class
+    region maps cheap; the tubes of all classes are grown together on the skeleton voxels.
     """
     seg = np.asarray(seg)
     out = np.zeros(seg.shape, dtype=np.int16)
     wanted = sorted({int(c) for c in labels if int(c) > 0})
-    if not wanted:
+    if not wanted or not seg.size:
         return out
-    # find_objects needs non-negative ints; anything not wanted (bg, ignore, padding) becomes 0
-    work = np.where(np.isin(seg, wanted), seg, 0).astype(np.int32, copy=False)
-    if not work.any():
-        return out
-    cross = ndi.generate_binary_structure(seg.ndim, 1)
-    for c0, sl in enumerate(ndi.find_objects(work)):
+    work, single = _class_map(seg, wanted)
+    # bounding box of the foreground: find_objects then scans only it (brain patches are mostly background)
+    fg = work > 0
+    box = []
+    for a in range(seg.ndim):
+        nz = np.flatnonzero(fg.any(axis=tuple(b for b in range(seg.ndim) if b != a)))
+        if not nz.size:
+            return out
+        box.append(slice(int(nz[0]), int(nz[-1]) + 1))
+    box = tuple(box)
+    wbox = np.ascontiguousarray(work[box])
+    obox = np.zeros(wbox.shape, dtype=np.int16)
+    keep = set(wanted)
+    for c0, sl in enumerate(ndi.find_objects(wbox)):
         c = c0 + 1
-        if sl is None or c not in wanted:
+        if sl is None or (not single and c not in keep):
             continue
-        m = work[sl] == c
-        sk = _thin(m)
-        if tube > 0:
-            sk = ndi.binary_dilation(sk, cross, iterations=tube, mask=m)
-        out[sl][sk] = c
+        obox[sl][_thin(wbox[sl] == c)] = c
+    if tube > 0:
+        _tube(obox, wbox, tube)
+    out[box] = obox
+    if single and single != 1:
+        out[out > 0] = single
     return out
 
 
