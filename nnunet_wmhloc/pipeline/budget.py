@@ -1,8 +1,8 @@
 """Training budgets as nnU-Net trainer names: `<base>_<E>epochs[_<I>it][_bs<B>][_adamw]`.
 
 nnU-Net picks the schedule through the trainer's class name (`-tr`), so a budget is a name: e.g.
-`nnUNetTrainerWMHLoc_50epochs` (50 x 250 iterations) or `nnUNetTrainerWMHLoc_30epochs_20it_bs4_adamw` (30 epochs
-of 20 iterations, batch size at most 4, AdamW: what `wmhloc_run --quick` trains on a CPU). `_adamw` swaps
+`nnUNetTrainerWMHLoc_50epochs` (50 x 250 iterations) or `nnUNetTrainerWMHLoc_30epochs_20it_bs8_adamw` (30 epochs
+of 20 iterations, batch size at most 8, AdamW: what `wmhloc_run --quick` trains on a CPU). `_adamw` swaps
 nnU-Net's SGD (Nesterov momentum 0.99, lr 1e-2, made for 250,000 steps) for AdamW (lr 3e-3, same poly decay),
 which learns far sooner: on the demo's synthetic region task, validation Dice after 600 steps 0.15 with AdamW,
 0.005 with SGD (0.05 after 2,000 SGD steps). The classes are made on demand by the module-level `__getattr__`
@@ -114,7 +114,7 @@ def write_shim(folder: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{SHIM_MODULE}.py"
     text = ('"""Written by nnunet_wmhloc: lets nnU-Net find budget trainers such as '
-            'nnUNetTrainerWMHLoc_30epochs_20it_bs4_adamw."""\n'
+            'nnUNetTrainerWMHLoc_30epochs_20it_bs8_adamw."""\n'
             "from nnunet_wmhloc.pipeline.budget import __getattr__  # noqa: F401\n")
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)

@@ -23,9 +23,10 @@ from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext
 
 STAGES = ("synth", "convert", "preprocess", "train_lesion", "train_region", "predict", "fuse", "localize",
           "cluster", "evaluate", "report")
-# --quick: what a 2-core CPU trains in a few minutes per model: 2d, fold 0, epochs of 20 steps of batch <= 4,
-# AdamW (nnU-Net's SGD barely starts learning in so few steps); the region model (37 classes) gets more epochs
-QUICK = {"configuration": "2d", "folds": ["0"], "epochs": 30, "region_epochs": 60, "iterations": 20, "batch_cap": 4,
+# --quick: what a 2-core CPU trains in a few minutes per model: 2d, fold 0, epochs of 20 steps of the planned batch
+# (at most 8), AdamW (nnU-Net's SGD barely starts learning in so few steps); the 37-class region model gets more
+# epochs. Measured on the demo: batch 6 beats batch 4 at equal epochs (lesion Dice 0.50 vs 0.37)
+QUICK = {"configuration": "2d", "folds": ["0"], "epochs": 30, "region_epochs": 45, "iterations": 20, "batch_cap": 8,
          "adamw": True}
 DEMO = {"seed": 0, "per_site": 2, "test_per_site": 2}
 
