@@ -41,6 +41,7 @@ from nnunet_wmhloc.atlas.regions import LEFT_REGIONS, REGION_NAMES, RIGHT_REGION
 from nnunet_wmhloc.io import WMHLocError, atomic_dir, read_csv, write_csv, write_json
 
 NORMALISATIONS = ("fraction", "fraction-zscore", "log", "zscore", "raw")
+DEFAULT_NORMALISATION = "fraction"
 REGION_COLUMNS = [region_column(r) for r in WM_REGIONS]
 _LEFT = np.array([r in LEFT_REGIONS for r in WM_REGIONS])
 _RIGHT = np.array([r in RIGHT_REGIONS for r in WM_REGIONS])
@@ -106,13 +107,24 @@ def normalise(loads: np.ndarray, method: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- k-means
+def n_profiles(x: np.ndarray) -> int:
+    """How many distinct (normalised) load profiles: k-means cannot form more groups than that."""
+    return len(np.unique(np.round(x, 12), axis=0))
+
+
+def feasible_ks(x: np.ndarray, ks) -> tuple[list[int], int]:
+    """The Ks of `ks` these data support (K < subjects, K <= distinct profiles), and the distinct profiles."""
+    n_distinct = n_profiles(x)
+    return [k for k in ks if k < len(x) and k <= n_distinct], n_distinct
+
+
 def cluster(x: np.ndarray, ks: list[int], *, seed: int, n_init: int, source) -> tuple[list[dict], dict]:
     """Fit k-means for each K; return per-K scores and the fitted labels of every K."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
     n = len(x)
-    n_distinct = len(np.unique(np.round(x, 12), axis=0))
+    n_distinct = n_profiles(x)
     scores, labels = [], {}
     for k in ks:
         if k < 2:
@@ -270,7 +282,7 @@ def _build_parser():
     g.add_argument("--k-range", type=int, nargs=2, metavar=("KMIN", "KMAX"), default=None,
                    help="try K = KMIN..KMAX and keep the best silhouette "
                         "(2 8 when neither --k nor --k-range is given)")
-    p.add_argument("--normalise", choices=NORMALISATIONS, default="fraction",
+    p.add_argument("--normalise", choices=NORMALISATIONS, default=DEFAULT_NORMALISATION,
                    help="fraction: each region's share of the subject's WM lesion volume (where, not how much); "
                         "fraction-zscore: fraction, then z-scored per region; log: log(1 + mm³); "
                         "zscore: mm³ z-scored per region; raw: mm³")
@@ -312,8 +324,7 @@ def _main(argv=None) -> int:
     x = normalise(loads[has], args.normalise)
     if args.k is None:
         # a range is a search: drop the Ks these data cannot support (cluster() still refuses a lone K)
-        n_distinct = len(np.unique(np.round(x, 12), axis=0))
-        feasible = [k for k in ks if k < len(x) and k <= n_distinct]
+        feasible, n_distinct = feasible_ks(x, ks)
         if feasible and len(feasible) < len(ks):
             print(f"note: K={', '.join(str(k) for k in ks if k not in feasible)} skipped: {len(x)} subjects with "
                   f"WM lesions, {n_distinct} distinct load profiles", file=sys.stderr)

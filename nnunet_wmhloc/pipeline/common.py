@@ -97,40 +97,30 @@ def localize_stage(ctx: StageContext, reference_lesions: Path | None) -> dict:
 
 
 def cluster_stage(ctx: StageContext, *, k_max: int = 8, atlas: str | None = None) -> dict:
-    """k-means on the predicted regional loads; skipped (and said so) with fewer than 3 subjects with WM
-    lesions, since K >= 2 groups and a silhouette need at least K + 1 of them."""
+    """k-means on the predicted regional loads over the Ks the data support; skipped (and said so) when none
+    is: fewer than 3 subjects with WM lesions (K >= 2 groups and a silhouette need K + 1), or one regional
+    distribution shared by all (e.g. a model that puts every lesion in one region) - a finding, not a failure."""
+    from nnunet_wmhloc.postprocessing.cluster import DEFAULT_NORMALISATION, feasible_ks, load_table, normalise
+
     loads = ctx.output / "localize" / "regional_loads.csv"
-    rows = read_rows(loads)
-    n = sum(float(r["wm_mm3"]) > 0 for r in rows)
-    dst = ctx.output / "cluster"
-    if n < 3:
-        if dst.exists():
-            shutil.rmtree(dst)
-        msg = f"clustering skipped: {n} subject(s) with WM lesions, at least 3 needed"
-        ctx.say(msg)
-        return {"skipped": msg}
-    # k-means needs at least two different lesion distributions (e.g. a model that puts every lesion in one
-    # region gives one): nothing to cluster then, which is a finding, not a failure of the run
-    import numpy as np
-
-    from nnunet_wmhloc.postprocessing.cluster import load_table, normalise
-
     _, wm, _ = load_table(loads)
-    x = normalise(wm[wm.sum(1) > 0], "fraction")
-    n_distinct = len(np.unique(np.round(x, 12), axis=0))
-    if n_distinct < 2:
+    lesioned = wm[wm.sum(1) > 0]
+    n = len(lesioned)
+    dst = ctx.output / "cluster"
+    ks = feasible_ks(normalise(lesioned, DEFAULT_NORMALISATION), range(2, max(2, k_max) + 1))[0] if n >= 3 else []
+    if not ks:
         if dst.exists():
             shutil.rmtree(dst)
-        msg = (f"clustering skipped: the {n} subjects with WM lesions all have the same regional distribution "
+        msg = (f"clustering skipped: {n} subject(s) with WM lesions, at least 3 needed" if n < 3 else
+               f"clustering skipped: the {n} subjects with WM lesions all have the same regional distribution "
                "of lesions")
         ctx.say(msg)
         return {"skipped": msg}
-    kmax = max(2, min(k_max, n - 1, n_distinct))
-    args = [loads, "-o", dst, "--k-range", 2, kmax, "--overwrite"]
+    args = [loads, "-o", dst, "--k-range", 2, max(ks), "--overwrite"]
     if atlas:
         args += ["--atlas", atlas]
     ctx.tool("wmhloc_cluster", args)
-    return {"clustered": n, "k_range": [2, kmax]}
+    return {"clustered": n, "k_range": [2, max(ks)]}
 
 
 def _link(src: Path, dst: Path) -> None:
