@@ -41,8 +41,7 @@ def _one(paths: list[Path], what: str, where: Path) -> Path | None:
 def from_bids(root: Path) -> list[Subject]:
     anat_dirs = sorted(list(root.glob("sub-*/anat")) + list(root.glob("sub-*/ses-*/anat")))
     if not anat_dirs:
-        raise WMHLocError(f"{root}: no sub-*/[ses-*/]anat folders (BIDS) and no <subject>/pre/FLAIR.nii.gz "
-                          "(challenge layout)")
+        raise WMHLocError(f"{root}: no sub-*/[ses-*/]anat folders (not a BIDS root?)")
     deriv = root / "derivatives"
     subjects = []
     for anat in anat_dirs:
@@ -74,6 +73,9 @@ def from_challenge_layout(root: Path) -> list[Subject]:
         site = folder.parent.name if folder.parent != root else root.name
         subjects.append(Subject(subject=subject_id(folder.name), images=images,
                                 lesion=lesion if lesion.is_file() else None, regions=None, site=site))
+    if not subjects:
+        raise WMHLocError(f"{root}: no sub-*/[ses-*/]anat folders (BIDS) and no <subject>/pre/FLAIR.nii.gz "
+                          "(challenge layout)")
     return subjects
 
 
@@ -109,10 +111,8 @@ def load_cohort(source: str | os.PathLike) -> list[Subject]:
         raise WMHLocError(f"{source}: not found")
     if source.is_file() and source.suffix.lower() == ".csv":
         subjects = from_csv(source)
-    elif source.is_dir() and not any(source.glob("sub-*")) and any(source.rglob("pre/FLAIR.nii.gz")):
-        subjects = from_challenge_layout(source)
     elif source.is_dir():
-        subjects = from_bids(source)
+        subjects = from_bids(source) if any(source.glob("sub-*")) else from_challenge_layout(source)
     else:
         raise WMHLocError(f"{source}: neither a folder (BIDS or challenge layout) nor a .csv manifest")
     seen = {}
