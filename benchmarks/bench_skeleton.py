@@ -1,5 +1,6 @@
 """Benchmark of skeleton_labels (the skeleton-recall target built in the data pipeline): the current code vs
-the straightforward per-class algorithm it replaced (kept below as `reference`), per patch (prints a table).
+the straightforward per-class algorithm it replaced (kept below as `reference`, also the oracle of
+tests/test_training_skeleton.py), per patch (prints a table).
 
 Patches are crops of the authors' subject-space region maps in ../shared/data when present (37 classes; lesion
 maps are blobs placed in the WM plus one ignore-label blob), else of a synthetic brain (see bench_trainers.py):

@@ -1,4 +1,7 @@
 """Tubed skeletons: 2D/3D, per class, even thickness (skimage #3757), ignore label, transform channel."""
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -99,34 +102,10 @@ def test_transform_appends_a_channel_and_leaves_the_segmentation():
 
 # ------------------------------------------------------------------------------------------------------------
 # The fast skeleton_labels (shared bounding box, one class map, tubes grown on the skeleton voxels) must give
-# exactly what the straightforward per-class algorithm gives; this is that algorithm, kept here as the reference.
-
-def _reference_skeleton_labels(seg, labels, tube=2):
-    from skimage.morphology import skeletonize
-    seg = np.asarray(seg)
-    out = np.zeros(seg.shape, dtype=np.int16)
-    wanted = sorted({int(c) for c in labels if int(c) > 0})
-    if not wanted:
-        return out
-    work = np.where(np.isin(seg, wanted), seg, 0).astype(np.int32)
-    cross = ndi.generate_binary_structure(seg.ndim, 1)
-    for c0, sl in enumerate(ndi.find_objects(work)):
-        c = c0 + 1
-        if sl is None or c not in wanted:
-            continue
-        m = work[sl] == c
-        sk = skeletonize(m)
-        if m.ndim == 3:  # skimage #3757: components thinned to nothing get their centre voxels
-            comps, n = ndi.label(m, structure=np.ones((3, 3, 3), bool))
-            for i in range(1, n + 1):
-                comp = comps == i
-                if not sk[comp].any():
-                    dist = ndi.distance_transform_edt(np.pad(comp, 1))[1:-1, 1:-1, 1:-1]
-                    sk |= comp & (dist >= dist[comp].max())
-        if tube > 0:
-            sk = ndi.binary_dilation(sk, cross, iterations=tube, mask=m)
-        out[sl][sk] = c
-    return out
+# exactly what the straightforward per-class algorithm it replaced gives: that algorithm is kept once, as the
+# `reference` of benchmarks/bench_skeleton.py (which times the two against each other).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_skeleton import reference as _reference_skeleton_labels  # noqa: E402
 
 
 def _random_label_map(rng, shape, n_classes, sigma, fg=0.5):
