@@ -4,7 +4,6 @@ x 3 iterations): what is under test is the pipeline's plumbing on these inputs, 
 checks that a real, if tiny, training learns)."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -13,14 +12,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import SHARED, run_cmd
-from test_pipeline_demo import STAGES, check_report_offline
+from nnunet_wmhloc.io import write_csv
+from test_pipeline_demo import STAGES, _csv, check_report_offline
 
 SMOKE = ["-c", "2d", "-f", "0", "--trainer", "nnUNetTrainerWMHLoc_smoke", "--device", "cpu", "--disable-tta"]
-
-
-def _csv(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def _done(out: Path, stage: str) -> dict:
@@ -44,12 +39,7 @@ def cohort_csv(synth_release, tmp_path_factory) -> Path:
     test[0]["t1"] = ""
     test[1]["regions"] = ""
     test[2]["lesion"] = test[2]["regions"] = ""
-    path = tmp_path_factory.mktemp("cohort") / "cohort.csv"
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    return write_csv(rows, tmp_path_factory.mktemp("cohort") / "cohort.csv")
 
 
 def test_run_cohort_csv(cohort_csv, tmp_path):
@@ -95,15 +85,11 @@ def test_run_cohort_csv(cohort_csv, tmp_path):
     assert all(s in html for s in subjects) and str(cohort_csv) in html
 
 
-def test_run_cohort_rerun_and_bad_csv(cohort_csv, tmp_path):
+def test_run_cohort_bad_csv_stops_at_convert(cohort_csv, tmp_path):
     """A CSV naming a missing image stops at convert, names the file and writes no dataset."""
     rows = _csv(cohort_csv)
     rows[1]["flair"] = str(tmp_path / "missing_FLAIR.nii.gz")
-    bad = tmp_path / "bad.csv"
-    with open(bad, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    bad = write_csv(rows, tmp_path / "bad.csv")
     p = run_cmd(["wmhloc_run", "--cohort", bad, "-o", tmp_path / "run", *SMOKE], check=False, timeout=600)
     assert p.returncode == 1
     err = p.stderr.strip().splitlines()[-1]
