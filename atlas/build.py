@@ -23,6 +23,7 @@ def _main(argv=None) -> int:
     p.add_argument("-o", "--output", required=True, help="atlas folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     a = p.parse_args(argv)
+    io.check_output(a.output, overwrite=a.overwrite, inputs=[a.eve_dir])
     atlas, prov = _atlas.build_from_eve(a.eve_dir)
     with io.atomic_dir(a.output, overwrite=a.overwrite) as tmp:
         _atlas.write_atlas(atlas, prov, tmp)

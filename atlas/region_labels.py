@@ -205,10 +205,11 @@ def discover(input_path: Path) -> list[dict]:
             raise WMHLocError(f"{input_path}: CSV has no rows")
         base = input_path.parent
         out = []
-        for r in rows:
+        for i, r in enumerate(rows, start=2):
             def res(v):
                 return None if not v else (Path(v) if Path(v).is_absolute() else base / v)
-            out.append({"subject": r["subject"].strip(), "t1": res(r["t1"]), "flair": res(r.get("flair")),
+            out.append({"subject": io.safe_name(r["subject"], what="subject id", where=f"{input_path}: line {i}"),
+                        "t1": res(r["t1"]), "flair": res(r.get("flair")),
                         "wm_mask": res(r.get("wm_mask"))})
     elif input_path.is_dir():
         out = []
@@ -233,6 +234,8 @@ def discover(input_path: Path) -> list[dict]:
                               f"or <id>_t1.nii.gz)")
     else:
         raise WMHLocError(f"{input_path}: input folder or CSV not found")
+    for r in out:
+        io.safe_name(r["subject"], what="subject id", where=str(r["t1"]))
     ids = [r["subject"] for r in out]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -317,7 +320,7 @@ def _main(argv=None) -> int:
                    "the built-in WM estimate")
     c = p.add_argument_group("a cohort")
     c.add_argument("--input", help="cohort folder or CSV (columns subject,t1[,flair,wm_mask])")
-    c.add_argument("--workers", type=int, default=1, help="subjects processed in parallel")
+    c.add_argument("--workers", type=cli.positive_int, default=1, help="subjects processed in parallel")
     p.add_argument("--atlas-dir", required=True, help="folder written by wmhloc_build_atlas (or the raw Eve folder)")
     p.add_argument("-o", "--output", required=True, help="label map .nii.gz (one subject) or output folder (cohort)")
     p.add_argument("--deformable", action="store_true", help="add a coarse B-spline refinement after the affine")

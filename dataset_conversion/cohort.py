@@ -21,13 +21,15 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_same_geometry, read_csv, read_image, write_csv
-from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, Subject, build_dataset,
-                                                     load_subject, raw_root_from, subject_id, subject_row,
-                                                     write_cases)
+from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_path, check_same_geometry, read_csv,
+                              read_image, write_csv)
+from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, DatasetJob, Subject,
+                                                     build_datasets, dataset_folder_name, load_subject, raw_root_from,
+                                                     subject_id, subject_row, write_cases)
 
 LESION_PATTERNS = ("*_label-WMH_mask.nii.gz", "*_label-lesion_mask.nii.gz")
 REGION_PATTERNS = ("*_label-WMregions_dseg.nii.gz",)
+CSV_FILE_KINDS = {"flair": "FLAIR image", "t1": "T1 image", "lesion": "lesion mask", "regions": "region map"}
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -58,7 +60,7 @@ def from_bids(root: Path) -> list[Subject]:
                           "lesion mask", deriv)
             regions = _one(sorted(p for pat in REGION_PATTERNS for p in deriv.rglob(f"{prefix}{pat[1:]}")),
                            "region map", deriv)
-        subjects.append(Subject(subject=subject_id(prefix.replace("_", "-")), images=images, lesion=lesion,
+        subjects.append(Subject(subject=subject_id(prefix.replace("_", "-"), str(anat)), images=images, lesion=lesion,
                                 regions=regions, site=root.name))
     return subjects
 
@@ -71,7 +73,7 @@ def from_challenge_layout(root: Path) -> list[Subject]:
         t1, lesion = folder / "pre" / "T1.nii.gz", folder / "wmh.nii.gz"
         images = {"flair": flair} | ({"t1": t1} if t1.is_file() else {})
         site = folder.parent.name if folder.parent != root else root.name
-        subjects.append(Subject(subject=subject_id(folder.name), images=images,
+        subjects.append(Subject(subject=subject_id(folder.name, str(folder)), images=images,
                                 lesion=lesion if lesion.is_file() else None, regions=None, site=site))
     if not subjects:
         raise WMHLocError(f"{root}: no sub-*/[ses-*/]anat folders (BIDS) and no <subject>/pre/FLAIR.nii.gz "
@@ -85,22 +87,37 @@ def from_csv(path: Path) -> list[Subject]:
         raise WMHLocError(f"{path}: no rows")
     base = path.parent
 
-    def resolve(v):
-        v = (v or "").strip()
-        return None if not v else (Path(v) if Path(v).is_absolute() else base / v)
-
-    subjects = []
-    for i, r in enumerate(rows, start=2):
+    subjects, lines = [], {}
+    for i, r in enumerate(rows, start=2):  # ids first: a duplicate is named before any missing file
+        where = f"{path}: line {i}"
         if not (r.get("subject") or "").strip() or not (r.get("flair") or "").strip():
-            raise WMHLocError(f"{path}: line {i}: subject and flair are required")
-        images = {"flair": resolve(r["flair"])}
-        if resolve(r.get("t1")):
-            images["t1"] = resolve(r.get("t1"))
+            raise WMHLocError(f"{where}: subject and flair are required")
+        sid = subject_id(r["subject"].strip(), where)
+        if sid in lines:
+            raise WMHLocError(f"{where}: duplicate subject id {sid} (also line {lines[sid]})")
+        lines[sid] = i
+    for i, r in enumerate(rows, start=2):
+        where = f"{path}: line {i}"
+
+        def resolve(col):
+            v = (r.get(col) or "").strip()
+            if not v:
+                return None
+            f = Path(v) if Path(v).is_absolute() else base / v
+            try:
+                check_path(f, what=CSV_FILE_KINDS[col])
+            except WMHLocError as e:
+                raise WMHLocError(f"{where}: {e}") from None
+            return f
+
+        images = {"flair": resolve("flair")}
+        if resolve("t1"):
+            images["t1"] = resolve("t1")
         split = (r.get("split") or "train").strip().lower()
         if split not in ("train", "test"):
-            raise WMHLocError(f"{path}: line {i}: split '{split}' is neither train nor test")
+            raise WMHLocError(f"{where}: split '{split}' is neither train nor test")
         subjects.append(Subject(subject=subject_id(r["subject"].strip()), images=images,
-                                lesion=resolve(r.get("lesion")), regions=resolve(r.get("regions")),
+                                lesion=resolve("lesion"), regions=resolve("regions"),
                                 site=(r.get("site") or "").strip(), split=split))
     return subjects
 
@@ -194,7 +211,7 @@ def _main(argv=None) -> int:
                    help="rigidly register T1s that are not on the FLAIR grid (mutual information)")
     p.add_argument("--preprocessed", default=os.environ.get("nnUNet_preprocessed"),
                    help="where splits_final.json goes (default: $nnUNet_preprocessed)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace existing datasets, splits or inference folder")
     a = p.parse_args(argv)
 
     subjects = load_cohort(a.source)
@@ -209,6 +226,12 @@ def _main(argv=None) -> int:
         mode = "train" if with_mask else "predict"
     if mode == "predict" and not a.output:
         raise WMHLocError("inference mode needs --output (the folder to create)")
+    inputs = [a.source] + [f for s in subjects for f in (*s.images.values(), s.lesion, s.regions)]
+    if mode == "predict":
+        check_output(a.output, overwrite=a.overwrite, inputs=inputs)
+    else:
+        for i, n in ((a.lesion_id, f"{a.name}Lesion"), (a.region_id, f"{a.name}Region")):
+            dataset_folder_name(i, n)  # a bad id or name fails now, not after the T1 registrations
     with tempfile.TemporaryDirectory(prefix="wmhloc_t1reg_") as tmp:
         for s in cli.progress(subjects, desc="T1 -> FLAIR check"):
             _t1_to_flair(s, a.register_t1, Path(tmp))
@@ -217,15 +240,16 @@ def _main(argv=None) -> int:
             print(f"inference folder: {a.output} ({n} cases from {len(subjects)} subjects)")
             return 0
         raw_root = raw_root_from(a.output)
-        les = build_dataset(subjects, "lesion", raw_root, a.lesion_id, f"{a.name}Lesion",
-                            preprocessed=a.preprocessed, overwrite=a.overwrite, description=LESION_DESCRIPTION)
-        print(f"lesion dataset: {les['folder']} ({les['train_cases']} training cases, "
-              f"{les['test_cases']} test cases)")
+        jobs = [DatasetJob("lesion", subjects, a.lesion_id, f"{a.name}Lesion", LESION_DESCRIPTION)]
         with_regions = [s for s in subjects if s.regions is not None]
         if sum(s.split == "train" for s in with_regions) >= 2:
-            reg = build_dataset(with_regions, "region", raw_root, a.region_id, f"{a.name}Region",
-                                preprocessed=a.preprocessed, overwrite=a.overwrite, description=REGION_DESCRIPTION)
-            print(f"region dataset: {reg['folder']} ({reg['train_cases']} training cases)")
+            jobs.append(DatasetJob("region", with_regions, a.region_id, f"{a.name}Region", REGION_DESCRIPTION))
+        built = build_datasets(jobs, raw_root, preprocessed=a.preprocessed, overwrite=a.overwrite, inputs=inputs)
+        les = built[0]
+        print(f"lesion dataset: {les['folder']} ({les['train_cases']} training cases, "
+              f"{les['test_cases']} test cases)")
+        if len(built) > 1:
+            print(f"region dataset: {built[1]['folder']} ({built[1]['train_cases']} training cases)")
         elif with_regions:
             print("only one subject has a region map: region dataset not built")
     return 0

@@ -1,6 +1,7 @@
 """What both converters share: checked subjects, nnU-Net raw dataset writing, subject-grouped folds."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,8 +14,8 @@ import SimpleITK as sitk
 from nnunet_wmhloc import cli
 from nnunet_wmhloc.atlas.regions import ALL_LABELS, REST_REGIONS, region_column
 from nnunet_wmhloc.naming import MODALITIES, case_name, split_case
-from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_same_geometry, read_image, read_labels, write_csv,
-                              write_json)
+from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_same_geometry, is_number, read_image,
+                              read_labels, write_csv, write_json)
 
 LESION_LABELS = {"background": 0, "WMH": 1, "ignore": 2}
 LESION_ALLOWED = (0, 1, 2)
@@ -37,18 +38,24 @@ class Subject:
     info: dict = field(default_factory=dict)
 
 
-def subject_id(raw: str) -> str:
-    """'12' -> 'wmh012'; other ids are kept if nnU-Net-safe (letters, digits, '-'), else refused."""
-    if raw.isdigit():
+def subject_id(raw: str, where: str = "") -> str:
+    """'12' -> 'wmh012'; other ids are kept if nnU-Net-safe (ASCII letters, digits, '-'), else refused.
+    `where` (e.g. 'cohort.csv: line 3') leads the error message."""
+    lead = f"{where}: " if where else ""
+    if is_number(raw):
         return f"wmh{int(raw):03d}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", raw):
-        raise WMHLocError(f"{raw}: subject id must be letters, digits and '-' only (no '_' or spaces)")
+        raise WMHLocError(f"{lead}subject id {raw!r} must be ASCII letters, digits and '-' only "
+                          "(no '_', spaces, slashes or dots)")
     return raw
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
     if not 1 <= dataset_id <= 999:
         raise WMHLocError(f"dataset id {dataset_id}: must be between 1 and 999")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", name or ""):
+        raise WMHLocError(f"dataset name {name!r}: must be ASCII letters, digits and '-' only (it names the "
+                          f"folder Dataset{dataset_id:03d}_<name>)")
     return f"Dataset{dataset_id:03d}_{name}"
 
 
@@ -149,6 +156,8 @@ REGION_DESCRIPTION = ("34 white-matter regions merged from the JHU Eve type-II a
 def grouped_splits(cases: list[str], n_folds: int = N_FOLDS, seed: int = SPLIT_SEED) -> list[dict]:
     """nnU-Net splits_final.json with every case of a subject in the same fold (subject = case minus
     its last '_<modality>' part)."""
+    if n_folds < 2:
+        raise WMHLocError(f"--folds {n_folds}: cross-validation needs at least 2 folds")
     subjects = sorted({split_case(c)[0] for c in cases})
     if len(subjects) < 2:
         raise WMHLocError(f"cross-validation needs at least 2 training subjects, got {len(subjects)}")
@@ -163,18 +172,32 @@ def grouped_splits(cases: list[str], n_folds: int = N_FOLDS, seed: int = SPLIT_S
     return splits
 
 
-def write_splits(dataset_folder: str, splits: list[dict], preprocessed: str | os.PathLike | None,
-                 overwrite: bool) -> Path | None:
-    """Put splits_final.json where nnU-Net reads it (nnUNet_preprocessed/<dataset>/), if that root is known.
-    An existing different split is kept unless `overwrite` (trained folds would silently change)."""
+def _splits_target(dataset_folder: str, splits: list[dict], preprocessed, overwrite: bool) -> Path | None:
+    """Where splits_final.json goes, checked before anything is written: an existing different (or
+    unreadable) split is kept unless `overwrite` (trained folds would silently change)."""
     if not preprocessed:
         return None
     target = Path(preprocessed) / dataset_folder / "splits_final.json"
     if target.exists():
-        if json.loads(target.read_text()) == splits:
-            return target
-        if not overwrite:
+        try:
+            same = json.loads(target.read_text(encoding="utf-8")) == splits
+        except (ValueError, UnicodeDecodeError, OSError):
+            same = False
+            if not overwrite:
+                raise WMHLocError(f"{target}: not a readable splits file (corrupt JSON); use --overwrite to "
+                                  "replace it") from None
+        if not same and not overwrite:
             raise WMHLocError(f"{target}: a different split already exists (use --overwrite to replace it)")
+    check_output(target, overwrite=True, kind="file", flag="splits_final.json")
+    return target
+
+
+def write_splits(dataset_folder: str, splits: list[dict], preprocessed: str | os.PathLike | None,
+                 overwrite: bool) -> Path | None:
+    """Put splits_final.json where nnU-Net reads it (nnUNet_preprocessed/<dataset>/), if that root is known."""
+    target = _splits_target(dataset_folder, splits, preprocessed, overwrite)
+    if target is None:
+        return None
     target.parent.mkdir(parents=True, exist_ok=True)
     write_json(splits, target, overwrite=True)
     return target
@@ -195,39 +218,70 @@ def subject_row(s: Subject, loaded: dict, split: str, n_cases: int) -> dict:
     return row
 
 
-def build_dataset(subjects: list[Subject], task: str, raw_root: Path, dataset_id: int, name: str, *,
-                  preprocessed: str | None, overwrite: bool, description: str) -> dict:
-    """Write one nnU-Net raw dataset atomically; returns a summary (folder, cases, splits path)."""
-    folder_name = dataset_folder_name(dataset_id, name)
-    check_dataset_id_free(raw_root, dataset_id, folder_name)
-    if (raw_root / folder_name).exists() and not overwrite:
-        raise WMHLocError(f"{raw_root / folder_name}: already exists (use --overwrite to replace it)")
-    if preprocessed and not overwrite and (Path(preprocessed) / folder_name / "splits_final.json").exists():
-        raise WMHLocError(f"{Path(preprocessed) / folder_name / 'splits_final.json'}: already exists "
-                          f"(use --overwrite to replace it)")
-    label_key = "lesion" if task == "lesion" else "regions"
-    rows, train_cases = [], []
-    with atomic_dir(raw_root / folder_name, overwrite=overwrite) as tmp:
-        for s in cli.progress(subjects, desc=f"{task} dataset"):
-            # test subjects may come without labels (a cohort's held-out subjects); training ones may not
-            loaded = load_subject(s, need_lesion=(task == "lesion" and s.split == "train"),
-                                  read_regions=(task == "region"))
-            tr = s.split == "train"
-            cases = write_cases(tmp / ("imagesTr" if tr else "imagesTs"), s, loaded,
-                                tmp / ("labelsTr" if tr else "labelsTs"), label_key if label_key in loaded else None)
-            if s.split == "train":
-                train_cases += cases
-            rows.append(subject_row(s, loaded, s.split, len(cases)))
+@dataclass
+class DatasetJob:
+    """One nnU-Net raw dataset to build: its task ('lesion' or 'region'), subjects, id, name, description."""
+    task: str
+    subjects: list
+    dataset_id: int
+    name: str
+    description: str
+
+
+def build_datasets(jobs: list[DatasetJob], raw_root: Path, *, preprocessed: str | None, overwrite: bool,
+                   inputs=()) -> list[dict]:
+    """Write the datasets of one conversion as a unit: every check first (ids, names, existing outputs and
+    splits, training subjects), then every dataset is built in a temporary folder, then all are moved into
+    place and their splits written. A bad map, an id clash or Ctrl-C/SIGTERM leaves no half conversion."""
+    plans, seen = [], {}
+    for j in jobs:
+        folder_name = dataset_folder_name(j.dataset_id, j.name)
+        if j.dataset_id in seen:
+            raise WMHLocError(f"dataset id {j.dataset_id}: given to both the {seen[j.dataset_id]} and the {j.task} "
+                              "dataset")
+        seen[j.dataset_id] = j.task
+        check_dataset_id_free(raw_root, j.dataset_id, folder_name)
+        check_output(raw_root / folder_name, overwrite=overwrite, inputs=inputs)
+        if preprocessed and not overwrite and (Path(preprocessed) / folder_name / "splits_final.json").exists():
+            raise WMHLocError(f"{Path(preprocessed) / folder_name / 'splits_final.json'}: already exists "
+                              f"(use --overwrite to replace it)")
+        train_cases = sorted(case_name(s.subject, m) for s in j.subjects if s.split == "train" for m in s.images)
         if not train_cases:
-            raise WMHLocError(f"{raw_root / folder_name}: no training subjects for the {task} dataset")
-        write_json(dataset_json(task, len(train_cases), description), tmp / "dataset.json")
+            raise WMHLocError(f"{raw_root / folder_name}: no training subjects for the {j.task} dataset")
         splits = grouped_splits(train_cases)
-        write_json(splits, tmp / "splits_final.json")
-        cols = list(dict.fromkeys(k for r in rows for k in r))
-        write_csv(rows, tmp / "subjects.csv", columns=cols)
-    splits_path = write_splits(folder_name, splits, preprocessed, overwrite)
-    return {"folder": raw_root / folder_name, "train_cases": len(train_cases),
-            "test_cases": sum(r["cases"] for r in rows if r["split"] != "train"), "splits": splits_path}
+        _splits_target(folder_name, splits, preprocessed, overwrite)
+        plans.append((j, folder_name, train_cases, splits))
+    results = []
+    with contextlib.ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_dir(raw_root / fn, overwrite=overwrite)) for _, fn, _, _ in plans]
+        for (j, folder_name, train_cases, splits), tmp in zip(plans, tmps):
+            rows = _fill_dataset(tmp, j, train_cases, splits)
+            results.append({"folder": raw_root / folder_name, "train_cases": len(train_cases),
+                            "test_cases": sum(r["cases"] for r in rows if r["split"] != "train")})
+    for (j, folder_name, _, splits), r in zip(plans, results):
+        r["splits"] = write_splits(folder_name, splits, preprocessed, overwrite)
+    return results
+
+
+def _fill_dataset(tmp: Path, j: DatasetJob, train_cases: list[str], splits: list[dict]) -> list[dict]:
+    label_key = "lesion" if j.task == "lesion" else "regions"
+    rows, written = [], []
+    for s in cli.progress(j.subjects, desc=f"{j.task} dataset"):
+        # test subjects may come without labels (a cohort's held-out subjects); training ones may not
+        loaded = load_subject(s, need_lesion=(j.task == "lesion" and s.split == "train"),
+                              read_regions=(j.task == "region"))
+        tr = s.split == "train"
+        cases = write_cases(tmp / ("imagesTr" if tr else "imagesTs"), s, loaded,
+                            tmp / ("labelsTr" if tr else "labelsTs"), label_key if label_key in loaded else None)
+        if tr:
+            written += cases
+        rows.append(subject_row(s, loaded, s.split, len(cases)))
+    assert sorted(written) == train_cases, "cases planned and written differ"
+    write_json(dataset_json(j.task, len(train_cases), j.description), tmp / "dataset.json")
+    write_json(splits, tmp / "splits_final.json")
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    write_csv(rows, tmp / "subjects.csv", columns=cols)
+    return rows
 
 
 def raw_root_from(arg: str | None) -> Path:

@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.io import WMHLocError
-from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, MODALITIES, REGION_DESCRIPTION, Subject,
-                                                     build_dataset, raw_root_from, subject_id)
+from nnunet_wmhloc.io import WMHLocError, is_number
+from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, MODALITIES, REGION_DESCRIPTION, DatasetJob,
+                                                     Subject, build_datasets, raw_root_from, subject_id)
 
 SPLIT_FOLDERS = {"training": "train", "test": "test"}
 # training/GE3T is the Amsterdam GE 3T scanner; the test release nests all three Amsterdam scanners
@@ -38,13 +38,13 @@ def find_subjects(root: str | os.PathLike, modalities=MODALITIES) -> list[Subjec
         site_parts = parts[split_idx + 1:-1]
         scanner = site_parts[-1] if site_parts else ""
         site = site_parts[0] if len(site_parts) > 1 else _SITE_OF_SCANNER.get(scanner, scanner)
-        sid = subject_id(folder.name)
+        sid = subject_id(folder.name, str(folder))
         if sid in seen:
             raise WMHLocError(f"{folder}: duplicate subject id {folder.name} (also {seen[sid]})")
         seen[sid] = folder
         subjects.append(Subject(subject=sid, images={m: images[m] for m in modalities}, lesion=wmh, site=site,
                                 scanner=scanner, split=SPLIT_FOLDERS[parts[split_idx].lower()],
-                                info={"challenge_id": int(folder.name) if folder.name.isdigit() else folder.name}))
+                                info={"challenge_id": int(folder.name) if is_number(folder.name) else folder.name}))
     if not subjects:
         raise WMHLocError(f"{root}: no subject found (no wmh.nii.gz with pre/FLAIR.nii.gz and pre/T1.nii.gz)")
     return subjects
@@ -58,7 +58,7 @@ def find_region_maps(folder: str | os.PathLike) -> dict[str, Path]:
     maps: dict[str, Path] = {}
     for p in sorted(folder.rglob("WMH_*.nii.gz")):
         raw = p.name[len("WMH_"):-len(".nii.gz")]
-        sid = subject_id(raw)
+        sid = subject_id(raw, str(p))
         if sid in maps:
             raise WMHLocError(f"{p}: second region map for subject {raw} (also {maps[sid]})")
         maps[sid] = p
@@ -81,18 +81,21 @@ def convert(release: str, *, output: str | None = None, lesion_id: int = 601, re
     maps = find_region_maps(region_labels) if region_labels else {}
     for s in subjects:
         s.regions = maps.get(s.subject)
-    out = {"lesion": build_dataset(subjects, "lesion", raw_root, lesion_id, lesion_name, preprocessed=preprocessed,
-                                   overwrite=overwrite, description=LESION_DESCRIPTION)}
+    jobs = [DatasetJob("lesion", subjects, lesion_id, lesion_name, LESION_DESCRIPTION)]
+    missing = []
+    if region_labels:
+        missing = [s.subject for s in subjects if s.regions is None]
+        jobs.append(DatasetJob("region", [s for s in subjects if s.regions is not None], region_id, region_name,
+                               REGION_DESCRIPTION))
+    built = build_datasets(jobs, raw_root, preprocessed=preprocessed, overwrite=overwrite,
+                           inputs=[release, region_labels])
+    out = {j.task: b for j, b in zip(jobs, built)}
     log(f"lesion dataset: {out['lesion']['folder']} ({out['lesion']['train_cases']} training cases, "
         f"{out['lesion']['test_cases']} test cases)")
     if region_labels:
-        with_maps = [s for s in subjects if s.regions is not None]
-        missing = [s.subject for s in subjects if s.regions is None]
         if missing:
             log(f"no region map for {len(missing)} subject(s), left out of the region dataset only: "
                 f"{', '.join(missing)}")
-        out["region"] = build_dataset(with_maps, "region", raw_root, region_id, region_name,
-                                      preprocessed=preprocessed, overwrite=overwrite, description=REGION_DESCRIPTION)
         out["region"]["missing"] = missing
         log(f"region dataset: {out['region']['folder']} ({out['region']['train_cases']} training cases, "
             f"{out['region']['test_cases']} test cases)")
@@ -111,8 +114,8 @@ def _main(argv=None) -> int:
     p.add_argument("--output", "-o", help="nnU-Net raw folder (default: $nnUNet_raw)")
     p.add_argument("--lesion-id", type=int, default=601, help="dataset id of the lesion dataset")
     p.add_argument("--region-id", type=int, default=602, help="dataset id of the region dataset")
-    p.add_argument("--lesion-name", default="WMHLesion")
-    p.add_argument("--region-name", default="WMHRegion")
+    p.add_argument("--lesion-name", default="WMHLesion", help="name of the lesion dataset (DatasetXXX_<name>)")
+    p.add_argument("--region-name", default="WMHRegion", help="name of the region dataset (DatasetXXX_<name>)")
     p.add_argument("--region-labels", help="folder searched recursively for WMH_<id>.nii.gz region maps "
                    "(e.g. the authors' WMH_refined_labels); without it no region dataset is built")
     p.add_argument("--split", choices=("challenge", "paper"), default="challenge",

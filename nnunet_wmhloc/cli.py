@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from typing import Callable, Iterable, Sequence
 
 from nnunet_wmhloc.io import WMHLocError
@@ -13,17 +15,98 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, SLURM, docker stop) raised like Ctrl-C, so every `finally` removes its temporary files."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+_depth = 0  # commands run in-process by the pipeline's stages are nested in the outer command's run()
+
+
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Call `main(argv)`; a WMHLocError becomes `error: <message>` on stderr and exit code 1."""
+    """Call `main(argv)`; a WMHLocError becomes `error: <message>` on stderr and exit code 1; an OSError
+    (full disk, permission denied) one line naming the file; Ctrl-C and SIGTERM clean up and exit 130/143."""
+    global _depth
+    handler = None
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        handler = signal.signal(signal.SIGTERM, _on_sigterm)
+    _depth += 1
     try:
         code = main(argv)
     except WMHLocError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        if _depth > 1:  # the outer command reports it (and cleans up its own outputs)
+            raise
+        term = isinstance(e, Terminated)
+        print(f"error: interrupted ({'SIGTERM' if term else 'Ctrl-C'}); partial outputs removed", file=sys.stderr)
+        return 143 if term else 130
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+    finally:
+        _depth -= 1
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
     return int(code or 0)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_in(text, 1, None)
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_in(text, 0, None)
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a random seed numpy and scikit-learn accept (0 .. 2**32 - 1)."""
+    return _int_in(text, 0, 2**32 - 1)
+
+
+def _int_in(text: str, lo: int | None, hi: int | None) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise argparse.ArgumentTypeError(f"{v} is out of range (must be {rng})")
+    return v
+
+
+def default_device() -> str:
+    """cuda when torch sees a GPU, else mps (Apple), else cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
+def check_device(device: str | None) -> str:
+    """The device to use: the given one if this machine has it (else a one-line error), or default_device()."""
+    if device is None:
+        return default_device()
+    if device == "cpu":
+        return device
+    import torch
+
+    ok = torch.cuda.is_available() if device == "cuda" else \
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if not ok:
+        raise WMHLocError(f"--device {device}: not available on this machine (torch finds no {device} device); "
+                          "use --device cpu or leave --device out")
+    return device
 
 
 def progress(iterable: Iterable, *, desc: str, total: int | None = None, disable: bool | None = None):

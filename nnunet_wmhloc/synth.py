@@ -210,9 +210,9 @@ def make_cohort(output: str | Path, *, seed: int = 0, per_site: int = 2, test_pe
 def _main(argv=None) -> int:
     p = cli.parser("wmhloc_synth", __doc__.split("\n\n")[0])
     p.add_argument("--output", "-o", required=True, help="folder to create (the release root)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same cohort")
-    p.add_argument("--per-site", type=int, default=2, help="training subjects per training site (3 sites)")
-    p.add_argument("--test-per-site", type=int, default=1, help="test subjects per test site (5 sites)")
+    p.add_argument("--seed", type=cli.seed_int, default=0, help="random seed; same seed, same cohort")
+    p.add_argument("--per-site", type=cli.positive_int, default=2, help="training subjects per training site (3 sites)")
+    p.add_argument("--test-per-site", type=cli.nonnegative_int, default=1, help="test subjects per test site (5 sites)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     a = p.parse_args(argv)
     if a.per_site < 1 or a.test_per_site < 1:

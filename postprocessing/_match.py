@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nnunet_wmhloc.io import NIFTI_SUFFIXES, WMHLocError, strip_nifti
+from nnunet_wmhloc.io import NIFTI_SUFFIXES, WMHLocError, list_inputs, strip_nifti
 from nnunet_wmhloc.naming import split_case
 
 
@@ -22,11 +22,7 @@ def subject_key(name: str, priority) -> tuple[str, int]:
 
 def index_folder(folder, priority, *, what: str) -> tuple[dict[str, Path], list[str]]:
     """subject -> chosen file, and notes on files passed over for a preferred one."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise WMHLocError(f"{folder}: {what} folder not found")
-    files = sorted(p for p in folder.iterdir()
-                   if not p.name.startswith(".") and p.name.endswith(NIFTI_SUFFIXES) and p.is_file())
+    files = list_inputs(folder, NIFTI_SUFFIXES, what=what)
     if not files:
         raise WMHLocError(f"{folder}: no .nii.gz/.nii files in {what} folder")
     chosen: dict[str, tuple[int, Path]] = {}

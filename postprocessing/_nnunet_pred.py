@@ -225,29 +225,33 @@ class CaseReader:
         spatial = self._npz.shape[1:]
         self._index = None  # flat index map for reoriented readers, else identity
         seg_size_zyx = tuple(self.seg_info["size"][::-1])
-        if "sitk_stuff" in props:
-            st = props["sitk_stuff"]
-            prob_info = {"size": spatial[::-1], "spacing": tuple(st["spacing"]), "origin": tuple(st["origin"]),
-                         "direction": tuple(st["direction"])}
-            if len(prob_info["spacing"]) != 3:
-                raise WMHLocError(f"{case.pkl}: 2D prediction; only 3D volumes are supported")
-            if "original_orientation" in st:
-                self._index = self._reorient_index(prob_info, st["original_orientation"])
-            elif not _same_grid(prob_info, self.seg_info):
-                raise WMHLocError(f"{case.npz}: probability grid {prob_info['size']} / spacing "
-                                  f"{np.round(prob_info['spacing'], 3).tolist()} differs from {case.seg} "
-                                  f"{self.seg_info['size']}")
-        elif "nibabel_stuff" in props:
-            if "reoriented_affine" in props["nibabel_stuff"]:
-                raise WMHLocError(f"{case.pkl}: predictions from NibabelIOWithReorient are not supported "
-                                  "(use SimpleITKIO or SimpleITKIOWithReorient)")
-            # NibabelIO transposes nibabel's (x, y, z) to (z, y, x): same order as SimpleITK's array
-            if spatial != seg_size_zyx:
-                raise WMHLocError(f"{case.npz}: probability shape {spatial} does not match {case.seg} "
-                                  f"(z, y, x) {seg_size_zyx}")
-        else:
-            raise WMHLocError(f"{case.pkl}: no 'sitk_stuff' or 'nibabel_stuff' geometry; not an nnU-Net "
-                              "prediction properties file")
+        try:
+            if "sitk_stuff" in props:
+                st = props["sitk_stuff"]
+                prob_info = {"size": spatial[::-1], "spacing": tuple(st["spacing"]), "origin": tuple(st["origin"]),
+                             "direction": tuple(st["direction"])}
+                if len(prob_info["spacing"]) != 3:
+                    raise WMHLocError(f"{case.pkl}: 2D prediction; only 3D volumes are supported")
+                if "original_orientation" in st:
+                    self._index = self._reorient_index(prob_info, st["original_orientation"])
+                elif not _same_grid(prob_info, self.seg_info):
+                    raise WMHLocError(f"{case.npz}: probability grid {prob_info['size']} / spacing "
+                                      f"{np.round(prob_info['spacing'], 3).tolist()} differs from {case.seg} "
+                                      f"{self.seg_info['size']}")
+            elif "nibabel_stuff" in props:
+                if "reoriented_affine" in props["nibabel_stuff"]:
+                    raise WMHLocError(f"{case.pkl}: predictions from NibabelIOWithReorient are not supported "
+                                      "(use SimpleITKIO or SimpleITKIOWithReorient)")
+                # NibabelIO transposes nibabel's (x, y, z) to (z, y, x): same order as SimpleITK's array
+                if spatial != seg_size_zyx:
+                    raise WMHLocError(f"{case.npz}: probability shape {spatial} does not match {case.seg} "
+                                      f"(z, y, x) {seg_size_zyx}")
+            else:
+                raise WMHLocError(f"{case.pkl}: no 'sitk_stuff' or 'nibabel_stuff' geometry; not an nnU-Net "
+                                  "prediction properties file")
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+            raise WMHLocError(f"{case.pkl}: nnU-Net properties malformed ({type(e).__name__}: {str(e)[:80]}); "
+                              "not written by nnUNetv2_predict") from None
         case.n_channels = self.n_channels
         case.seg_info = self.seg_info
 

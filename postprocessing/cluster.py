@@ -38,11 +38,12 @@ import numpy as np
 
 from nnunet_wmhloc import cli
 from nnunet_wmhloc.atlas.regions import LEFT_REGIONS, REGION_NAMES, RIGHT_REGIONS, WM_REGIONS, region_column
-from nnunet_wmhloc.io import WMHLocError, atomic_dir, read_csv, write_csv, write_json
+from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_output, check_path, read_csv, write_csv, write_json
 
 NORMALISATIONS = ("fraction", "fraction-zscore", "log", "zscore", "raw")
 DEFAULT_NORMALISATION = "fraction"
 REGION_COLUMNS = [region_column(r) for r in WM_REGIONS]
+MAX_MM3 = 1e9  # a cubic metre: anything larger is a unit or export error
 _LEFT = np.array([r in LEFT_REGIONS for r in WM_REGIONS])
 _RIGHT = np.array([r in RIGHT_REGIONS for r in WM_REGIONS])
 
@@ -71,6 +72,9 @@ def load_table(path: Path) -> tuple[list[str], np.ndarray, np.ndarray | None]:
                 raise WMHLocError(f"{path}: line {i}: {c} = {row[c]!r} is not a number") from None
             if not math.isfinite(v) or v < 0:
                 raise WMHLocError(f"{path}: line {i}: {c} = {row[c]} (volumes must be finite and >= 0)")
+            if v > MAX_MM3:  # sums of such values overflow to inf and every profile to NaN
+                raise WMHLocError(f"{path}: line {i}: {c} = {row[c]} mm³ is not a plausible lesion volume "
+                                  f"(at most {MAX_MM3:.0e} mm³)")
             vals.append(v)
         subjects.append(s)
         loads.append(vals[:len(REGION_COLUMNS)])
@@ -115,7 +119,9 @@ def n_profiles(x: np.ndarray) -> int:
 def feasible_ks(x: np.ndarray, ks) -> tuple[list[int], int]:
     """The Ks of `ks` these data support (K < subjects, K <= distinct profiles), and the distinct profiles."""
     n_distinct = n_profiles(x)
-    return [k for k in ks if k < len(x) and k <= n_distinct], n_distinct
+    limit = min(len(x) - 1, n_distinct)  # stops early: ks may be range(2, 2_000_000_001)
+    return [k for k in ks if k <= limit] if not isinstance(ks, range) else \
+        list(ks[:max(0, limit - ks.start + 1)]), n_distinct
 
 
 def cluster(x: np.ndarray, ks: list[int], *, seed: int, n_init: int, source) -> tuple[list[dict], dict]:
@@ -288,9 +294,9 @@ def _build_parser():
                         "zscore: mm³ z-scored per region; raw: mm³")
     p.add_argument("--zero-load", choices=("group", "exclude"), default="group",
                    help="subjects without WM lesion volume: own group 0, or left out of the outputs")
-    p.add_argument("--seed", type=int, default=0, help="k-means random state")
-    p.add_argument("--n-init", type=int, default=20, help="k-means restarts per K")
-    p.add_argument("--top-regions", type=int, default=3, help="regions named per group in tables/maps")
+    p.add_argument("--seed", type=cli.seed_int, default=0, help="k-means random state (0 .. 2**32-1)")
+    p.add_argument("--n-init", type=cli.positive_int, default=20, help="k-means restarts per K")
+    p.add_argument("--top-regions", type=cli.positive_int, default=3, help="regions named per group in tables/maps")
     p.add_argument("--atlas", default=None,
                    help="refined 36-label atlas NIfTI (e.g. 36_labels_merged.nii.gz) for atlas_maps.png")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -306,11 +312,14 @@ def _main(argv=None) -> int:
         kmin, kmax = args.k_range or (2, 8)
         if kmin > kmax:
             raise WMHLocError(f"--k-range {kmin} {kmax}: KMIN must not exceed KMAX")
-        ks = list(range(kmin, kmax + 1))
+        if kmin < 2:
+            raise WMHLocError(f"--k-range {kmin} {kmax}: K must be at least 2")
+        ks = range(kmin, kmax + 1)  # a range, not a list: --k-range 2 2000000000 must not allocate
     if args.n_init < 1 or args.top_regions < 1:
         raise WMHLocError("--n-init and --top-regions must be at least 1")
-    if args.atlas and not Path(args.atlas).is_file():
-        raise WMHLocError(f"{args.atlas}: atlas not found")
+    if args.atlas:
+        check_path(args.atlas, what="atlas")
+    check_output(args.output, overwrite=args.overwrite, inputs=[args.loads, args.atlas])
 
     subjects, loads, totals = load_table(src)
     wm = loads.sum(1)
@@ -326,9 +335,12 @@ def _main(argv=None) -> int:
         # a range is a search: drop the Ks these data cannot support (cluster() still refuses a lone K)
         feasible, n_distinct = feasible_ks(x, ks)
         if feasible and len(feasible) < len(ks):
-            print(f"note: K={', '.join(str(k) for k in ks if k not in feasible)} skipped: {len(x)} subjects with "
+            skipped = [k for k in ks[:len(feasible) + 10] if k not in feasible]
+            shown = ", ".join(map(str, skipped)) + (f" ... {ks[-1]}" if len(ks) > len(feasible) + 10 else "")
+            print(f"note: K={shown} skipped: {len(x)} subjects with "
                   f"WM lesions, {n_distinct} distinct load profiles", file=sys.stderr)
             ks = feasible
+        ks = list(ks[:max(1, len(x))])  # Ks of at least the number of subjects fail in cluster() anyway
     scores, labels = cluster(x, ks, seed=args.seed, n_init=args.n_init, source=src)
     best = max(scores, key=lambda s: (s["silhouette"], -s["k"]))
     k = best["k"]

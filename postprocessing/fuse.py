@@ -29,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.io import WMHLocError, atomic_dir, write_csv, write_json
+from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_output, write_csv, write_json
 from nnunet_wmhloc.postprocessing._nnunet_pred import CaseReader, scan_prediction_folders
 
 LOG_COLUMNS = ["subject", "modalities_used", "weights", "fallback", "missing_modalities", "n_channels",
@@ -43,6 +43,7 @@ def fuse_subject(readers: list[CaseReader], weights: list[float], *, check: bool
     Returns (labels as uint8 (z, y, x), voxels where the single-modality argmaxes disagree). The running
     strict '>' keeps the first maximal channel, exactly like np.argmax on the full average."""
     w = np.asarray(weights, dtype=np.float64)
+    w = w / w.max()  # first by the largest: 1e308 + 1e308 would overflow to inf and every weight to 0
     w = w / w.sum()
     shape = tuple(readers[0].seg_info["size"][::-1])
     best = np.full(shape, -np.inf)
@@ -56,6 +57,10 @@ def fuse_subject(readers: list[CaseReader], weights: list[float], *, check: bool
         fused.fill(0.0)
         for i, it in enumerate(iters):
             ch = next(it)
+            # checked even with --no-check: a NaN or negative probability would silently decide the argmax
+            if not (np.isfinite(ch).all() and ch.min(initial=0) >= 0):
+                raise WMHLocError(f"{readers[i].case.npz}: channel {c} holds NaN, infinite or negative "
+                                  "probabilities (not a softmax output)")
             fused += w[i] * ch
             better = ch > own_best[i]
             own_best[i][better] = ch[better]
@@ -100,7 +105,9 @@ def _main(argv=None) -> int:
         raise WMHLocError(f"--weights: {len(weights)} weights for {len(mods)} modalities")
     if any(not np.isfinite(x) or x <= 0 for x in weights):
         raise WMHLocError(f"--weights: weights must be positive numbers, got {weights}")
-    wmap = dict(zip(mods, weights))
+    top = max(weights)
+    wmap = dict(zip(mods, (x / top for x in weights)))  # scaled to at most 1: sums cannot overflow
+    check_output(args.output, overwrite=args.overwrite, inputs=args.inputs)
 
     cases, notes = scan_prediction_folders(args.inputs, mods)
     for n in notes:

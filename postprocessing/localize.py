@@ -34,7 +34,8 @@ from scipy import ndimage
 from nnunet_wmhloc import cli
 from nnunet_wmhloc.atlas.regions import (LEFT_REGIONS, REGION_NAMES, REST_LEFT, REST_RIGHT, RIGHT_REGIONS,
                                          WM_REGIONS, region_column)
-from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_same_geometry, read_image, write_csv, write_json
+from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_same_geometry, read_image, write_csv,
+                              write_json)
 from nnunet_wmhloc.postprocessing._match import index_folder
 
 N_LABELS = 37  # 0..36
@@ -192,6 +193,8 @@ def _main(argv=None) -> int:
     if not 1 <= args.lesion_label <= args.max_lesion_label <= 255:
         raise WMHLocError(f"--lesion-label {args.lesion_label}: must be in 1..--max-lesion-label "
                           f"({args.max_lesion_label}, at most 255)")
+    check_output(args.output, overwrite=args.overwrite,
+                 inputs=[args.lesions, args.regions, args.reference_lesions])
     regions, reg_notes = index_folder(args.regions, args.modality_priority, what="regions")
     pairs, notes = _pair(args.lesions, regions, args.modality_priority, "lesions")
     ref_pairs, ref_notes = ([], [])

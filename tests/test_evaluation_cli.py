@@ -324,8 +324,10 @@ def test_compare_bad_inputs(cohort, evaluated, tmp_path, capsys):
     # a region evaluation cannot be compared with a lesion one
     reg = tmp_path / "reg"
     (tmp_path / "rp").mkdir()
+    (tmp_path / "rr").mkdir()
     write(np.ones(SHAPE, np.uint8), tmp_path / "rp" / "wmh001_t1.nii.gz")
-    assert evaluate.main(["--pred", str(tmp_path / "rp"), "--ref", str(tmp_path / "rp"), "--task", "region",
+    write(np.ones(SHAPE, np.uint8), tmp_path / "rr" / "wmh001_t1.nii.gz")
+    assert evaluate.main(["--pred", str(tmp_path / "rp"), "--ref", str(tmp_path / "rr"), "--task", "region",
                           "--output", str(reg)]) == 0
     capsys.readouterr()
     assert compare.main(["--results", fl, f"R={reg}", "--output", str(tmp_path / "o")]) == 1

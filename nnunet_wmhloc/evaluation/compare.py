@@ -57,8 +57,7 @@ def parse_results(items: list[str]) -> dict[str, Path]:
 
 def load_setting(folder: Path) -> tuple[str, list[dict]]:
     """(task, rows) of one wmhloc_evaluate output folder."""
-    if not folder.is_dir():
-        raise WMHLocError(f"{folder}: evaluation folder not found")
+    io.check_path(folder, what="evaluation folder", kind="dir")
     sj = folder / "summary.json"
     if not sj.is_file():
         raise WMHLocError(f"{sj}: not found (is {folder} a wmhloc_evaluate output folder?)")
@@ -291,8 +290,7 @@ def _main(argv=None) -> int:
     settings = parse_results(args.results)
     if len(settings) < 2 and not args.published:
         raise WMHLocError(f"{args.results[0]}: need two or more --results to compare (or --published)")
-    if not args.overwrite and args.output.exists():
-        raise WMHLocError(f"{args.output}: already exists (use --overwrite to replace it)")
+    io.check_output(args.output, overwrite=args.overwrite, inputs=list(settings.values()))
     loaded, tasks = {}, {}
     for name, folder in settings.items():
         tasks[name], loaded[name] = load_setting(folder)

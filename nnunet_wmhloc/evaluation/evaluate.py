@@ -76,12 +76,8 @@ def _modality_of(stem: str) -> str:
 def nifti_files(folder: Path, what: str) -> dict[str, Path]:
     """stem → path of the .nii.gz/.nii files in `folder` (hidden files skipped)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise WMHLocError(f"{folder}: {what} folder not found")
     out: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file() or not p.name.endswith(io.NIFTI_SUFFIXES):
-            continue
+    for p in io.list_inputs(folder, io.NIFTI_SUFFIXES, what=what):
         stem = io.strip_nifti(p.name)
         if stem in out:
             raise WMHLocError(f"{p}: duplicate case name (also {out[stem].name}) in {what} folder")
@@ -201,6 +197,9 @@ def build_parser():
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.pred.is_dir() and args.ref.is_dir() and args.pred.resolve() == args.ref.resolve():
+        raise WMHLocError(f"{args.pred}: --pred and --ref are the same folder (every score would be perfect)")
+    io.check_output(args.output, overwrite=args.overwrite, inputs=[args.pred, args.ref, args.sites])
     preds = nifti_files(args.pred, "prediction")
     if args.include:
         preds = {k: v for k, v in preds.items() if fnmatch.fnmatchcase(k, args.include)}
@@ -209,8 +208,6 @@ def _main(argv=None) -> int:
     refs = nifti_files(args.ref, "reference")
     pairs, missing = match_cases(preds, refs)
     sites = read_sites(args.sites, args.site_column) if args.sites else {}
-    if not args.overwrite and args.output.exists():  # fail before the (long) scoring, not after it
-        raise WMHLocError(f"{args.output}: already exists (use --overwrite to replace it)")
 
     rows, no_site = [], []
     for case, pp, rp, _how in cli.progress(pairs, desc=f"evaluate {args.task}"):

@@ -10,13 +10,12 @@
 """
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 from pathlib import Path
 
 from nnunet_wmhloc.env import nnunet_environ
-from nnunet_wmhloc.io import WMHLocError
+from nnunet_wmhloc.io import WMHLocError, check_output, read_csv, remove_owned
 from nnunet_wmhloc.naming import split_case
 from nnunet_wmhloc.pipeline.budget import budget_environ
 from nnunet_wmhloc.pipeline.stages import StageContext, clear_dir, cpu_count
@@ -45,6 +44,23 @@ def pipeline_environ(nnunet_root: Path | None, shim_folder: Path, *, device: str
         env["WMHLOC_TORCH_THREADS"] = str(threads)
     env["PYTHONUNBUFFERED"] = "1"  # nnU-Net's progress reaches the log as it happens
     return env
+
+
+def check_pipeline_output(output: Path, cohort: Path | None = None) -> None:
+    """wmhloc_run/wmhloc_predict resume into an existing output folder, but never into one they did not make
+    and never into (or around) their inputs: their stages replace images/, predictions/, evaluation/, ..."""
+    inputs = []
+    if cohort is not None:
+        from nnunet_wmhloc.dataset_conversion.cohort import load_cohort
+
+        inputs.append(cohort)
+        try:
+            subjects = load_cohort(cohort)
+        except WMHLocError:
+            subjects = []  # the convert stage reports the cohort's problem
+        for s in subjects:
+            inputs += [*s.images.values(), s.lesion, s.regions]
+    check_output(output, overwrite=True, inputs=inputs, resume=True)
 
 
 def default_processes(device: str) -> int:
@@ -109,8 +125,7 @@ def cluster_stage(ctx: StageContext, *, k_max: int = 8, atlas: str | None = None
     dst = ctx.output / "cluster"
     ks = feasible_ks(normalise(lesioned, DEFAULT_NORMALISATION), range(2, max(2, k_max) + 1))[0] if n >= 3 else []
     if not ks:
-        if dst.exists():
-            shutil.rmtree(dst)
+        remove_owned(dst)
         msg = (f"clustering skipped: {n} subject(s) with WM lesions, at least 3 needed" if n < 3 else
                f"clustering skipped: the {n} subjects with WM lesions all have the same regional distribution "
                "of lesions")
@@ -135,8 +150,7 @@ def evaluate_stage(ctx: StageContext, references: dict[str, Path | None], sites:
     the three side by side (wmhloc_compare). Only subjects with a reference are scored: the others (e.g. a
     subject without a region map) are listed in the summary."""
     root = ctx.output / "evaluation"
-    if root.exists():
-        shutil.rmtree(root)
+    remove_owned(root)
     summary = {}
     for task in TASKS:
         ref = references.get(task)
@@ -190,5 +204,4 @@ def read_markers(output: Path) -> dict:
 
 
 def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    return read_csv(path)

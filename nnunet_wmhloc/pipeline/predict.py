@@ -12,14 +12,13 @@ the cohort are used as references (evaluation, reference loads). Stages resume l
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
 from pathlib import Path
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.io import WMHLocError
+from nnunet_wmhloc.io import WMHLocError, is_number, read_json
 from nnunet_wmhloc.pipeline import common
 from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext, clear_dir
 
@@ -33,12 +32,12 @@ def resolve_model(spec: str, *, task: str, trainer: str, configuration: str, pla
     if p.is_dir():
         folder = p
     else:
-        if not (spec.isdigit() or spec.startswith("Dataset")):
+        if not (is_number(spec) or spec.startswith("Dataset")):
             raise WMHLocError(f"--{task}-model {spec}: neither a model folder nor a dataset id/name")
         if not results:
             raise WMHLocError(f"--{task}-model {spec}: a dataset id needs --nnunet-results or $nnUNet_results")
         root = Path(results)
-        pattern = f"Dataset{int(spec):03d}_*" if spec.isdigit() else spec
+        pattern = f"Dataset{int(spec):03d}_*" if is_number(spec) else spec
         hits = sorted(root.glob(pattern)) if root.is_dir() else []
         if len(hits) != 1:
             raise WMHLocError(f"{root}: expected one {pattern} folder for --{task}-model, found {len(hits)}")
@@ -49,7 +48,9 @@ def resolve_model(spec: str, *, task: str, trainer: str, configuration: str, pla
     for f in ("plans.json", "dataset.json"):
         if not (folder / f).is_file():
             raise WMHLocError(f"{folder}: not an nnU-Net model folder (no {f})")
-    labels = json.loads((folder / "dataset.json").read_text()).get("labels", {})
+    labels = read_json(folder / "dataset.json", what="model dataset.json").get("labels", {})
+    if not isinstance(labels, dict):
+        raise WMHLocError(f"{folder / 'dataset.json'}: 'labels' is not a mapping of label names to values")
     n = len([v for v in labels.values() if not isinstance(v, (list, tuple))])
     if task == "region" and n < 30:
         raise WMHLocError(f"{folder}: {n} labels; a region model has 37 (0..36). Lesion and region models swapped?")
@@ -87,14 +88,15 @@ def build_parser():
                    help="nnU-Net results folder for dataset ids (default $nnUNet_results)")
     p.add_argument("-f", "--folds", nargs="+", default=None,
                    help="folds to ensemble (default: every fold with checkpoint_final.pth)")
-    p.add_argument("--device", choices=("cuda", "cpu", "mps"), default="cuda")
+    p.add_argument("--device", choices=("cuda", "cpu", "mps"), default=None,
+                   help="device for prediction (default: cuda when torch finds a GPU, else cpu)")
     p.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (faster)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per nnU-Net process on the CPU (default: cores minus one)")
-    p.add_argument("--processes", type=int, default=None, help="nnU-Net preprocessing/export worker processes")
+    p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads per nnU-Net process on the CPU (default: cores minus one)")
+    p.add_argument("--processes", type=cli.positive_int, default=None, help="nnU-Net preprocessing/export worker processes")
     p.add_argument("--register-t1", action="store_true",
                    help="rigidly register T1s that are not on the FLAIR grid (wmhloc_convert_cohort)")
     p.add_argument("--atlas", help="refined 36-label atlas for the cluster atlas maps")
-    p.add_argument("--k-max", type=int, default=8, help="largest number of groups tried by the clustering")
+    p.add_argument("--k-max", type=cli.positive_int, default=8, help="largest number of groups tried by the clustering")
     p.add_argument("--force", choices=STAGES, help="redo this stage and every stage after it")
     p.add_argument("--quiet", action="store_true", help="only errors on the terminal")
     return p
@@ -107,6 +109,8 @@ class PredictPlan:
         self.output = a.output.resolve()
         if not a.cohort.exists():
             raise WMHLocError(f"{a.cohort}: cohort not found (BIDS root or CSV manifest)")
+        common.check_pipeline_output(a.output, a.cohort)
+        a.device = cli.check_device(a.device)  # before any stage: a missing GPU fails now, not at stage 2
         self.models = {
             "lesion": resolve_model(a.lesion_model, task="lesion", trainer=a.trainer, configuration=a.configuration,
                                     plans=a.plans, results=a.nnunet_results),
@@ -135,14 +139,11 @@ class PredictPlan:
         # masks listed in the cohort are references: linked under references/<task>/<subject>.nii.gz
         refs = {"lesion": 0, "region": 0}
         for task in refs:
-            d = self.output / "references" / task
-            if d.exists():
-                clear_dir(d)
+            clear_dir(self.output / "references" / task)
         for s in load_cohort(self.a.cohort):
             for task, path in (("lesion", s.lesion), ("region", s.regions)):
                 if path is not None:
                     d = self.output / "references" / task
-                    d.mkdir(parents=True, exist_ok=True)
                     common._link(Path(path), d / f"{s.subject}.nii.gz")
                     refs[task] += 1
         return {"cases": len(list(self.images.glob("*_0000.nii.gz"))), "references": refs}

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.io import WMHLocError
+from nnunet_wmhloc.io import WMHLocError, check_output, is_number
 from nnunet_wmhloc.pipeline import common
 from nnunet_wmhloc.pipeline.budget import BASES, budget_name, parse_budget
 from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext
@@ -71,7 +71,8 @@ def build_parser():
     t.add_argument("-f", "--folds", nargs="+", default=None,
                    help="folds to train and ensemble (default 0 1 2 3 4; 0 with --quick)")
     t.add_argument("--device", choices=("cuda", "cpu", "mps"), default=None,
-                   help="device for training and prediction (default cuda; cpu with --demo)")
+                   help="device for training and prediction (default: cuda when torch finds a GPU, else cpu; "
+                        "cpu with --demo)")
     t.add_argument("--trainer", default="nnUNetTrainerWMHLoc", help="lesion trainer (base name)")
     t.add_argument("--region-trainer", default=None, help="region trainer (default: --trainer)")
     t.add_argument("--epochs", type=int, default=None,
@@ -81,13 +82,13 @@ def build_parser():
                         f"epochs (region model {QUICK['region_epochs']}) x {QUICK['iterations']} iterations, batch "
                         f"size <= {QUICK['batch_cap']}, AdamW instead of SGD, no test-time mirroring")
     t.add_argument("--disable-tta", action="store_true", help="predict without test-time mirroring (faster)")
-    t.add_argument("--threads", type=int, default=None,
+    t.add_argument("--threads", type=cli.positive_int, default=None,
                    help="torch threads per nnU-Net process on the CPU (default: cores minus data-augmentation workers)")
-    t.add_argument("--processes", type=int, default=None,
+    t.add_argument("--processes", type=cli.positive_int, default=None,
                    help="nnU-Net worker processes for preprocessing and export (default 3 on a GPU machine, 1-2 on CPU)")
     a = p.add_argument_group("analysis")
     a.add_argument("--atlas", help="refined 36-label atlas (36_labels_merged.nii.gz) for the cluster atlas maps")
-    a.add_argument("--k-max", type=int, default=8, help="largest number of groups tried by the clustering")
+    a.add_argument("--k-max", type=cli.positive_int, default=8, help="largest number of groups tried by the clustering")
     p.add_argument("--force", choices=STAGES, help="redo this stage and every stage after it")
     p.add_argument("--quiet", action="store_true", help="only errors on the terminal (logs are complete anyway)")
     return p
@@ -111,15 +112,18 @@ class RunPlan:
                            ("--atlas", a.atlas)):
             if path is not None and not Path(path).exists():
                 raise WMHLocError(f"{path}: not found ({flag})")
+        common.check_pipeline_output(a.output, a.cohort)
+        if a.release or a.region_labels:
+            check_output(a.output, overwrite=True, inputs=[a.release, a.region_labels], resume=True)
         self.quick = a.quick or a.demo
         self.output = a.output.resolve()
         self.root = (a.nnunet_root or self.output / "nnunet").resolve()
         self.configuration = a.configuration or (QUICK["configuration"] if self.quick else "3d_fullres")
         self.folds = a.folds or (QUICK["folds"] if self.quick else ["0", "1", "2", "3", "4"])
         for f in self.folds:
-            if f != "all" and not f.isdigit():
+            if f != "all" and not is_number(f):
                 raise WMHLocError(f"--folds {f}: folds are numbers (or 'all')")
-        self.device = a.device or ("cpu" if a.demo else "cuda")
+        self.device = "cpu" if (a.demo and a.device is None) else cli.check_device(a.device)
         self.tta = not (a.disable_tta or self.quick)
         self.processes = a.processes or common.default_processes(self.device)
         if a.epochs is not None and a.epochs < 1:

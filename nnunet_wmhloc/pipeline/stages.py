@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from nnunet_wmhloc.io import WMHLocError, write_json
+from nnunet_wmhloc.io import WMHLocError, make_owned_dir, mark_owned, write_json
 
 # our commands run in-process (no interpreter start-up per step); nnU-Net's run as subprocesses
 TOOLS = {
@@ -158,6 +158,8 @@ class Runner:
 
     def run(self) -> dict:
         """Run or skip every stage in order; returns {stage: marker dict}."""
+        self.output.mkdir(parents=True, exist_ok=True)
+        mark_owned(self.output)
         self.marker_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         redo = False
@@ -206,13 +208,9 @@ class Runner:
 
 
 def clear_dir(path: Path) -> Path:
-    """An empty folder the stage owns (what a previous, interrupted attempt left is removed)."""
-    import shutil
-
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    return path
+    """An empty folder the stage owns (what a previous, interrupted attempt left is removed; a folder of
+    the same name that we did not make is refused, never deleted)."""
+    return make_owned_dir(path)
 
 
 def cpu_count() -> int:
