@@ -12,7 +12,8 @@ from pathlib import Path
 from nnunet_wmhloc import cli
 from nnunet_wmhloc.io import WMHLocError, is_number
 from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, MODALITIES, REGION_DESCRIPTION, DatasetJob,
-                                                     Subject, build_datasets, raw_root_from, subject_id)
+                                                     Subject, build_datasets, dataset_folder_name, raw_root_from,
+                                                     subject_id)
 
 SPLIT_FOLDERS = {"training": "train", "test": "test"}
 # training/GE3T is the Amsterdam GE 3T scanner; the test release nests all three Amsterdam scanners
@@ -72,6 +73,8 @@ def convert(release: str, *, output: str | None = None, lesion_id: int = 601, re
             split: str = "challenge", modalities=MODALITIES, preprocessed: str | None = None,
             overwrite: bool = False, log=print) -> dict:
     raw_root = raw_root_from(output)
+    for i, n in ((lesion_id, lesion_name), (region_id, region_name)):
+        dataset_folder_name(i, n)  # bad ids and names fail before any reading
     subjects = find_subjects(release, modalities)
     if split == "paper":  # the paper trained on the 110 test subjects and tested on the 60 training ones
         for s in subjects:

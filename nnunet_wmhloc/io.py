@@ -136,12 +136,19 @@ def _check_nifti_file(path: Path, what: str, allow_nonfinite: bool) -> bool:
     import nibabel as nib
 
     try:
-        hdr = nib.load(str(path)).header
+        # the raw header: nib.load "fixes" zero/negative pixdims to 1/abs silently, as ITK does
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as f:
+            head = f.read(4)
+            f.seek(0)
+            nifti2 = 540 in (int.from_bytes(head, "little"), int.from_bytes(head, "big"))
+            hdr = (nib.Nifti2Header if nifti2 else nib.Nifti1Header).from_fileobj(f, check=False)
         ndim = int(hdr["dim"][0])
         shape = [int(x) for x in hdr["dim"][1:1 + ndim]]
         pixdim = [float(x) for x in hdr["pixdim"][1:1 + min(ndim, 3)]]
         dtype = hdr.get_data_dtype()
-        offset = int(hdr["vox_offset"]) if "vox_offset" in hdr else 0
+        # some writers (ITK) store vox_offset 0: the data of a single-file NIfTI follow the header and its
+        # 4-byte extension flag at the least
+        offset = max(int(hdr["vox_offset"]), int(hdr.sizeof_hdr) + 4)
     except Exception as e:  # nibabel refuses what is not a NIfTI file: let ITK give its own reason
         if isinstance(e, (OSError, EOFError, zlib.error)):
             raise WMHLocError(f"{path}: cannot read {what} (truncated or not a valid image: "
@@ -162,19 +169,27 @@ def _check_nifti_file(path: Path, what: str, allow_nonfinite: bool) -> bool:
 
 
 def _nifti_bytes(path: Path, need: int) -> int:
-    """Bytes of the (decompressed) file, counted up to `need`: the size for .nii, a streamed decompression
-    for .nii.gz (no array is built; a corrupt or cut-off stream counts as short)."""
+    """Bytes of the (decompressed) file, as far as they matter for `need`: the size for .nii; for .nii.gz
+    the gzip trailer's size field (O(1)) when it says exactly `need` (a cut-off file has lost its trailer:
+    its last 4 bytes are compressed data, equal by chance with odds 2**-32), else a streamed decompression
+    (no array is built; a corrupt or cut-off stream counts as short)."""
     if not path.name.endswith(".gz"):
         return path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() >= 18:  # smallest gzip member: 10-byte header + 8-byte trailer
+            f.seek(-4, os.SEEK_END)
+            if int.from_bytes(f.read(4), "little") == need % 2**32:
+                return need
     n = 0
     try:
         with gzip.open(path, "rb") as f:
             while True:
-                chunk = f.read(1 << 22)
+                chunk = f.read(1 << 16)
                 if not chunk:
                     return n
                 n += len(chunk)
-    except (EOFError, OSError, zlib.error):
+    except (EOFError, OSError, zlib.error):  # n: what decompressed before the stream broke off
         return min(n, need - 1)
 
 
@@ -312,15 +327,9 @@ def make_owned_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def check_output(path: str | os.PathLike, *, overwrite: bool, inputs: Iterable = (), kind: str = "dir",
-                 flag: str = "--output", resume: bool = False) -> Path:
-    """Fail early, with one line, for an output that cannot or must not be written:
-    - it equals, contains or lies inside one of `inputs` (replacing it would destroy the input);
-    - it is (or contains) the current folder;
-    - it exists: without `overwrite`, as the wrong kind, or (a folder) not made by us;
-    - a file sits where a parent folder should be, or the nearest existing parent is not writable.
-    `resume`: a pipeline folder that re-runs continue (ours, or holding `stages/` of an earlier run)."""
-    path = Path(path)
+def check_not_input(path: str | os.PathLike, inputs: Iterable, *, flag: str = "--output") -> Path:
+    """Refuse an output equal to, containing or inside one of `inputs` (None entries skipped); returns
+    the output's resolved path."""
     p = Path(os.path.abspath(path)).resolve()
     for inp in inputs:
         if inp is None or str(inp) == "":
@@ -332,6 +341,19 @@ def check_output(path: str | os.PathLike, *, overwrite: bool, inputs: Iterable =
             raise WMHLocError(f"{path}: {flag} contains the input {inp}; choose another output")
         if q in p.parents:
             raise WMHLocError(f"{path}: {flag} lies inside the input {inp}; choose another output")
+    return p
+
+
+def check_output(path: str | os.PathLike, *, overwrite: bool, inputs: Iterable = (), kind: str = "dir",
+                 flag: str = "--output", resume: bool = False) -> Path:
+    """Fail early, with one line, for an output that cannot or must not be written:
+    - it equals, contains or lies inside one of `inputs` (replacing it would destroy the input);
+    - it is (or contains) the current folder;
+    - it exists: without `overwrite`, as the wrong kind, or (a folder) not made by us;
+    - a file sits where a parent folder should be, or the nearest existing parent is not writable.
+    `resume`: a pipeline folder that re-runs continue (ours, or holding `stages/` of an earlier run)."""
+    path = Path(path)
+    p = check_not_input(path, inputs, flag=flag)
     exists = path.exists() or path.is_symlink()
     if exists and resume:
         if not path.is_dir():

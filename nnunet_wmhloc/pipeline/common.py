@@ -15,7 +15,8 @@ import shutil
 from pathlib import Path
 
 from nnunet_wmhloc.env import nnunet_environ
-from nnunet_wmhloc.io import WMHLocError, check_output, read_csv, remove_owned
+from nnunet_wmhloc.io import (WMHLocError, check_output, is_owned, make_owned_dir, mark_owned, read_csv,
+                              remove_owned)
 from nnunet_wmhloc.naming import split_case
 from nnunet_wmhloc.pipeline.budget import budget_environ
 from nnunet_wmhloc.pipeline.stages import StageContext, clear_dir, cpu_count
@@ -61,6 +62,13 @@ def check_pipeline_output(output: Path, cohort: Path | None = None) -> None:
         for s in subjects:
             inputs += [*s.images.values(), s.lesion, s.regions]
     check_output(output, overwrite=True, inputs=inputs, resume=True)
+
+
+def claim_output(output: Path) -> None:
+    """Create the pipeline's output folder, marked as ours when it is new or empty (never a user's folder)."""
+    if not output.exists() or is_owned(output):
+        output.mkdir(parents=True, exist_ok=True)
+        mark_owned(output)
 
 
 def default_processes(device: str) -> int:
@@ -149,8 +157,7 @@ def evaluate_stage(ctx: StageContext, references: dict[str, Path | None], sites:
     """Score FLAIR, T1 and fused predictions against the references of each task that has them, then set
     the three side by side (wmhloc_compare). Only subjects with a reference are scored: the others (e.g. a
     subject without a region map) are listed in the summary."""
-    root = ctx.output / "evaluation"
-    remove_owned(root)
+    root = make_owned_dir(ctx.output / "evaluation")  # a user's evaluation/ folder is refused, never deleted
     summary = {}
     for task in TASKS:
         ref = references.get(task)

@@ -109,8 +109,8 @@ class PredictPlan:
         self.output = a.output.resolve()
         if not a.cohort.exists():
             raise WMHLocError(f"{a.cohort}: cohort not found (BIDS root or CSV manifest)")
-        common.check_pipeline_output(a.output, a.cohort)
         a.device = cli.check_device(a.device)  # before any stage: a missing GPU fails now, not at stage 2
+        common.check_pipeline_output(a.output, a.cohort)
         self.models = {
             "lesion": resolve_model(a.lesion_model, task="lesion", trainer=a.trainer, configuration=a.configuration,
                                     plans=a.plans, results=a.nnunet_results),

@@ -136,6 +136,7 @@ class RunPlan:
             raise WMHLocError(f"--lesion-id and --region-id are both {a.lesion_id}")
         self.release = (self.output / "synthetic") if a.demo else (a.release.resolve() if a.release else None)
         self.region_labels = (self.release / "region_labels") if a.demo else a.region_labels
+        common.claim_output(self.output)  # every option checked: now the first thing is created
         self.env = common.pipeline_environ(self.root, self.root / "wmhloc_trainers", device=self.device,
                                            threads=a.threads, processes=self.processes)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from nnunet_wmhloc.io import WMHLocError, make_owned_dir, mark_owned, write_json
+from nnunet_wmhloc.io import WMHLocError, is_owned, make_owned_dir, mark_owned, write_json
 
 # our commands run in-process (no interpreter start-up per step); nnU-Net's run as subprocesses
 TOOLS = {
@@ -158,8 +158,9 @@ class Runner:
 
     def run(self) -> dict:
         """Run or skip every stage in order; returns {stage: marker dict}."""
-        self.output.mkdir(parents=True, exist_ok=True)
-        mark_owned(self.output)
+        if not self.output.exists() or is_owned(self.output):  # new or empty: ours (never a user's folder)
+            self.output.mkdir(parents=True, exist_ok=True)
+            mark_owned(self.output)
         self.marker_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         redo = False
