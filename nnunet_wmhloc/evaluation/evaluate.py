@@ -183,7 +183,8 @@ def build_parser():
     p.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps (.nii.gz), e.g. "
                    "nnUNetv2_predict output or wmhloc_fuse output; other files are ignored")
     p.add_argument("--ref", required=True, type=Path, help="folder of reference label maps, e.g. labelsTs")
-    p.add_argument("--task", required=True, choices=("lesion", "region"))
+    p.add_argument("--task", required=True, choices=("lesion", "region"),
+                   help="lesion: the challenge's lesion metrics; region: Dice per region")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder (cases.csv, summary.csv, "
                    "summary.json)")
     p.add_argument("--sites", type=Path, default=None, help="CSV with columns subject,site (e.g. the "
