@@ -134,6 +134,9 @@ class RunPlan:
         self.ids = {"lesion": a.lesion_id, "region": a.region_id}
         if a.lesion_id == a.region_id:
             raise WMHLocError(f"--lesion-id and --region-id are both {a.lesion_id}")
+        for flag, i in (("--lesion-id", a.lesion_id), ("--region-id", a.region_id)):
+            if not 1 <= i <= 999:
+                raise WMHLocError(f"{flag} {i}: nnU-Net dataset ids are 1..999")
         self.release = (self.output / "synthetic") if a.demo else (a.release.resolve() if a.release else None)
         self.region_labels = (self.release / "region_labels") if a.demo else a.region_labels
         common.claim_output(self.output)  # every option checked: now the first thing is created
