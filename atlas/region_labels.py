@@ -273,7 +273,7 @@ def run_cohort(args) -> int:
     subjects = discover(Path(args.input))
     out_dir = Path(args.output)
     # the folder is filled subject by subject: it may sit in the cohort folder, never hold its images
-    io.check_not_input(out_dir, [args.input if Path(args.input).is_file() else None, args.atlas_dir]
+    io.check_not_input(out_dir, [args.input if Path(args.input).is_file() else None]
                        + [s[k] for s in subjects for k in ("t1", "flair", "wm_mask")])
     if out_dir.exists() and not out_dir.is_dir():
         raise WMHLocError(f"{out_dir}: exists and is not a folder")
@@ -342,7 +342,7 @@ def _main(argv=None) -> int:
     if not output.name.endswith((".nii.gz", ".nii")):
         raise WMHLocError(f"{output}: output must be a .nii.gz or .nii file")
     for q in [output, *sidecars(output).values()]:
-        io.check_output(q, overwrite=a.overwrite, inputs=[a.t1, a.flair, a.wm_mask, a.atlas_dir], kind="file")
+        io.check_output(q, overwrite=a.overwrite, inputs=[a.t1, a.flair, a.wm_mask], kind="file")
     atlas = _atlas.load_atlas(a.atlas_dir)
     o = label_subject(a.t1, atlas, flair_path=a.flair, wm_path=a.wm_mask, deformable=a.deformable)
     if a.save_masks:

@@ -101,6 +101,8 @@ class TestOutputIsInput:
         loc = tmp_path / "loc"
         assert call("wmhloc_localize", ["--lesions", les, "--regions", reg, "-o", loc], capfd)[0] == 0
         csv_in = loc / "regional_loads.csv"
+        cohort = tmp_path / "data" / "cohort.csv"
+        cohort.write_text("subject,flair\ns01,lesions/s01.nii.gz\n")
         before = snapshot(tmp_path)
         cases = [
             ("wmhloc_localize", ["--lesions", les, "--regions", reg, "-o", les, "--overwrite"], "is also an input"),
@@ -113,6 +115,10 @@ class TestOutputIsInput:
             ("wmhloc_evaluate", ["--pred", les, "--ref", reg, "--task", "lesion", "-o", les, "--overwrite"],
              "is also an input"),
             ("wmhloc_compare", ["--results", f"A={loc}", f"B={les}", "-o", loc, "--overwrite"], "is also an input"),
+            ("wmhloc_region_labels", ["--t1", les / "s01.nii.gz", "--atlas-dir", reg, "-o", les / "s01.nii.gz",
+                                      "--overwrite"], "is also an input"),
+            ("wmhloc_build_atlas", ["--eve-dir", reg, "-o", reg, "--overwrite"], "is also an input"),
+            ("wmhloc_convert_cohort", [cohort, "--mode", "predict", "-o", les, "--overwrite"], "contains the input"),
         ]
         for cmd, argv, msg in cases:
             code, err = call(cmd, argv, capfd)
