@@ -14,6 +14,7 @@ import shutil
 import stat
 import tempfile
 import zlib
+from io import StringIO
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -480,7 +481,7 @@ def read_csv(path: str | os.PathLike, *, required: Sequence[str] = ()) -> list[d
     Excel's exports are read too: UTF-8 with or without BOM, UTF-16 (with BOM), else Windows-1252/Latin-1."""
     path = check_path(path, what="CSV file")
     text = _decode_table(path)
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    reader = csv.DictReader(StringIO(text, newline=""))  # newline="": quoted line breaks stay in their field
     try:
         cols = reader.fieldnames or []
         missing = [c for c in required if c not in cols]
