@@ -108,3 +108,22 @@ class TestSignals:
         assert rerun.returncode == 0, rerun.stderr
         assert datasets(raw) == ["Dataset601_WMHLesion", "Dataset602_WMHRegion"]
         assert snapshot(big_release) == before
+
+    def test_nested_commands_clean_up_on_sigterm(self, tmp_path, capfd):
+        """A pipeline stage runs our commands in-process: a SIGTERM inside the inner one must unwind both,
+        removing both temporary folders, and end the outer command with 143 (not a stage failure)."""
+        from nnunet_wmhloc import cli, io
+
+        def inner(argv):
+            with io.atomic_dir(tmp_path / "inner"):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)  # interrupted by the handler
+
+        def outer(argv):
+            with io.atomic_dir(tmp_path / "outer"):
+                cli.run(inner, [])
+            return 0
+
+        assert cli.run(outer, []) == 143
+        assert capfd.readouterr().err.strip() == "error: interrupted (SIGTERM); partial outputs removed"
+        assert list(tmp_path.iterdir()) == [] and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

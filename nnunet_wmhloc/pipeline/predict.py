@@ -109,14 +109,14 @@ class PredictPlan:
         self.output = a.output.resolve()
         if not a.cohort.exists():
             raise WMHLocError(f"{a.cohort}: cohort not found (BIDS root or CSV manifest)")
-        a.device = cli.check_device(a.device)  # before any stage: a missing GPU fails now, not at stage 2
-        common.check_pipeline_output(a.output, a.cohort)
         self.models = {
             "lesion": resolve_model(a.lesion_model, task="lesion", trainer=a.trainer, configuration=a.configuration,
                                     plans=a.plans, results=a.nnunet_results),
             "region": resolve_model(a.region_model, task="region", trainer=a.region_trainer or a.trainer,
                                     configuration=a.configuration, plans=a.plans, results=a.nnunet_results)}
         self.folds = {t: model_folds(m, a.folds) for t, m in self.models.items()}
+        a.device = cli.check_device(a.device)  # before any stage: a missing GPU fails now, not at stage 2
+        common.check_pipeline_output(a.output, a.cohort)
         self.processes = a.processes or common.default_processes(a.device)
         self.env = common.pipeline_environ(None, self.output / "wmhloc_trainers", device=a.device,
                                            threads=a.threads,
