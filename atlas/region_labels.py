@@ -5,7 +5,11 @@ One subject:
         --atlas-dir refined_atlas/ --output sub01_regions.nii.gz
 writes sub01_regions.nii.gz (labels 0..36 on the grid of --flair if given, else of --t1, zero outside the
 subject's WM), sub01_regions.tfm (ITK transform: subject point → atlas point), sub01_regions_qc.png
-(labels over the T1, three planes) and sub01_regions.json (quality figures).
+(the WM outline over the T1 beside the labels, three planes) and sub01_regions.json (WM, GM and brain
+volumes, a warning when the WM/brain ratio is not an adult brain's, registration figures). The four are
+built in a hidden temporary folder and moved into place together, the label map last: an interrupted
+run leaves nothing that blocks the next (sidecars without their label map, with our JSON among them,
+are an unfinished run's and are replaced). Same input, same output: every run gives the same bits.
 A cohort:
     wmhloc_region_labels --input DIR|CSV --atlas-dir refined_atlas/ --output OUTDIR --workers 2
 DIR holds per-subject folders (<id>/T1.nii.gz or the challenge's <id>/pre/T1.nii.gz, with FLAIR.nii.gz
@@ -17,8 +21,11 @@ Failure is loud: an implausible transform, or atlas WM landing mostly outside th
 with an error and no label map."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +40,10 @@ from nnunet_wmhloc.io import WMHLocError
 MIN_WM_ML = 20.0      # an adult brain has ~400+ ml of WM; the 3 mm challenge FOVs never hold < 100 ml
 MIN_WM_DICE = 0.45    # atlas WM vs subject WM after registration: ~0.6-0.8 when right, < 0.3 when lost
 MIN_COVERAGE = 0.70   # share of the subject's WM that receives a label: > 0.95 when right
+WM_BRAIN_RATIO = (0.25, 0.50)  # adult WM / (WM + GM + CSF inside the brain mask): outside it, check the QC
+TOOL = "wmhloc_region_labels"  # marks our JSON record: sidecars beside it without a label map are ours
 SUMMARY = "region_labels_summary.csv"
+STRIPPED_CHOICES = {"auto": None, "yes": True, "no": False}
 
 
 class RegistrationFailed(WMHLocError):
@@ -80,7 +90,7 @@ def _read_inputs(t1_path, flair_path=None, wm_path=None):
 
 
 def label_subject(t1_path, atlas: _atlas.Atlas, *, flair_path=None, wm_path=None,
-                  deformable: bool = False) -> Outcome:
+                  deformable: bool = False, skull_stripped: bool | None = None) -> Outcome:
     """Brain/WM of the subject, atlas → subject registration, labels × WM. Raises WMHLocError."""
     t0 = time.time()
     t1, flair, wm_given = _read_inputs(t1_path, flair_path, wm_path)
@@ -89,8 +99,9 @@ def label_subject(t1_path, atlas: _atlas.Atlas, *, flair_path=None, wm_path=None
     lo, hi = np.percentile(a[:: 4], [1, 99])
     if not hi > lo:
         raise WMHLocError(f"{t1_path}: T1 has no contrast (1st and 99th percentiles both {hi:g})")
+    info = {}
     try:
-        brain, tissue = _subject.segment(t1, flair)
+        brain, tissue = _subject.segment(t1, flair, skull_stripped=skull_stripped, info=info)
     except (RuntimeError, ValueError, IndexError) as e:
         raise WMHLocError(f"{t1_path}: brain/WM estimation failed ({type(e).__name__}: "
                           f"{str(e).strip().splitlines()[-1][:100]}); pass --wm-mask") from None
@@ -105,6 +116,13 @@ def label_subject(t1_path, atlas: _atlas.Atlas, *, flair_path=None, wm_path=None
     wm_arr = sitk.GetArrayViewFromImage(tissue) == 3
     vox_ml = io.voxel_volume_mm3(grid) / 1000.0
     wm_ml = float(wm_arr.sum()) * vox_ml
+    gm_ml = float((sitk.GetArrayViewFromImage(tissue) == 2).sum()) * vox_ml
+    brain_ml = float((sitk.GetArrayViewFromImage(brain) > 0).sum()) * vox_ml
+    ratio = wm_ml / max(brain_ml, 1e-9)
+    warnings = []
+    if not WM_BRAIN_RATIO[0] <= ratio <= WM_BRAIN_RATIO[1]:
+        warnings.append(f"WM/brain volume ratio {ratio:.2f} is outside {WM_BRAIN_RATIO[0]}-{WM_BRAIN_RATIO[1]} "
+                        f"(adult brains): the WM estimate may be wrong; check the QC image or pass --wm-mask")
     if wm_ml < MIN_WM_ML:
         raise WMHLocError(f"{src}: subject WM is {wm_ml:.1f} ml (< {MIN_WM_ML:g} ml): not a brain T1, or the "
                           f"brain/WM estimate failed (pass --wm-mask)")
@@ -130,8 +148,11 @@ def label_subject(t1_path, atlas: _atlas.Atlas, *, flair_path=None, wm_path=None
     wm_dice = 2.0 * float((a & wm_arr).sum()) / max(1.0, float(a.sum() + wm_arr.sum()))
     coverage = float(((c > 0) & wm_arr).sum()) / max(1.0, float(wm_arr.sum()))
     in_wm = float((a & wm_arr).sum()) / max(1.0, float(a.sum()))
-    quality = {"t1": str(t1_path), "flair": str(flair_path) if flair_path else None,
-               "wm_mask": str(wm_path) if wm_path else None, "wm_ml": round(wm_ml, 1),
+    quality = {"tool": TOOL, "t1": str(t1_path), "flair": str(flair_path) if flair_path else None,
+               "wm_mask": str(wm_path) if wm_path else None, "skull_stripped": info["skull_stripped"],
+               "skull_stripped_detected": skull_stripped is None, "wm_ml": round(wm_ml, 1),
+               "gm_ml": round(gm_ml, 1), "brain_ml": round(brain_ml, 1), "wm_brain_ratio": round(ratio, 4),
+               "warnings": warnings,
                "wm_dice_atlas_vs_subject": round(wm_dice, 4), "atlas_wm_inside_subject_wm": round(in_wm, 4),
                "subject_wm_labelled": round(coverage, 4), "deformable": deformable,
                "registration_log": [list(x) for x in log],
@@ -149,8 +170,9 @@ def label_subject(t1_path, atlas: _atlas.Atlas, *, flair_path=None, wm_path=None
 
 
 # --------------------------------------------------------------------------------------------- QC
-def qc_png(t1: sitk.Image, labels: sitk.Image, path: Path, title: str = "") -> None:
-    """Labels over the T1 in axial, coronal and sagittal planes through the labelled centre."""
+def qc_png(t1: sitk.Image, labels: sitk.Image, path: Path, title: str = "", wm: sitk.Image | None = None) -> None:
+    """Three planes through the labelled centre: the subject's WM outlined over the T1 (top row, when
+    `wm` is given) beside the labels over the T1 (bottom row)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -160,6 +182,7 @@ def qc_png(t1: sitk.Image, labels: sitk.Image, path: Path, title: str = "") -> N
     lo = sitk.DICOMOrient(labels, "LPS")
     a = sitk.GetArrayFromImage(t1o).astype(np.float32)
     lab = sitk.GetArrayFromImage(lo)
+    w = None if wm is None else sitk.GetArrayFromImage(sitk.DICOMOrient(wm, "LPS")) > 0
     sx, sy, sz = lo.GetSpacing()
     idx = np.argwhere(lab > 0)
     cz, cy, cx = (idx.mean(0).round().astype(int) if idx.size else np.array(lab.shape) // 2)
@@ -167,33 +190,75 @@ def qc_png(t1: sitk.Image, labels: sitk.Image, path: Path, title: str = "") -> N
     rng = np.random.default_rng(7)
     colors = np.vstack([[0, 0, 0, 0], np.c_[rng.uniform(0.15, 1, (36, 3)), np.full(36, 0.55)]])
     cmap = ListedColormap(colors)
-    views = [("axial", a[cz], lab[cz], sy / sx, "upper"),
-             ("coronal", a[:, cy, :], lab[:, cy, :], sz / sx, "lower"),
-             ("sagittal", a[:, :, cx], lab[:, :, cx], sz / sy, "lower")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
-    for ax, (name, img, lb, aspect, origin) in zip(axes, views):
-        ax.imshow(img, cmap="gray", vmin=lo_v, vmax=hi_v, aspect=aspect, origin=origin, interpolation="nearest")
-        ax.imshow(np.ma.masked_equal(lb, 0), cmap=cmap, vmin=0, vmax=36, aspect=aspect, origin=origin,
-                  interpolation="nearest")
-        ax.set_title(name)
-        ax.axis("off")
+    cuts = [("axial", np.s_[cz], sy / sx, "upper"), ("coronal", np.s_[:, cy, :], sz / sx, "lower"),
+            ("sagittal", np.s_[:, :, cx], sz / sy, "lower")]
+    rows = 1 if w is None else 2
+    fig, axes = plt.subplots(rows, 3, figsize=(13, 4.6 * rows), squeeze=False)
+    for j, (name, cut, aspect, origin) in enumerate(cuts):
+        for i in range(rows):
+            ax = axes[i, j]
+            ax.imshow(a[cut], cmap="gray", vmin=lo_v, vmax=hi_v, aspect=aspect, origin=origin,
+                      interpolation="nearest")
+            if i == 0 and w is not None:
+                ax.contour(w[cut].astype(np.float32), levels=[0.5], colors="red", linewidths=0.6, origin=origin)
+                ax.set_title(f"{name}: subject WM (outline)")
+            else:
+                ax.imshow(np.ma.masked_equal(lab[cut], 0), cmap=cmap, vmin=0, vmax=36, aspect=aspect,
+                          origin=origin, interpolation="nearest")
+                ax.set_title(f"{name}: region labels")
+            ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write_outcome(o: Outcome, output: Path, overwrite: bool) -> None:
+def _ours(json_path: Path) -> bool:
+    """Whether json_path is a record this command wrote (so the sidecars beside it are ours)."""
+    try:
+        return json.loads(json_path.read_text(encoding="utf-8")).get("tool") == TOOL
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_outputs(output: Path, overwrite: bool, extra: tuple[Path, ...] = (), inputs=()) -> bool:
+    """io.check_output for the label map and its sidecars: existing ones are refused without --overwrite,
+    except the sidecars an interrupted run left (no label map, our JSON record beside them). Returns
+    whether existing files may be replaced."""
     sc = sidecars(output)
-    for p in [output, *sc.values()]:
-        io._check_overwrite(p, overwrite)
-    with io.atomic_file(sc["tfm"], overwrite=overwrite, suffix=".tfm") as tmp:
-        sitk.WriteTransform(o.transform, str(tmp))
-    with io.atomic_file(sc["qc"], overwrite=overwrite, suffix=".png") as tmp:
-        qc_png(o.t1, o.labels, tmp, title=f"{output.name}: WM Dice atlas/subject "
-               f"{o.quality['wm_dice_atlas_vs_subject']:.2f}, WM labelled {100 * o.quality['subject_wm_labelled']:.0f}%")
-    io.write_json(o.quality, sc["json"], overwrite=overwrite)
-    io.write_image(o.labels, output, overwrite=overwrite)  # last: its presence means success
+    replace = overwrite or (not output.exists() and _ours(sc["json"]))
+    for q in [output, *sc.values(), *extra]:
+        io.check_output(q, overwrite=replace, inputs=inputs, kind="file")
+    return replace
+
+
+def write_outcome(o: Outcome, output: Path, overwrite: bool, extra: dict[str, sitk.Image] | None = None) -> None:
+    """Write the label map and its sidecars (and `extra` images, by file name) as one unit: all are built
+    in a hidden temporary folder beside the output, then moved into place, JSON first (it marks the set
+    as ours) and the label map last (its presence means success)."""
+    extra = extra or {}
+    replace = check_outputs(output, overwrite, tuple(output.with_name(n) for n in extra))
+    sc = sidecars(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        io.write_json(o.quality, tmp / sc["json"].name)
+        sitk.WriteTransform(o.transform, str(tmp / sc["tfm"].name))
+        q = o.quality
+        qc_png(o.t1, o.labels, tmp / sc["qc"].name, wm=o.wm,
+               title=f"{output.name}: WM {q['wm_ml']:.0f} ml ({100 * q['wm_brain_ratio']:.0f}% of the brain), "
+               f"WM Dice atlas/subject {q['wm_dice_atlas_vs_subject']:.2f}, "
+               f"WM labelled {100 * q['subject_wm_labelled']:.0f}%" + ("  WARNING: WM/brain ratio" if q["warnings"] else ""))
+        for name, img in extra.items():
+            io.write_image(img, tmp / name)
+        io.write_image(o.labels, tmp / output.name)
+        for name in [sc["json"].name, sc["tfm"].name, sc["qc"].name, *extra, output.name]:
+            dst = output.with_name(name)
+            if not replace:
+                io._check_overwrite(dst, False)  # appeared meanwhile (another run): do not clobber it
+            os.replace(tmp / name, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------- cohort
@@ -253,11 +318,12 @@ def _worker(job: dict) -> dict:
     row = {"subject": job["subject"], "status": "failed", "reason": "", "output": "", "t1": str(job["t1"])}
     try:
         o = label_subject(job["t1"], atlas, flair_path=job["flair"], wm_path=job["wm_mask"],
-                          deformable=job["deformable"])
+                          deformable=job["deformable"], skull_stripped=job["skull_stripped"])
         write_outcome(o, Path(job["output"]), job["overwrite"])
         row.update(status="ok", output=job["output"], wm_ml=o.quality["wm_ml"],
                    wm_dice=o.quality["wm_dice_atlas_vs_subject"], wm_labelled=o.quality["subject_wm_labelled"],
-                   seconds=o.quality["seconds"])
+                   seconds=o.quality["seconds"], wm_brain_ratio=o.quality["wm_brain_ratio"],
+                   warning="; ".join(o.quality["warnings"]))
     except WMHLocError as e:
         row["reason"] = str(e)
     except Exception as e:  # noqa: BLE001 — one broken subject must not sink a cohort; reported below
@@ -281,11 +347,10 @@ def run_cohort(args) -> int:
     _atlas.load_atlas(args.atlas_dir)  # fail fast on a bad atlas, before any work
     jobs = [{"subject": s["subject"], "t1": s["t1"], "flair": s["flair"], "wm_mask": s["wm_mask"],
              "atlas_dir": str(args.atlas_dir), "output": str(out_dir / f"{s['subject']}.nii.gz"),
-             "overwrite": args.overwrite, "deformable": args.deformable} for s in subjects]
-    if not args.overwrite:
-        for j in jobs:
-            for p in [Path(j["output"]), *sidecars(Path(j["output"])).values()]:
-                io._check_overwrite(p, False)
+             "overwrite": args.overwrite, "deformable": args.deformable,
+             "skull_stripped": STRIPPED_CHOICES[args.skull_stripped]} for s in subjects]
+    for j in jobs:
+        check_outputs(Path(j["output"]), args.overwrite)
     workers = max(1, min(args.workers, len(jobs)))
     rows = []
     if workers == 1:
@@ -302,7 +367,8 @@ def run_cohort(args) -> int:
                 rows.append(f.result())
     order = {j["subject"]: i for i, j in enumerate(jobs)}
     rows.sort(key=lambda r: order[r["subject"]])
-    cols = ["subject", "status", "reason", "t1", "output", "wm_ml", "wm_dice", "wm_labelled", "seconds"]
+    cols = ["subject", "status", "reason", "t1", "output", "wm_ml", "wm_brain_ratio", "wm_dice", "wm_labelled",
+            "seconds", "warning"]
     io.write_csv(rows, out_dir / SUMMARY, columns=cols, overwrite=True)
     failed = [r for r in rows if r["status"] != "ok"]
     print(f"{out_dir}: {len(rows) - len(failed)}/{len(rows)} subjects labelled; summary in {SUMMARY}",
@@ -327,6 +393,9 @@ def _main(argv=None) -> int:
     p.add_argument("--atlas-dir", required=True, help="folder written by wmhloc_build_atlas (or the raw Eve folder)")
     p.add_argument("-o", "--output", required=True, help="label map .nii.gz (one subject) or output folder (cohort)")
     p.add_argument("--deformable", action="store_true", help="add a coarse B-spline refinement after the affine")
+    p.add_argument("--skull-stripped", nargs="?", const="yes", default="auto", choices=list(STRIPPED_CHOICES),
+                   help="whether the T1 is skull-stripped (brain on a constant background): auto (default) "
+                   "detects it; a bare --skull-stripped means yes; 'no' for a raw head whose air was zeroed")
     p.add_argument("--save-masks", action="store_true", help="also write <output>_brainmask / _wm .nii.gz (one subject)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     a = p.parse_args(argv)
@@ -341,16 +410,17 @@ def _main(argv=None) -> int:
     output = Path(a.output)
     if not output.name.endswith((".nii.gz", ".nii")):
         raise WMHLocError(f"{output}: output must be a .nii.gz or .nii file")
-    for q in [output, *sidecars(output).values()]:
-        io.check_output(q, overwrite=a.overwrite, inputs=[a.t1, a.flair, a.wm_mask], kind="file")
+    stem = io.strip_nifti(output)
+    masks = (stem + "_brainmask.nii.gz", stem + "_wm.nii.gz") if a.save_masks else ()
+    check_outputs(output, a.overwrite, tuple(output.with_name(n) for n in masks),
+                  inputs=[a.t1, a.flair, a.wm_mask])
     atlas = _atlas.load_atlas(a.atlas_dir)
-    o = label_subject(a.t1, atlas, flair_path=a.flair, wm_path=a.wm_mask, deformable=a.deformable)
-    if a.save_masks:
-        stem = io.strip_nifti(output)
-        io.write_image(o.brain, output.with_name(stem + "_brainmask.nii.gz"), overwrite=a.overwrite)
-        io.write_image(o.wm, output.with_name(stem + "_wm.nii.gz"), overwrite=a.overwrite)
-    write_outcome(o, output, a.overwrite)
+    o = label_subject(a.t1, atlas, flair_path=a.flair, wm_path=a.wm_mask, deformable=a.deformable,
+                      skull_stripped=STRIPPED_CHOICES[a.skull_stripped])
+    write_outcome(o, output, a.overwrite, dict(zip(masks, (o.brain, o.wm))))
     q = o.quality
+    for w in q["warnings"]:
+        print(f"warning: {output}: {w}", file=sys.stderr)
     print(f"{output}: {q['labelled_ml']:.0f} ml of WM labelled ({100 * q['subject_wm_labelled']:.0f}% of the "
           f"subject's WM), atlas/subject WM Dice {q['wm_dice_atlas_vs_subject']:.2f}, {q['seconds']:.1f} s",
           file=sys.stderr)
