@@ -58,6 +58,7 @@ setup(
         "tqdm",
         "monai>=1.5",  # UNETR and MedNeXt (MedNeXt since 1.5)
     ],
-    extras_require={"test": ["pytest"]},
+    # nilearn ships the ICBM152 2009a T1 with its WM/GM probability maps: real ground truth for the WM estimate
+    extras_require={"test": ["pytest", "nilearn"]},
     entry_points={"console_scripts": [f"{k}={v}" for k, v in CONSOLE_SCRIPTS.items()]},
 )

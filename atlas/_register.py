@@ -12,6 +12,7 @@ axis) are scored and the best one is optimised: rigid+scale (similarity) at 4 mm
 (ITK convention: fixed = subject, moving = atlas), as needed to resample atlas labels onto the subject."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,10 +77,6 @@ def _grid(mask: sitk.Image, spacing: float, margin_mm: float = 15.0) -> sitk.Ima
 def _method(iterations: int, sampling: float, fov: sitk.Image | None = None, max_step_mm: float = 2.0
             ) -> sitk.ImageRegistrationMethod:
     r = sitk.ImageRegistrationMethod()
-    # one thread: Mattes MI sums its joint histogram across threads in whatever order they finish, so
-    # with 2+ threads each run differs in the last bits and the optimiser amplifies that into different
-    # label maps (and now and then a diverged fit); at 4 and 2 mm one thread costs little
-    r.SetNumberOfThreads(1)
     r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     r.SetMetricSamplingStrategy(r.RANDOM)
     r.SetMetricSamplingPercentage(sampling, SEED)
@@ -108,9 +105,28 @@ def _rot(ax: int, deg: float) -> np.ndarray:
     return m
 
 
+@contextmanager
+def _one_thread():
+    """Run ITK single-threaded: Mattes MI sums its joint histogram across threads in whatever order they
+    finish, so with 2+ threads every run differs in the last bits and the optimiser can amplify that into
+    different label maps (issue 16). The registration method's own SetNumberOfThreads does not reach the
+    metric's threader; the global default does. At 4 and 2 mm one thread costs little."""
+    n = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+
+
 def register(subject_tissue: sitk.Image, atlas_tissue: sitk.Image, *, start_deg: float = 12.0,
              levels_mm=LEVELS_MM) -> Result:
     """Affine transform (subject → atlas points) fitting the atlas tissue map onto the subject's."""
+    with _one_thread():
+        return _register(subject_tissue, atlas_tissue, start_deg=start_deg, levels_mm=levels_mm)
+
+
+def _register(subject_tissue: sitk.Image, atlas_tissue: sitk.Image, *, start_deg: float, levels_mm) -> Result:
     log = []
     s_wm, a_wm = subject_tissue == 3, atlas_tissue == 3
     c_s, c_a = _centroid(s_wm), _centroid(a_wm)
@@ -189,7 +205,6 @@ def refine_bspline(subject_tissue: sitk.Image, atlas_tissue: sitk.Image, affine:
     mesh = [max(1, int(round(n * spacing_mm / mesh_mm))) for n in g.GetSize()]
     bs = sitk.BSplineTransformInitializer(g, mesh, order=3)
     r = sitk.ImageRegistrationMethod()
-    r.SetNumberOfThreads(1)  # deterministic, as in _method
     r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     r.SetMetricSamplingStrategy(r.RANDOM)
     r.SetMetricSamplingPercentage(0.1, SEED)
