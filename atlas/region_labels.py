@@ -37,6 +37,7 @@ from nnunet_wmhloc import cli, io
 from nnunet_wmhloc.atlas import _atlas, _register, _subject
 from nnunet_wmhloc.io import WMHLocError
 
+MIN_BRAIN_ML = 300.0  # an adult brain is 1000+ ml; the challenge's 3 mm FOVs hold all of it
 MIN_WM_ML = 20.0      # an adult brain has ~400+ ml of WM; the 3 mm challenge FOVs never hold < 100 ml
 MIN_WM_DICE = 0.45    # atlas WM vs subject WM after registration: ~0.6-0.8 when right, < 0.3 when lost
 MIN_COVERAGE = 0.70   # share of the subject's WM that receives a label: > 0.95 when right
@@ -123,6 +124,9 @@ def label_subject(t1_path, atlas: _atlas.Atlas, *, flair_path=None, wm_path=None
     if not WM_BRAIN_RATIO[0] <= ratio <= WM_BRAIN_RATIO[1]:
         warnings.append(f"WM/brain volume ratio {ratio:.2f} is outside {WM_BRAIN_RATIO[0]}-{WM_BRAIN_RATIO[1]} "
                         f"(adult brains): the WM estimate may be wrong; check the QC image or pass --wm-mask")
+    if brain_ml < MIN_BRAIN_ML:  # else the mixture finds "WM" in whatever bright blob it is given
+        raise WMHLocError(f"{src}: subject brain is {brain_ml:.1f} ml (< {MIN_BRAIN_ML:g} ml): not a brain T1, or "
+                          f"the brain estimate failed (pass --wm-mask)")
     if wm_ml < MIN_WM_ML:
         raise WMHLocError(f"{src}: subject WM is {wm_ml:.1f} ml (< {MIN_WM_ML:g} ml): not a brain T1, or the "
                           f"brain/WM estimate failed (pass --wm-mask)")

@@ -137,7 +137,7 @@ def test_input_errors_are_one_line_and_write_nothing(subject, atlas_dir, tmp_pat
     cube = sitk.GetImageFromArray(arr)
     sitk.WriteImage(cube, str(tmp_path / "cube.nii.gz"))
     r = run("--t1", tmp_path / "cube.nii.gz", "--atlas-dir", atlas_dir, "--output", out)
-    assert r.returncode == 1 and "cube.nii.gz: subject WM is" in r.stderr, r.stderr
+    assert r.returncode == 1 and "cube.nii.gz: subject brain is 32.0 ml" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not any(p.name.startswith("o.") or p.name.startswith("o_") for p in tmp_path.iterdir())
 
