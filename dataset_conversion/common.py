@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.atlas.regions import ALL_LABELS, REST_REGIONS, region_column
+from nnunet_wmhloc.atlas.regions import ALL_LABELS, LEFT_REGIONS, REST_REGIONS, RIGHT_REGIONS, region_column
 from nnunet_wmhloc.naming import MODALITIES, case_name, split_case
 from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_same_geometry, is_number, read_image,
                               read_labels, write_csv, write_json)
@@ -21,6 +21,9 @@ LESION_LABELS = {"background": 0, "WMH": 1, "ignore": 2}
 LESION_ALLOWED = (0, 1, 2)
 # nnU-Net z-scores every channel whose name is not CT (or a few other keywords): "MRI" is safe
 CHANNEL_NAMES = {"0": "MRI"}
+# nnU-Net's reader that puts every case in RAS and writes predictions back in the image's orientation
+IMAGE_READER = "SimpleITKIOWithReorient"
+LR_PAIRS_KEY = "wmhloc_lr_pairs"  # read by nnunet_wmhloc.training.laterality
 N_FOLDS = 5
 SPLIT_SEED = 12345  # nnU-Net's own seed for its random folds
 
@@ -125,16 +128,24 @@ def write_cases(img_dir: Path, s: Subject, loaded: dict, lab_dir: Path | None = 
 
 
 def dataset_json(task: str, num_training: int, description: str) -> dict:
+    """nnU-Net's dataset.json. Both tasks are read through SimpleITKIOWithReorient: nnU-Net turns every image
+    to RAS on reading (one orientation for every case, whatever its storage: LPS, RAS from dcm2niix, sagittal
+    or coronal slices) and writes predictions back on the image's own grid. The region task declares its
+    left/right label pairs (1-17 with 18-34, 35 with 36) for the trainers' hemisphere-aware mirroring."""
+    extra = {}
     if task == "lesion":
         labels = dict(LESION_LABELS)
     else:
         labels = {"background": 0}
         labels.update({region_column(i): i for i in ALL_LABELS[1:]})
+        extra[LR_PAIRS_KEY] = [[l, r] for l, r in zip(LEFT_REGIONS, RIGHT_REGIONS)] + [list(REST_REGIONS)]
     return {
         "channel_names": dict(CHANNEL_NAMES),
         "labels": labels,
         "numTraining": num_training,
         "file_ending": ".nii.gz",
+        "overwrite_image_reader_writer": IMAGE_READER,
+        **extra,
         "name": f"WMH {task}",
         "description": description,
         "reference": "Machnio et al., Deep Learning for Localization of White Matter Lesions in Neurological "

@@ -51,26 +51,31 @@ SITES = (
 )
 
 
-def _coords(size, spacing, rng):
-    """World-ish coordinates in mm centred on the head centre (with a small random shift), z-y-x arrays."""
+def _coords(size, spacing, direction, rng):
+    """Physical (LPS, as ITK: +x left, +y posterior, +z superior) coordinates in mm of every voxel, centred on
+    the head centre (with a small random shift), as z-y-x arrays. Physical, not array, coordinates: every
+    site's head is the same anatomy whatever the orientation it is stored in."""
     nx, ny, nz = size
     sx, sy, sz = spacing
     shift = rng.normal(0, 2.0, 3)
     z = (np.arange(nz) - (nz - 1) / 2) * sz - shift[2]
     y = (np.arange(ny) - (ny - 1) / 2) * sy - shift[1]
     x = (np.arange(nx) - (nx - 1) / 2) * sx - shift[0]
-    return np.meshgrid(z, y, x, indexing="ij")
+    a = np.meshgrid(x, y, z, indexing="ij")  # along the array's own axes (i, j, k), mm
+    d = np.array(direction, dtype=float).reshape(3, 3)
+    phys = [sum(d[r, c] * a[c] for c in range(3)).transpose(2, 1, 0) for r in range(3)]  # -> (z, y, x) arrays
+    return phys[2], phys[1], phys[0]
 
 
-def _phantom(size, spacing, rng):
+def _phantom(size, spacing, direction, rng):
     """Tissue classes (0 air, 1 skull/scalp, 2 CSF, 3 GM, 4 WM, 5 ventricle) and the WM region map."""
-    Z, Y, X = _coords(size, spacing, rng)
+    Z, Y, X = _coords(size, spacing, direction, rng)
     scale = rng.uniform(0.9, 1.05)
-    # head radii in mm (x: left-right, y: anterior-posterior, z: inferior-superior)
+    # head radii in mm (x: right-left, y: anterior-posterior, z: inferior-superior)
     hx, hy, hz = 78 * scale, 94 * scale, 26 * scale * size[2] * spacing[2] / 48.0
     # egg-shaped like a real head: wider at the back and at the base, so orientation is well defined and an
     # axial slice tells how high it lies (a 2d model needs that for the regions' height bands)
-    egg = (1.0 - 0.12 * Y / hy) * (1.0 - 0.15 * Z / hz)
+    egg = (1.0 + 0.12 * Y / hy) * (1.0 - 0.15 * Z / hz)
     r_head = np.sqrt((X / (hx * egg)) ** 2 + (Y / hy) ** 2 + (Z / hz) ** 2)
     r_brain = np.sqrt((X / ((hx - 9) * egg)) ** 2 + (Y / (hy - 9)) ** 2 + (Z / (hz * 0.92)) ** 2)
     cls = np.zeros(Z.shape, np.uint8)
@@ -83,7 +88,7 @@ def _phantom(size, spacing, rng):
     vent = np.zeros(Z.shape, bool)
     for side in (-1, 1):
         # frontal horns close to the midline, occipital horns spread apart (a V seen from above)
-        rv = np.sqrt(((X - side * (11 - 0.12 * Y)) / (6 * vsize)) ** 2 + (Y / (34 * vsize)) ** 2
+        rv = np.sqrt(((X - side * (11 + 0.12 * Y)) / (6 * vsize)) ** 2 + (Y / (34 * vsize)) ** 2
                      + ((Z - 0.15 * hz) / (hz * 0.3)) ** 2)
         vent |= rv < 1
     cls[vent & (cls >= 3)] = 5
@@ -91,7 +96,7 @@ def _phantom(size, spacing, rng):
     # regions inside WM: hemisphere, depth (deep = close to the ventricles), z band and y band
     wm = cls == 4
     depth = r_brain / 0.80
-    left = X < 0
+    left = X > 0  # LPS: +x is the patient's left
     zb3 = np.clip(((Z / hz + 1) / 2 * 3).astype(int), 0, 2)
     yb4 = np.clip(((Y / hy + 1) / 2 * 4).astype(int), 0, 3)
     zb2 = (Z > 0).astype(int)
@@ -133,7 +138,7 @@ def _lesions(cls, geo, spacing, rng, load):
 
 
 def _subject(site: Site, rng) -> dict:
-    cls, regions, geo = _phantom(site.size, site.spacing, rng)
+    cls, regions, geo = _phantom(site.size, site.spacing, site.direction, rng)
     load = rng.choice([0.4, 1.0, 1.8], p=[0.35, 0.4, 0.25])
     les = _lesions(cls, geo, site.spacing, rng, load)
     wmh = les.astype(np.uint8)

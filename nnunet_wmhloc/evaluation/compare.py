@@ -36,7 +36,7 @@ from nnunet_wmhloc.evaluation.evaluate import describe, fmt_mean_sd
 from nnunet_wmhloc.io import WMHLocError
 
 MAIN_METRICS = {"lesion": ["dice", "hd95_mm", "avd_pct", "lesion_recall", "lesion_f1", "log_vd"],
-                "region": ["mean_dice_wm", "mean_dice_rest"]}
+                "region": ["mean_dice_wm", "mean_dice_rest", "wrong_hemisphere"]}
 REGION_LABELS = tuple(WM_REGIONS) + tuple(REST_REGIONS)
 PUBLISHED_COLUMNS = ("source", "setting", "task", "metric", "value", "unit", "citation", "url", "notes")
 

@@ -1,7 +1,8 @@
 """wmhloc_evaluate: score predictions against references, exactly as the WMH challenge does.
 
 Lesion task: the challenge's five metrics (+ log volume difference), see ``metrics.py`` for every
-definition and edge case. Region task: Dice per region 1-34 and 35/36, mean over 1-34 per case.
+definition and edge case. Region task: Dice per region 1-34 and 35/36, mean over 1-34 per case, and the
+share of voxels put in the wrong hemisphere (among those both maps assign to a region).
 
 Matching predictions to references (in this order, per prediction file):
   1. exact name: ``<x>.nii.gz`` in --pred ↔ ``<x>.nii.gz`` (or .nii) in --ref;
@@ -28,7 +29,8 @@ from typing import Sequence
 import numpy as np
 
 from nnunet_wmhloc import cli, io
-from nnunet_wmhloc.atlas.regions import REST_REGIONS, WM_REGIONS, region_column
+from nnunet_wmhloc.atlas.regions import (LEFT_REGIONS, REST_LEFT, REST_REGIONS, REST_RIGHT, RIGHT_REGIONS,
+                                         WM_REGIONS, region_column)
 from nnunet_wmhloc.evaluation import metrics as M
 from nnunet_wmhloc.io import WMHLocError
 from nnunet_wmhloc.naming import split_case
@@ -42,7 +44,7 @@ LESION_COLUMNS = ["dice", "hd95_mm", "avd_pct", "lesion_recall", "lesion_f1", "l
                   "n_pred_lesions_true", "n_pred_voxels_masked"]
 LESION_SUMMARY = ["dice", "hd95_mm", "avd_pct", "lesion_recall", "lesion_f1", "log_vd", "lesion_precision",
                   "vol_ref_ml", "vol_pred_ml"]
-REGION_MAIN = ["mean_dice_wm", "mean_dice_rest"]
+REGION_MAIN = ["mean_dice_wm", "mean_dice_rest", "wrong_hemisphere"]
 REGION_COLUMNS_ORDER = REGION_MAIN + ["n_regions_scored"] + list(REGION_COLUMNS.values())
 REGION_SUMMARY = REGION_MAIN + list(REGION_COLUMNS.values())
 ID_COLUMNS = ["case", "subject", "site", "pred_file", "ref_file"]
@@ -60,6 +62,9 @@ DEFINITIONS = {
     "log_vd": "|ln V_pred - ln V_ref|; NaN when either empty",
     "region_dice": "Dice per label; NaN when absent from both; mean_dice_wm = mean over regions 1-34 that "
                    "are not NaN; mean_dice_rest = the same over 35/36",
+    "wrong_hemisphere": "among voxels labelled with a region (1-36) in both prediction and reference, the share "
+                        "whose labels lie in different hemispheres (left 1-17 and 35, right 18-34 and 36); NaN "
+                        "when no voxel is labelled in both",
 }
 
 
@@ -142,6 +147,8 @@ def score_case(task: str, pred_path: Path, ref_path: Path) -> dict:
     d = M.region_dice(pred, ref, list(REGION_COLUMNS))
     out = {"mean_dice_wm": M.nanmean_or_nan(d[l] for l in WM_REGIONS),
            "mean_dice_rest": M.nanmean_or_nan(d[l] for l in REST_REGIONS),
+           "wrong_hemisphere": M.wrong_hemisphere(pred, ref, LEFT_REGIONS + (REST_LEFT,),
+                                                  RIGHT_REGIONS + (REST_RIGHT,)),
            "n_regions_scored": int(sum(np.isfinite(d[l]) for l in WM_REGIONS))}
     out.update({REGION_COLUMNS[l]: d[l] for l in REGION_COLUMNS})
     return out
@@ -179,7 +186,7 @@ def fmt_mean_sd(d: dict, digits: int = 3) -> str:
 def build_parser():
     p = cli.parser("wmhloc_evaluate", "Score lesion or region predictions against references with the WMH "
                    "challenge's metric definitions (lesion: Dice, HD95, AVD, lesion recall, lesion F1, log "
-                   "volume difference; region: Dice per region 1-34 and 35/36).")
+                   "volume difference; region: Dice per region 1-34 and 35/36, wrong-hemisphere share).")
     p.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps (.nii.gz), e.g. "
                    "nnUNetv2_predict output or wmhloc_fuse output; other files are ignored")
     p.add_argument("--ref", required=True, type=Path, help="folder of reference label maps, e.g. labelsTs")
@@ -237,7 +244,8 @@ def _main(argv=None) -> int:
     doc = {"task": args.task, "n_cases": len(rows), "pred_dir": str(args.pred.resolve()),
            "ref_dir": str(args.ref.resolve()), "sites_csv": str(args.sites) if args.sites else None,
            "missing_predictions": missing, "notes": notes,
-           "definitions": DEFINITIONS if args.task == "lesion" else {"region_dice": DEFINITIONS["region_dice"]},
+           "definitions": DEFINITIONS if args.task == "lesion" else
+           {k: DEFINITIONS[k] for k in ("region_dice", "wrong_hemisphere")},
            "summary": summary}
     with io.atomic_dir(args.output, overwrite=args.overwrite) as tmp:
         io.write_csv(rows, tmp / "cases.csv", columns=ID_COLUMNS + main_cols)

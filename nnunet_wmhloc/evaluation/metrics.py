@@ -1,4 +1,4 @@
-"""The WMH challenge's five metrics, a log volume difference, and region Dice.
+"""The WMH challenge's five metrics, a log volume difference, region Dice and the wrong-hemisphere share.
 
 The lesion metrics reproduce the official evaluation of the MICCAI 2017 WMH segmentation challenge
 (github.com/hjkuijf/wmhchallenge, ``evaluation.py``; Kuijf et al., IEEE TMI 2019) definition by
@@ -45,10 +45,11 @@ from scipy.spatial import cKDTree
 LESION_METRICS = ("dice", "hd95_mm", "avd_pct", "lesion_recall", "lesion_f1", "log_vd")
 # direction of "better" for each metric, used by tables and plots
 HIGHER_IS_BETTER = {"dice": True, "hd95_mm": False, "avd_pct": False, "lesion_recall": True,
-                    "lesion_f1": True, "log_vd": False, "mean_dice_wm": True, "mean_dice_rest": True}
+                    "lesion_f1": True, "log_vd": False, "mean_dice_wm": True, "mean_dice_rest": True,
+                    "wrong_hemisphere": False}
 METRIC_LABELS = {"dice": "Dice", "hd95_mm": "HD95 (mm)", "avd_pct": "AVD (%)", "lesion_recall": "Lesion recall",
                  "lesion_f1": "Lesion F1", "log_vd": "|log volume ratio|", "mean_dice_wm": "Mean region Dice (1-34)",
-                 "mean_dice_rest": "Mean Dice of regions 35/36"}
+                 "mean_dice_rest": "Mean Dice of regions 35/36", "wrong_hemisphere": "Wrong-hemisphere share"}
 
 # 26-connectivity: the official script uses sitk.ConnectedComponent with fullyConnected=True
 _CONN26 = np.ones((3, 3, 3), dtype=bool)
@@ -225,6 +226,22 @@ def region_dice(pred: np.ndarray, ref: np.ndarray, labels) -> dict[int, float]:
         denom = cp[l] + cr[l]
         out[l] = float("nan") if denom == 0 else float(2.0 * ci[l] / denom)
     return out
+
+
+def wrong_hemisphere(pred: np.ndarray, ref: np.ndarray, left, right) -> float:
+    """Share of the voxels that both maps assign to a region of some hemisphere (left labels `left`, right
+    labels `right`) where the hemispheres differ; NaN when no voxel is labelled in both. A model that cannot
+    tell left from right scores about 0.5."""
+    pred = np.asarray(pred).ravel()
+    ref = np.asarray(ref).ravel()
+    n = max(list(left) + list(right) + [int(pred.max(initial=0)), int(ref.max(initial=0))]) + 1
+    side = np.zeros(n, dtype=np.uint8)
+    side[list(left)] = 1
+    side[list(right)] = 2
+    sp, sr = side[pred], side[ref]
+    both = (sp > 0) & (sr > 0)
+    n_both = int(np.count_nonzero(both))
+    return float("nan") if n_both == 0 else float(np.count_nonzero(both & (sp != sr)) / n_both)
 
 
 def nanmean_or_nan(values) -> float:

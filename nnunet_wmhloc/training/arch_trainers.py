@@ -9,7 +9,8 @@
 The U-Net is nnU-Net's own network: nnUNetTrainerWMHLoc / nnUNetTrainerWMHLocCEDC themselves.
 
 Only `build_network_architecture` (static: nnUNetv2_predict calls it on the class named in the checkpoint,
-with enable_deep_supervision=False) and the deep-supervision plumbing change. Deep supervision: the scales given
+with enable_deep_supervision=False; the network gets laterality.py's left-right symmetry, switched on for
+datasets with left/right label pairs) and the deep-supervision plumbing change. Deep supervision: the scales given
 to the target downsampling and to the loss weights (1, 1/2, 1/4, ..., last 0, normalised: nnU-Net's rule) are
 the network's own (MedNeXt: 1 .. 1/16 isotropic, not the plan's pooling). UNETR has none:
 enable_deep_supervision is False, targets are not downsampled, and the loss (CE + Dice [+ skeleton recall]) is
@@ -22,6 +23,7 @@ from torch import nn
 from torch._dynamo import OptimizedModule
 
 from nnunet_wmhloc.training import architectures
+from nnunet_wmhloc.training.laterality import make_lr_symmetric
 from nnunet_wmhloc.training.trainers import (nnUNetTrainerWMHLoc, nnUNetTrainerWMHLoc_smoke,
                                              nnUNetTrainerWMHLocCEDC)
 
@@ -61,8 +63,9 @@ class _UNETR(_ArchitectureMixin):
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        return architectures.build_network("UNETR", plans_manager, configuration_manager, num_input_channels,
-                                           num_output_channels, enable_deep_supervision)
+        return make_lr_symmetric(architectures.build_network(
+            "UNETR", plans_manager, configuration_manager, num_input_channels, num_output_channels,
+            enable_deep_supervision), num_output_channels)
 
 
 class _MultiResUNet(_ArchitectureMixin):
@@ -71,8 +74,9 @@ class _MultiResUNet(_ArchitectureMixin):
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        return architectures.build_network("MultiResUNet", plans_manager, configuration_manager,
-                                           num_input_channels, num_output_channels, enable_deep_supervision)
+        return make_lr_symmetric(architectures.build_network(
+            "MultiResUNet", plans_manager, configuration_manager, num_input_channels, num_output_channels,
+            enable_deep_supervision), num_output_channels)
 
 
 class _MedNeXt(_ArchitectureMixin):
@@ -81,8 +85,9 @@ class _MedNeXt(_ArchitectureMixin):
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        return architectures.build_network("MedNeXt", plans_manager, configuration_manager, num_input_channels,
-                                           num_output_channels, enable_deep_supervision)
+        return make_lr_symmetric(architectures.build_network(
+            "MedNeXt", plans_manager, configuration_manager, num_input_channels, num_output_channels,
+            enable_deep_supervision), num_output_channels)
 
 
 class nnUNetTrainerWMHLoc_UNETR(_UNETR, nnUNetTrainerWMHLoc):

@@ -6,7 +6,10 @@ which `eval "$(wmhloc_env)"` sets).
 - *_1epoch, *_5epochs, *_10epochs: shorter schedules; *_smoke: 2 epochs x 3 iterations, no test-time
   mirroring, for CPU CI.
 
-Everything else (SGD + Nesterov, poly LR, 1000 x 250 iterations, deep supervision, ...) is nnU-Net's default.
+Datasets declaring left/right label pairs (dataset.json "wmhloc_lr_pairs", the region dataset) get
+hemisphere-aware mirroring, capped rotation and a left-right symmetric network (laterality.py); others train
+exactly as before. Everything else (SGD + Nesterov, poly LR, 1000 x 250 iterations, deep supervision, ...)
+is nnU-Net's default.
 Every __init__ keeps nnUNetTrainer's exact signature: nnU-Net records the arguments through inspect.signature
 to rebuild the trainer from a checkpoint.
 """
@@ -18,12 +21,16 @@ import numpy as np
 import torch
 from batchgeneratorsv2.helpers.scalar_type import RandomScalar
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast
+from torch import autocast, nn
+from torch._dynamo import OptimizedModule
 
+from nnunet_wmhloc.training.laterality import (lr_pairs, lr_patch_axis, make_lr_symmetric, rotation_capped,
+                                               set_lr_symmetry)
 from nnunet_wmhloc.training.loss import DC_CE_SR_loss, SkeletonRecallLoss
 from nnunet_wmhloc.training.transforms import training_transforms, validation_transforms
 
@@ -42,9 +49,57 @@ class nnUNetTrainerWMHLocCEDC(nnUNetTrainer):
 
     skeleton_channel = False  # nnUNetTrainerWMHLoc: the SR target travels as an extra segmentation channel
 
-    @classmethod
+    def laterality(self) -> tuple[int | None, list | None]:
+        """(left-right axis of the patch, label pairs) when the dataset declares left/right pairs and the
+        patch has that axis, else (None, None): then everything is nnU-Net's usual."""
+        if getattr(self, "_lr", None) is None:
+            pairs = lr_pairs(self.dataset_json)
+            axis = None
+            if pairs:
+                axis = lr_patch_axis(self.plans_manager.plans.get("image_reader_writer", "SimpleITKIO"),
+                                     self.plans_manager.transpose_forward,
+                                     len(self.configuration_manager.patch_size))
+            self._lr = (axis, pairs) if axis is not None else (None, None)
+        return self._lr
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        axis, _ = self.laterality()
+        if axis is None:
+            return rotation, dummy_2d, initial_patch_size, mirror_axes
+        patch = self.configuration_manager.patch_size
+        dim = len(patch)
+        if not (dummy_2d and axis == 0):  # rotations turn the left-right axis: keep left on the left
+            rotation = rotation_capped(rotation)
+            initial_patch_size = get_patch_size(patch[-dim:], rotation, rotation, rotation, (0.85, 1.25))
+            if dummy_2d:
+                initial_patch_size[0] = patch[0]
+        # nnU-Net's test-time mirroring flips back without swapping channels; the network is symmetric instead
+        self.inference_allowed_mirroring_axes = tuple(a for a in mirror_axes if a != axis) or None
+        self.print_to_log_file(f"left/right label pairs: left-right axis {axis} of the patch; mirrors along it "
+                               f"swap the pairs; rotation at most {np.rad2deg(np.abs(rotation).max()):.0f} deg; "
+                               f"test-time mirror axes {self.inference_allowed_mirroring_axes} + symmetric network")
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
+
+    def initialize(self):
+        super().initialize()
+        axis, pairs = self.laterality()
+        net = self.network.module if self.is_ddp else self.network
+        if isinstance(net, OptimizedModule):
+            net = net._orig_mod
+        set_lr_symmetry(net, axis, pairs)
+
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        # nnUNetv2_predict builds through this too: the symmetry's switch and pairs come with the checkpoint
+        net = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                       num_output_channels, enable_deep_supervision)
+        return make_lr_symmetric(net, num_output_channels)
+
     def get_training_transforms(
-            cls,
+            self,
             patch_size: Union[np.ndarray, Tuple[int]],
             rotation_for_DA: RandomScalar,
             deep_supervision_scales: Union[List, Tuple, None],
@@ -56,9 +111,11 @@ class nnUNetTrainerWMHLocCEDC(nnUNetTrainer):
             regions: List[Union[List[int], Tuple[int, ...], int]] = None,
             ignore_label: int = None,
     ) -> BasicTransform:
+        axis, pairs = self.laterality()
         return training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                    do_dummy_2d_data_aug, use_mask_for_norm, is_cascaded, foreground_labels,
-                                   regions, ignore_label, skeleton=cls.skeleton_channel)
+                                   regions, ignore_label, skeleton=self.skeleton_channel, lr_axis=axis,
+                                   lr_pairs=pairs)
 
 
 class nnUNetTrainerWMHLoc(nnUNetTrainerWMHLocCEDC):

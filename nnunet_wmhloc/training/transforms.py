@@ -36,6 +36,7 @@ from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTransform
 from batchgeneratorsv2.transforms.utils.seg_to_regions import ConvertSegmentationToRegionsTransform
 
+from nnunet_wmhloc.training.laterality import LRSwapMirrorTransform
 from nnunet_wmhloc.training.skeleton import SkeletonTransform
 
 # Probability of each extra transform per sample (rotation and additive Gaussian noise keep nnU-Net's own).
@@ -290,9 +291,13 @@ def training_transforms(
         *,
         skeleton: bool = False,
         probabilities: dict | None = None,
+        lr_axis: int | None = None,
+        lr_pairs: Sequence[Tuple[int, int]] | None = None,
 ) -> BasicTransform:
     """nnU-Net 2.8's default training pipeline plus elastic deformation, bias field, ghosting, motion and
-    multiplicative noise; `skeleton=True` appends the tubed skeleton as a last segmentation channel."""
+    multiplicative noise; `skeleton=True` appends the tubed skeleton as a last segmentation channel.
+    With `lr_pairs`, a mirror along `lr_axis` swaps each left label with its right partner (laterality.py);
+    the skeleton channel is built after mirroring, from the swapped labels."""
     p = dict(AUG_PROBABILITIES, **(probabilities or {}))
     transforms = []
     if do_dummy_2d_data_aug:
@@ -334,7 +339,10 @@ def training_transforms(
         gamma=BGContrast((0.7, 1.5)), p_invert_image=0, synchronize_channels=False, p_per_channel=1,
         p_retain_stats=1), apply_probability=0.3))
     if mirror_axes is not None and len(mirror_axes) > 0:
-        transforms.append(MirrorTransform(allowed_axes=mirror_axes))
+        if lr_pairs and lr_axis is not None and lr_axis in mirror_axes:
+            transforms.append(LRSwapMirrorTransform(mirror_axes, lr_axis, lr_pairs))
+        else:
+            transforms.append(MirrorTransform(allowed_axes=mirror_axes))
     if use_mask_for_norm is not None and any(use_mask_for_norm):
         transforms.append(MaskImageTransform(
             apply_to_channels=[i for i in range(len(use_mask_for_norm)) if use_mask_for_norm[i]],
