@@ -186,6 +186,10 @@ def test_evaluate_region_task(tmp_path):
     assert row[region_column(2)] == ""                 # absent from both: NaN, not in the mean
     assert num(row["mean_dice_wm"]) == pytest.approx((d1 + d18 + 0.0) / 3, rel=1e-5)
     assert num(row["mean_dice_rest"]) == 1.0 and row["n_regions_scored"] == "3"
+    # every voxel is a region in both maps; the 2 columns of region 1 taken by 18 changed hemisphere (5 on 1: not)
+    assert num(row["wrong_hemisphere"]) == pytest.approx(6 * 10 * 2 / np.prod(SHAPE), rel=1e-6)
+    summ = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summ["summary"]["all"]["wrong_hemisphere"]["mean"] == pytest.approx(num(row["wrong_hemisphere"]))
 
 
 # ----------------------------------------------------------------------------------------- bad input

@@ -243,6 +243,20 @@ def test_region_dice_by_hand():
     assert M.nanmean_or_nan([d[l] for l in (1, 2, 3, 4)]) == pytest.approx((4 / 7) / 3)
 
 
+def test_wrong_hemisphere_share_by_hand():
+    left, right = (1, 2, 35), (18, 19, 36)
+    ref = np.array([1, 1, 2, 18, 35, 36, 0, 5, 1, 0])
+    pred = np.array([1, 18, 19, 1, 36, 36, 1, 5, 0, 0])
+    # scored where both hold a hemisphere's label: positions 0-5 (6 voxels: 7 is label 5, in neither set here)
+    # wrong: 1 (L->R), 2 (L->R), 3 (R->L), 4 (L rest -> R rest) = 4 of 6
+    assert M.wrong_hemisphere(pred, ref, left, right) == pytest.approx(4 / 6)
+    assert M.wrong_hemisphere(ref, ref, left, right) == 0.0
+    assert math.isnan(M.wrong_hemisphere(np.zeros(4, int), np.ones(4, int), left, right))
+    swapped = np.where(np.isin(ref, left), ref + 17, np.where(np.isin(ref, right), ref - 17, ref))
+    swapped[ref == 35], swapped[ref == 36] = 36, 35
+    assert M.wrong_hemisphere(swapped, ref, left, right) == 1.0
+
+
 # ----------------------------------------------------------------------------------------- vs official
 def _official(ref_arr, pred_arr, spacing, direction, origin):
     """Independent transcription of the official evaluation's steps with SimpleITK filters.

@@ -316,3 +316,133 @@ def test_predict_challenge_layout_folder(demo, tmp_path):
     assert ev["n_cases"] == 3
     assert [r["subject"] for r in _csv(out / "localize" / "regional_loads.csv")] == ids
     check_report_offline(out / "report" / "report.html")
+
+
+# ---------------------------------------------------------------------------------------- orientation
+REGION_PAIRS = [(l, l + 17) for l in range(1, 18)] + [(35, 36)]
+
+
+def _swap_lr(a: np.ndarray) -> np.ndarray:
+    """Region labels with left and right exchanged."""
+    lut = np.arange(256)
+    for l, r in REGION_PAIRS:
+        lut[l], lut[r] = r, l
+    return lut[a].astype(a.dtype)
+
+
+def _restore(img, arr: np.ndarray, direction, origin):
+    import SimpleITK as sitk
+
+    out = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+    out.SetSpacing(img.GetSpacing())
+    out.SetDirection(tuple(float(v) for v in np.ravel(direction)))
+    out.SetOrigin(tuple(float(v) for v in origin))
+    return out
+
+
+def _stored_x_flipped(img):
+    """The same physical image stored the other way along x (as dcm2niix's RAS files are, vs LPS)."""
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    d[:, 0] *= -1
+    import SimpleITK as sitk
+
+    return _restore(img, sitk.GetArrayFromImage(img)[:, :, ::-1], d,
+                    img.TransformIndexToPhysicalPoint((img.GetSize()[0] - 1, 0, 0)))
+
+
+def _mirrored_brain(img):
+    """A different, mirror-image brain: the array flipped along x on the same grid."""
+    import SimpleITK as sitk
+
+    return _restore(img, sitk.GetArrayFromImage(img)[:, :, ::-1], img.GetDirection(), img.GetOrigin())
+
+
+def test_predictions_do_not_depend_on_storage_orientation(demo, tmp_path):
+    """One test subject stored as it is (LPS axial), flipped along x with its geometry adjusted (RAS, as from
+    dcm2niix), and in coronal slice order: wmhloc_predict gives the same lesion and region labels in physical
+    space (exactly: nnU-Net reads all three as the same RAS array). A fourth copy is the mirror-image brain:
+    its region map is the mirrored one with left and right swapped (the region network is symmetric)."""
+    import SimpleITK as sitk
+
+    from nnunet_wmhloc.pipeline import predict
+
+    src = next((demo["out"] / "synthetic" / "test" / "Utrecht").iterdir())
+    variants = {"orig": lambda i: i, "xflip": _stored_x_flipped, "coronal": lambda i: sitk.PermuteAxes(i, [0, 2, 1]),
+                "mirror": _mirrored_brain}
+    lines = ["subject,flair,t1"]
+    for name, make in variants.items():
+        for mod in ("FLAIR", "T1"):
+            img = make(sitk.ReadImage(str(src / "pre" / f"{mod}.nii.gz")))
+            sitk.WriteImage(img, str(tmp_path / f"{name}_{mod}.nii.gz"))
+        lines.append(f"{name},{tmp_path / f'{name}_FLAIR.nii.gz'},{tmp_path / f'{name}_T1.nii.gz'}")
+    (tmp_path / "cohort.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "pred"
+    assert predict.main([str(tmp_path / "cohort.csv"), "-o", str(out), "--lesion-model", str(_model(demo, "lesion")),
+                         "--region-model", str(_model(demo, "region")), "--device", "cpu", "--disable-tta",
+                         "--quiet"]) == 0
+    def agreement(x, y):  # over the voxels either map labels: background alone agrees trivially
+        fg = (x > 0) | (y > 0)
+        return float((x[fg] == y[fg]).mean())
+
+    agree, orig = {}, {}
+    for task in ("lesion", "region"):
+        ref = sitk.ReadImage(str(out / "segmentations" / task / "orig.nii.gz"))
+        a = orig[task] = sitk.GetArrayFromImage(ref)
+        assert (a > 0).sum() > 50, task
+        for name in ("xflip", "coronal"):
+            img = sitk.ReadImage(str(out / "segmentations" / task / f"{name}.nii.gz"))
+            assert img.GetDirection() != ref.GetDirection()  # written in the input's own orientation
+            back = sitk.GetArrayFromImage(sitk.Resample(img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+            agree[task, name] = agreement(back, a)
+    m = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentations" / "region" / "mirror.nii.gz")))[:, :, ::-1]
+    agree["region", "mirror"] = agreement(_swap_lr(m), orig["region"])
+    print(agree)
+    for task in ("lesion", "region"):
+        assert agree[task, "xflip"] == 1.0 and agree[task, "coronal"] >= 0.98, agree
+    assert agree["region", "mirror"] >= 0.98, agree
+
+
+def test_region_model_test_time_mirroring_is_symmetric(demo, monkeypatch):
+    """The trained region model (through nnU-Net's own predictor, test-time mirroring on): the prediction of a
+    mirrored image is the mirrored prediction with left and right labels swapped. The left-right axis is out of
+    nnU-Net's test-time mirror axes (it would flip back without swapping) and the network is symmetric; with the
+    symmetry switched off, the same model is not."""
+    import SimpleITK as sitk
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    from nnunet_wmhloc.env import nnunet_environ
+    from nnunet_wmhloc.training.laterality import lr_symmetry, set_lr_symmetry, swap_permutation
+
+    monkeypatch.setenv("nnUNet_extTrainer", os.pathsep.join(
+        [nnunet_environ(None)["nnUNet_extTrainer"], str(demo["out"] / "nnunet" / "wmhloc_trainers")]))
+    model = _model(demo, "region")
+    ckpt = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    p = nnUNetPredictor(use_mirroring=True, device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+    p.initialize_from_trained_model_folder(str(model), use_folds=(0,))
+    axis, perm = lr_symmetry(p.network)
+    assert axis == 1 and perm == swap_permutation(REGION_PAIRS, 37)  # 2d slices (y, x) of the RAS array: x
+    assert axis not in (ckpt["inference_allowed_mirroring_axes"] or ()) and p.allowed_mirroring_axes == (0,)
+    case = next((demo["out"] / "nnunet" / "nnUNet_raw" / "Dataset602_WMHRegion" / "imagesTs").glob("*_flair_0000.nii.gz"))
+    data, _, _ = DefaultPreprocessor(verbose=False).run_case([str(case)], None, p.plans_manager,
+                                                             p.configuration_manager, p.dataset_json)
+    # one tile along x, padded evenly on both sides: nnU-Net's tiling itself is then symmetric
+    px = p.configuration_manager.patch_size[1]
+    sx = min(data.shape[-1], px)
+    sx -= (px - sx) % 2
+    x = torch.from_numpy(np.ascontiguousarray(data[..., :sx]))
+    d = x.ndim - 1
+
+    def check():
+        y = p.predict_logits_from_preprocessed_data(x)
+        ym = p.predict_logits_from_preprocessed_data(torch.flip(x, (d,)))
+        expect = torch.flip(y, (d,))[perm]
+        return float((ym - expect).abs().max()), float((ym.argmax(0) == expect.argmax(0)).float().mean())
+
+    diff, same = check()
+    assert same == 1.0 and diff < 1e-3, (diff, same)
+    set_lr_symmetry(p.network, None, None)
+    p.list_of_parameters = [{k: v for k, v in p.list_of_parameters[0].items() if "wmhloc_lr" not in k}]
+    diff, same = check()
+    assert diff > 0.05 and same < 1.0, (diff, same)
