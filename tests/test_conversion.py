@@ -117,6 +117,13 @@ def test_nnunet_accepts_datasets(preprocessed_2d):
         assert (pre / ds / "nnUNetPlans.json").exists()
         assert len(list((pre / ds / "nnUNetPlans_2d").glob("*.b2nd"))) >= 12
     assert "ignore" in json.loads((pre / "Dataset601_WMHLesion" / "dataset.json").read_text())["labels"]
+    # both read through the reorienting reader (the plans carry it to training and nnUNetv2_predict); the region
+    # dataset keeps its left/right pairs, which the integrity check and planning tolerate
+    for ds in ("Dataset601_WMHLesion", "Dataset602_WMHRegion"):
+        assert json.loads((pre / ds / "nnUNetPlans.json").read_text())["image_reader_writer"] == \
+            "SimpleITKIOWithReorient"
+    pairs = json.loads((pre / "Dataset602_WMHRegion" / "dataset.json").read_text())["wmhloc_lr_pairs"]
+    assert pairs[0] == [1, 18] and pairs[16] == [17, 34] and pairs[17] == [35, 36] and len(pairs) == 18
 
 
 def test_paper_split_swaps(synth_release, tmp_path):

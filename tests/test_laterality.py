@@ -129,3 +129,51 @@ def test_pipeline_keeps_left_labels_on_the_left(pairs):
         assert (s[1] == 1).any() and (s[1] == 2).any()
     assert 5 < mirrored < 35
     assert left_on_right == (0 if pairs else mirrored)
+
+
+def _plans(preprocessed, dataset):
+    import json
+    from pathlib import Path
+
+    pre = Path(preprocessed["env"]["nnUNet_preprocessed"]) / dataset
+    return json.loads((pre / "nnUNetPlans.json").read_text()), json.loads((pre / "dataset.json").read_text())
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_trainers_find_the_pairs_and_the_left_right_axis(preprocessed_2d, configuration, monkeypatch, tmp_path):
+    """On the converted synthetic datasets: the region trainers (U-Net and an architecture variant) swap along
+    the left-right axis, cap rotation, leave that axis out of test-time mirroring and switch the network's
+    symmetry on; the lesion trainer is nnU-Net's usual."""
+    from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+
+    from nnunet_wmhloc.training.arch_trainers import nnUNetTrainerWMHLoc_MultiResUNet
+    from nnunet_wmhloc.training.trainers import nnUNetTrainerWMHLoc
+
+    monkeypatch.setenv("nnUNet_compile", "0")
+    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(k, preprocessed_2d["env"][k])
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))  # trainers make their output folders
+    for dataset in ("Dataset602_WMHRegion", "Dataset601_WMHLesion"):
+        plans, dj = _plans(preprocessed_2d, dataset)
+        for cls in (nnUNetTrainerWMHLoc, nnUNetTrainerWMHLoc_MultiResUNet):
+            tr = cls(dict(plans, continue_training=False), configuration, 0, dj, device=torch.device("cpu"))
+            if configuration == "2d":  # the fixture preprocessed 2d only, which initialize() wants
+                tr.initialize()
+            rot, dummy, _, mirror = tr.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+            t = tr.get_training_transforms(tr.configuration_manager.patch_size, rot, None, mirror, dummy,
+                                           foreground_labels=tr.label_manager.foreground_labels)
+            mirrors = [x for x in t.transforms if isinstance(x, MirrorTransform)]
+            assert len(mirrors) == 1 and mirrors[0].allowed_axes == mirror
+            if dataset.endswith("Region"):
+                axis = list(tr.plans_manager.transpose_forward).index(2) - (configuration == "2d")
+                assert tr.laterality() == (axis, REGION_PAIRS)
+                assert isinstance(mirrors[0], LRSwapMirrorTransform) and mirrors[0].lr_axis == axis
+                assert axis not in tr.inference_allowed_mirroring_axes and axis in mirror
+                assert max(abs(float(r)) for r in np.atleast_1d(rot)) <= np.deg2rad(30) + 1e-9
+                if configuration == "2d":
+                    assert lr_symmetry(tr.network) == (axis, swap_permutation(REGION_PAIRS, 37))
+            else:
+                assert tr.laterality() == (None, None) and not isinstance(mirrors[0], LRSwapMirrorTransform)
+                assert tr.inference_allowed_mirroring_axes == mirror
+                if configuration == "2d":
+                    assert lr_symmetry(tr.network)[0] is None

@@ -346,6 +346,10 @@ def _write(rep: _Report, output: Path, *, title, images, settings, stages, comma
             rep.table_csv(comp / "table.csv", f"{task}_table.csv", rows=list(wide.values()),
                           columns=["setting", "n"] + metrics)
             rep.p("mean ± SD over the test subjects scored in every setting", "note")
+            if task == "region":
+                rep.p("wrong_hemisphere: share of the voxels that prediction and reference both assign to a region "
+                      "where the two lie in different hemispheres (0 is right; a model blind to left and right "
+                      "scores about 0.5)", "note")
             if (comp / "wilcoxon.csv").is_file():
                 w = [r for r in _read_csv(comp / "wilcoxon.csv") if r["metric"] in metrics]
                 rep.p("paired Wilcoxon signed-rank tests (Holm-corrected per metric):")
