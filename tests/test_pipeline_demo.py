@@ -112,10 +112,12 @@ def test_demo_report_and_outputs(demo):
     fused = json.loads((out / "evaluation" / "lesion_fused" / "summary.json").read_text())
     dice = fused["summary"]["all"]["dice"]["mean"]
     assert dice is not None and dice > 0.1, f"the tiny lesion model learned nothing (Dice {dice})"
-    # the region model learned something too (0.2 measured; an untrained 37-class model scores ~0.01)
-    region = json.loads((out / "evaluation" / "region_fused" / "summary.json").read_text())
-    rdice = region["summary"]["all"]["mean_dice_wm"]["mean"]
-    assert rdice is not None and rdice > 0.08, f"the tiny region model learned nothing (Dice {rdice})"
+    # the region model learned the regions (0.49 measured; an untrained 37-class model scores ~0.01) and tells
+    # left from right (1% of the voxels in the wrong hemisphere measured; 53% before it knew laterality)
+    region = json.loads((out / "evaluation" / "region_fused" / "summary.json").read_text())["summary"]["all"]
+    rdice, wrong = region["mean_dice_wm"]["mean"], region["wrong_hemisphere"]["mean"]
+    assert rdice is not None and rdice >= 0.35, f"region Dice {rdice}"
+    assert wrong is not None and wrong < 0.05, f"{wrong:.1%} of the region voxels in the wrong hemisphere"
     # the region map of the subject without one is predicted but not scored
     assert "wmh173" in json.loads((out / "stages" / "evaluate.done").read_text())["summary"]["region"]["unscored_subjects"]
 
@@ -183,8 +185,8 @@ def test_corrupted_image_stops_at_convert(demo, tmp_path):
 
 
 def _model(demo, task):
-    ds = "Dataset601_WMHLesion" if task == "lesion" else "Dataset602_WMHRegion"
-    return next((demo["out"] / "nnunet" / "nnUNet_results" / ds).glob("*__nnUNetPlans__2d"))
+    """The model folder the demo's training stage wrote (its done-marker says which)."""
+    return Path(json.loads((demo["out"] / "stages" / f"train_{task}.done").read_text())["summary"]["model"])
 
 
 def _new_cohort(tmp_path) -> Path:
@@ -441,8 +443,10 @@ def test_region_model_test_time_mirroring_is_symmetric(demo, monkeypatch):
         return float((ym - expect).abs().max()), float((ym.argmax(0) == expect.argmax(0)).float().mean())
 
     diff, same = check()
-    assert same == 1.0 and diff < 1e-3, (diff, same)
+    print("symmetric", diff, same)
+    assert same == 1.0 and diff < 0.05, (diff, same)  # logits are summed in float16 by nnU-Net
     set_lr_symmetry(p.network, None, None)
     p.list_of_parameters = [{k: v for k, v in p.list_of_parameters[0].items() if "wmhloc_lr" not in k}]
     diff, same = check()
-    assert diff > 0.05 and same < 1.0, (diff, same)
+    print("plain", diff, same)
+    assert diff > 1.0 and same < 1.0, (diff, same)

@@ -29,8 +29,8 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 
-from nnunet_wmhloc.training.laterality import (lr_pairs, lr_patch_axis, make_lr_symmetric, rotation_capped,
-                                               set_lr_symmetry)
+from nnunet_wmhloc.training.laterality import (MAX_ROTATION_DEG, lr_pairs, lr_patch_axis, make_lr_symmetric,
+                                               rotation_capped, set_lr_symmetry)
 from nnunet_wmhloc.training.loss import DC_CE_SR_loss, SkeletonRecallLoss
 from nnunet_wmhloc.training.transforms import training_transforms, validation_transforms
 
@@ -48,6 +48,7 @@ class nnUNetTrainerWMHLocCEDC(nnUNetTrainer):
     multiplicative noise) on top of nnU-Net's default augmentation."""
 
     skeleton_channel = False  # nnUNetTrainerWMHLoc: the SR target travels as an extra segmentation channel
+    lr_max_rotation_deg = MAX_ROTATION_DEG  # datasets with left/right pairs: rotations turning the LR axis
 
     def laterality(self) -> tuple[int | None, list | None]:
         """(left-right axis of the patch, label pairs) when the dataset declares left/right pairs and the
@@ -71,7 +72,7 @@ class nnUNetTrainerWMHLocCEDC(nnUNetTrainer):
         patch = self.configuration_manager.patch_size
         dim = len(patch)
         if not (dummy_2d and axis == 0):  # rotations turn the left-right axis: keep left on the left
-            rotation = rotation_capped(rotation)
+            rotation = rotation_capped(rotation, self.lr_max_rotation_deg)
             initial_patch_size = get_patch_size(patch[-dim:], rotation, rotation, rotation, (0.85, 1.25))
             if dummy_2d:
                 initial_patch_size[0] = patch[0]
