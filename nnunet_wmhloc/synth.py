@@ -4,9 +4,10 @@
     <out>/test/{Utrecht,Singapore,Amsterdam/{GE3T,GE1T5,Philips_VU .PETMR_01.}}/<id>/...
     <out>/region_labels/{Train,Test}/WMH_<id>.nii.gz   (like the authors' release; one test subject has none)
 
-Each site has its own matrix size, spacing and orientation. Heads are not skull-stripped (T1 and FLAIR show a
-skull), lesions look like WMH (periventricular caps and bands, deep punctate lesions, inside WM; bright on FLAIR,
-dark on T1) and some subjects carry label 2 ("other pathology", an infarct-like blob). Region maps split the WM
+Each site has its own matrix size, spacing and storage orientation; the heads are built in physical (LPS)
+coordinates, so every site shows the same anatomy, and left regions (1-17, 35) lie on the patient's left.
+Heads are not skull-stripped (T1 and FLAIR show a skull), lesions look like WMH (periventricular caps and bands,
+deep punctate lesions, inside WM; bright on FLAIR, dark on T1) and some subjects carry label 2 ("other pathology", an infarct-like blob). Region maps split the WM
 into the 34 regions (17 per hemisphere: 11 superficial sectors, 6 deep ones) plus 35/36 in the lower brain.
 Deterministic by --seed and small enough that nnU-Net trains and predicts on a CPU in minutes.
 """
