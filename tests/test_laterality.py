@@ -177,3 +177,25 @@ def test_trainers_find_the_pairs_and_the_left_right_axis(preprocessed_2d, config
                 assert tr.inference_allowed_mirroring_axes == mirror
                 if configuration == "2d":
                     assert lr_symmetry(tr.network)[0] is None
+
+
+def test_synthetic_left_regions_lie_on_the_patients_left(synth_release):
+    """Whatever a site's storage orientation, the left labels (1-17, 35) lie at physical x > 0 (ITK's LPS: the
+    patient's left), the right ones at x < 0, and each left region lies left of its partner."""
+    import SimpleITK as sitk
+
+    def centre_x(img, mask):
+        idx = np.argwhere(mask)[:, ::-1].astype(float)  # (x, y, z) indices
+        return img.TransformContinuousIndexToPhysicalPoint(idx.mean(0).tolist())[0]
+
+    directions = set()
+    for p in sorted((synth_release / "region_labels").rglob("WMH_*.nii.gz")):
+        img = sitk.ReadImage(str(p))
+        directions.add(img.GetDirection())
+        a = sitk.GetArrayFromImage(img)
+        left, right = [l for l, _ in REGION_PAIRS], [r for _, r in REGION_PAIRS]
+        assert centre_x(img, np.isin(a, left)) > 5 and centre_x(img, np.isin(a, right)) < -5, p.name
+        for l, r in REGION_PAIRS:
+            if (a == l).any() and (a == r).any():
+                assert centre_x(img, a == l) > centre_x(img, a == r), (p.name, l, r)
+    assert len(directions) >= 2  # the sites are stored differently
