@@ -65,12 +65,12 @@ def _coords(size, spacing, direction, rng):
     a = np.meshgrid(x, y, z, indexing="ij")  # along the array's own axes (i, j, k), mm
     d = np.array(direction, dtype=float).reshape(3, 3)
     phys = [sum(d[r, c] * a[c] for c in range(3)).transpose(2, 1, 0) for r in range(3)]  # -> (z, y, x) arrays
-    return phys[2], phys[1], phys[0]
+    return phys[2], phys[1], phys[0], tuple(v.transpose(2, 1, 0) for v in a[::-1])
 
 
 def _phantom(size, spacing, direction, rng):
     """Tissue classes (0 air, 1 skull/scalp, 2 CSF, 3 GM, 4 WM, 5 ventricle) and the WM region map."""
-    Z, Y, X = _coords(size, spacing, direction, rng)
+    Z, Y, X, array_zyx = _coords(size, spacing, direction, rng)
     scale = rng.uniform(0.9, 1.05)
     # head radii in mm (x: right-left, y: anterior-posterior, z: inferior-superior)
     hx, hy, hz = 78 * scale, 94 * scale, 26 * scale * size[2] * spacing[2] / 48.0
@@ -109,12 +109,12 @@ def _phantom(size, spacing, direction, rng):
     lower = (Z < -0.5 * hz) & (np.abs(X) < 25) & (np.abs(Y) < 40)  # brainstem-ish: the "rest" labels 35/36
     reg = np.where(lower, np.where(left, 35, 36), reg)
     regions = np.where(wm, reg, 0).astype(np.uint8)
-    return cls, regions, (Z, Y, X, hz, vent)
+    return cls, regions, (Z, Y, X, hz, vent, array_zyx)
 
 
 def _lesions(cls, geo, spacing, rng, load):
     """WMH-like lesions inside WM: periventricular caps/bands and deep punctate lesions."""
-    Z, Y, X, hz, vent = geo
+    Z, Y, X, hz, vent, _ = geo
     wm = cls == 4
     dist_vent = ndimage.distance_transform_edt(~vent, sampling=spacing[::-1])
     les = np.zeros(cls.shape, bool)
@@ -162,8 +162,9 @@ def _subject(site: Site, rng) -> dict:
     out = {}
     for name, img in (("FLAIR", flair), ("T1", t1)):
         img = ndimage.gaussian_filter(img, (0.4, 0.7, 0.7))
-        # smooth multiplicative bias field and Rician-like noise, different per modality
-        Z, Y, X = geo[:3]
+        # smooth multiplicative bias field (the scanner's: along the array's axes) and Rician-like noise,
+        # different per modality
+        Z, Y, X = geo[5]
         a = rng.normal(0, 0.004, 3)
         bias = np.exp(a[0] * X + a[1] * Y + a[2] * Z)
         img = img * bias
