@@ -440,13 +440,15 @@ def test_region_model_test_time_mirroring_is_symmetric(demo, monkeypatch):
         y = p.predict_logits_from_preprocessed_data(x)
         ym = p.predict_logits_from_preprocessed_data(torch.flip(x, (d,)))
         expect = torch.flip(y, (d,))[perm]
-        return float((ym - expect).abs().max()), float((ym.argmax(0) == expect.argmax(0)).float().mean())
+        # nnU-Net sums the tiles' logits in float16: equal up to a rounding step at the logits' magnitude
+        diff = float((ym - expect).abs().max()) / float(expect.abs().max())
+        return diff, float((ym.argmax(0) == expect.argmax(0)).float().mean())
 
     diff, same = check()
     print("symmetric", diff, same)
-    assert same == 1.0 and diff < 0.05, (diff, same)  # logits are summed in float16 by nnU-Net
+    assert same == 1.0 and diff < 2 ** -8, (diff, same)
     set_lr_symmetry(p.network, None, None)
     p.list_of_parameters = [{k: v for k, v in p.list_of_parameters[0].items() if "wmhloc_lr" not in k}]
     diff, same = check()
     print("plain", diff, same)
-    assert diff > 1.0 and same < 1.0, (diff, same)
+    assert diff > 0.05 and same < 1.0, (diff, same)
