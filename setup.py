@@ -32,6 +32,8 @@ CONSOLE_SCRIPTS = {
     "wmhloc_predict": "nnunet_wmhloc.pipeline.predict:main",
 }
 
+DASK = ["dask==2026.8.0", "distributed==2026.8.0"]
+
 setup(
     name="nnunet_wmhloc",
     version="0.1.0",
@@ -58,7 +60,9 @@ setup(
         "tqdm",
         "monai>=1.5",  # UNETR and MedNeXt (MedNeXt since 1.5)
     ],
+    # Dask for --scheduler (cohorts on a cluster); dask and distributed are released together and must match.
+    # The tests start a real scheduler and workers, so the test extra has them too.
     # nilearn ships the ICBM152 2009a T1 with its WM/GM probability maps: real ground truth for the WM estimate
-    extras_require={"test": ["pytest", "nilearn"]},
+    extras_require={"dask": DASK, "test": ["pytest", "nilearn", *DASK]},
     entry_points={"console_scripts": [f"{k}={v}" for k, v in CONSOLE_SCRIPTS.items()]},
 )

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_wmhloc import cli, io
+from nnunet_wmhloc import cli, io, parallel
 from nnunet_wmhloc.atlas import _atlas, _register, _subject
 from nnunet_wmhloc.io import WMHLocError
 
@@ -244,7 +244,8 @@ def write_outcome(o: Outcome, output: Path, overwrite: bool, extra: dict[str, si
     replace = check_outputs(output, overwrite, tuple(output.with_name(n) for n in extra))
     sc = sidecars(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    # named as a task's staging folder, so a cohort run sweeps what a killed worker left
+    tmp = Path(tempfile.mkdtemp(prefix=f"{parallel.STAGING_PREFIX}{output.name}-", dir=output.parent))
     try:
         io.write_json(o.quality, tmp / sc["json"].name)
         sitk.WriteTransform(o.transform, str(tmp / sc["tfm"].name))
@@ -316,14 +317,19 @@ _ATLAS_CACHE: dict = {}
 
 
 def _worker(job: dict) -> dict:
+    """One subject of a cohort (a local process or a Dask worker): its outputs are made in a private staging
+    folder and moved into place together, label map last, so a task killed midway leaves nothing behind
+    (its staging folder is swept when the cohort ends) and a retry starts clean."""
     atlas = _ATLAS_CACHE.get(job["atlas_dir"])
     if atlas is None:
         atlas = _ATLAS_CACHE[job["atlas_dir"]] = _atlas.load_atlas(job["atlas_dir"])
-    row = {"subject": job["subject"], "status": "failed", "reason": "", "output": "", "t1": str(job["t1"])}
+    row = {"subject": job["subject"], "status": "failed", "reason": "", "output": "", "t1": str(job["t1"]),
+           "worker": parallel.worker_name()}
     try:
         o = label_subject(job["t1"], atlas, flair_path=job["flair"], wm_path=job["wm_mask"],
                           deformable=job["deformable"], skull_stripped=job["skull_stripped"])
-        write_outcome(o, Path(job["output"]), job["overwrite"])
+        o.quality.update(parallel.record_stamp())
+        write_outcome(o, Path(job["output"]), job["overwrite"])  # one unit; a killed task's staging is swept
         row.update(status="ok", output=job["output"], wm_ml=o.quality["wm_ml"],
                    wm_dice=o.quality["wm_dice_atlas_vs_subject"], wm_labelled=o.quality["subject_wm_labelled"],
                    seconds=o.quality["seconds"], wm_brain_ratio=o.quality["wm_brain_ratio"],
@@ -335,12 +341,25 @@ def _worker(job: dict) -> dict:
     return row
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int | None) -> None:
+    """ITK threads per task: `threads`, or on a Dask worker the machine's cores shared by the worker's task
+    slots. ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS, when set, wins (ITK reads it at start-up)."""
+    if os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+        return
+    if threads is None:
+        from distributed import get_worker
+
+        threads = max(1, (os.cpu_count() or 1) // max(1, get_worker().state.nthreads))
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
 def run_cohort(args) -> int:
     subjects = discover(Path(args.input))
+    with parallel.session(args.scheduler) as client:  # connected (or refused) before anything is written
+        return _run_cohort(args, subjects, client)
+
+
+def _run_cohort(args, subjects: list[dict], client) -> int:
     out_dir = Path(args.output)
     # the folder is filled subject by subject: it may sit in the cohort folder, never hold its images
     io.check_not_input(out_dir, [args.input if Path(args.input).is_file() else None]
@@ -356,23 +375,16 @@ def run_cohort(args) -> int:
     for j in jobs:
         check_outputs(Path(j["output"]), args.overwrite)
     workers = max(1, min(args.workers, len(jobs)))
-    rows = []
-    if workers == 1:
-        for j in cli.progress(jobs, desc="region labels"):
-            rows.append(_worker(j))
+    if client is not None:
+        rows = parallel.map_tasks(_worker, jobs, desc="region labels", client=client, initializer=_init_worker,
+                                  initargs=(None,))
     else:
-        import concurrent.futures as cf
-        import multiprocessing as mp
         threads = max(1, (os.cpu_count() or 1) // workers)
-        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                    initargs=(threads,)) as ex:
-            futs = [ex.submit(_worker, j) for j in jobs]
-            for f in cli.progress(cf.as_completed(futs), desc="region labels", total=len(futs)):
-                rows.append(f.result())
-    order = {j["subject"]: i for i, j in enumerate(jobs)}
-    rows.sort(key=lambda r: order[r["subject"]])
+        rows = parallel.map_tasks(_worker, jobs, desc="region labels", workers=workers,
+                                  initializer=_init_worker if workers > 1 else None, initargs=(threads,))
+    parallel.sweep(out_dir)
     cols = ["subject", "status", "reason", "t1", "output", "wm_ml", "wm_brain_ratio", "wm_dice", "wm_labelled",
-            "seconds", "warning"]
+            "seconds", "warning", "worker"]
     io.write_csv(rows, out_dir / SUMMARY, columns=cols, overwrite=True)
     failed = [r for r in rows if r["status"] != "ok"]
     print(f"{out_dir}: {len(rows) - len(failed)}/{len(rows)} subjects labelled; summary in {SUMMARY}",
@@ -393,7 +405,8 @@ def _main(argv=None) -> int:
                    "the built-in WM estimate")
     c = p.add_argument_group("a cohort")
     c.add_argument("--input", help="cohort folder or CSV (columns subject,t1[,flair,wm_mask])")
-    c.add_argument("--workers", type=cli.positive_int, default=1, help="subjects processed in parallel")
+    c.add_argument("--workers", type=cli.positive_int, default=1, help="subjects processed in parallel (local processes)")
+    parallel.add_argument(c)
     p.add_argument("--atlas-dir", required=True, help="folder written by wmhloc_build_atlas (or the raw Eve folder)")
     p.add_argument("-o", "--output", required=True, help="label map .nii.gz (one subject) or output folder (cohort)")
     p.add_argument("--deformable", action="store_true", help="add a coarse B-spline refinement after the affine")
@@ -405,6 +418,10 @@ def _main(argv=None) -> int:
     a = p.parse_args(argv)
     if (a.t1 is None) == (a.input is None):
         raise WMHLocError("give either --t1 (one subject) or --input (a cohort)")
+    if a.scheduler and a.input is None:
+        raise WMHLocError("--scheduler is for a cohort (--input)")
+    if a.scheduler:
+        parallel.require()  # before anything is written
     if a.input is not None:
         if a.flair or a.wm_mask:
             raise WMHLocError("--flair/--wm-mask are for one subject; give them as CSV columns for a cohort")

@@ -17,7 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from nnunet_wmhloc import cli
+from nnunet_wmhloc import cli, parallel
 from nnunet_wmhloc.io import WMHLocError, is_number, read_json
 from nnunet_wmhloc.pipeline import common
 from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext, clear_dir
@@ -97,6 +97,7 @@ def build_parser():
                    help="rigidly register T1s that are not on the FLAIR grid (wmhloc_convert_cohort)")
     p.add_argument("--atlas", help="refined 36-label atlas for the cluster atlas maps")
     p.add_argument("--k-max", type=cli.positive_int, default=8, help="largest number of groups tried by the clustering")
+    parallel.add_argument(p)
     p.add_argument("--force", choices=STAGES, help="redo this stage and every stage after it")
     p.add_argument("--quiet", action="store_true", help="only errors on the terminal")
     return p
@@ -154,7 +155,7 @@ class PredictPlan:
             models[task] = (["nnUNetv2_predict_from_modelfolder", "-m", folder, "-f", *self.folds[task],
                              "--save_probabilities", "-device", self.a.device, "-npp", self.processes,
                              "-nps", self.processes] + (["--disable_tta"] if self.a.disable_tta else []))
-        return common.predict_models(ctx, self.images, self.output, models)
+        return common.predict_models(ctx, self.images, self.output, models, scheduler=self.a.scheduler)
 
     def references(self) -> dict:
         out = {}
@@ -192,6 +193,8 @@ class PredictPlan:
 
 def _main(argv=None) -> int:
     a = build_parser().parse_args(argv)
+    if a.scheduler:
+        parallel.require()
     command = "wmhloc_predict " + shlex.join(sys.argv[1:] if argv is None else [str(x) for x in argv])
     plan = PredictPlan(a, command)
     plan.output.mkdir(parents=True, exist_ok=True)

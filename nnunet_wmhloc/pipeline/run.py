@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from nnunet_wmhloc import cli
+from nnunet_wmhloc import cli, parallel
 from nnunet_wmhloc.io import WMHLocError, check_output, is_number
 from nnunet_wmhloc.pipeline import common
 from nnunet_wmhloc.pipeline.budget import BASES, budget_name, parse_budget
@@ -90,6 +90,7 @@ def build_parser():
     a.add_argument("--atlas", help="refined 36-label atlas (36_labels_merged.nii.gz) for the cluster atlas maps")
     a.add_argument("--k-max", type=cli.positive_int, default=8, help="largest number of groups tried by the clustering")
     p.add_argument("--force", choices=STAGES, help="redo this stage and every stage after it")
+    parallel.add_argument(p)
     p.add_argument("--quiet", action="store_true", help="only errors on the terminal (logs are complete anyway)")
     return p
 
@@ -252,7 +253,7 @@ class RunPlan:
                              "-tr", self.trainers[task], "--save_probabilities", "-device", self.device,
                              "-npp", self.processes, "-nps", self.processes]
                             + ([] if self.tta else ["--disable_tta"]))
-        return common.predict_models(ctx, images, self.output, models)
+        return common.predict_models(ctx, images, self.output, models, scheduler=self.a.scheduler)
 
     def references(self) -> dict:
         out = {}
@@ -299,6 +300,8 @@ class RunPlan:
 
 def _main(argv=None) -> int:
     a = build_parser().parse_args(argv)
+    if a.scheduler:
+        parallel.require()
     plan = RunPlan(a)
     plan.command = "wmhloc_run " + shlex.join(sys.argv[1:] if argv is None else [str(x) for x in argv])
     plan.output.mkdir(parents=True, exist_ok=True)
