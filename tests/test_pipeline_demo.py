@@ -452,3 +452,45 @@ def test_region_model_test_time_mirroring_is_symmetric(demo, monkeypatch):
     diff, same = check()
     print("plain", diff, same)
     assert diff > 0.05 and same < 1.0, (diff, same)
+
+
+def test_predict_on_dask_cluster_equals_local(demo, tmp_path):
+    """wmhloc_predict --scheduler: a real `dask scheduler` and two `dask worker` processes on 127.0.0.1; each
+    subject's cases go through each model as one task (nnU-Net as a subprocess of the worker). Label maps equal
+    the local run's, and both workers did work (from the per-subject records)."""
+    import SimpleITK as sitk
+    from dask_cluster import THREADS_ENV, dask_cluster
+
+    lines = _new_cohort(tmp_path).read_text().splitlines()
+    cohort = tmp_path / "cohort2.csv"
+    cohort.write_text("\n".join(lines[:3]) + "\n")  # two subjects: 4 tasks for 2 workers
+    args = [cohort, "--lesion-model", _model(demo, "lesion"), "--region-model", _model(demo, "region"),
+            "--device", "cpu", "--disable-tta"]
+    env = {**os.environ, **THREADS_ENV}
+    local = _run([_script("wmhloc_predict"), *args, "-o", tmp_path / "local"], timeout=900, env=env)
+    assert local.returncode == 0, f"{local.stdout[-2000:]}\n{local.stderr[-2000:]}"
+    with dask_cluster(tmp_path / "dask") as cl:
+        p = _run([_script("wmhloc_predict"), *args, "-o", tmp_path / "dask_out", "--scheduler", cl.address],
+                 timeout=900, env=env)
+        addresses = cl.addresses
+    assert p.returncode == 0, f"{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
+    workers = set()
+    for task in ("lesion", "region"):
+        for sub in ("predictions", "segmentations"):
+            ref = sorted((tmp_path / "local" / sub / task).glob("*.nii.gz"))
+            got = sorted((tmp_path / "dask_out" / sub / task).glob("*.nii.gz"))
+            assert [x.name for x in got] == [x.name for x in ref] and len(ref) == (4 if sub == "predictions" else 2)
+            for a, b in zip(ref, got):
+                assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(a))),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(b)))), b
+        assert len(list((tmp_path / "dask_out" / "predictions" / task).glob("*.npz"))) == 4
+        for s in ("new0", "new1"):
+            rec = json.loads((tmp_path / "dask_out" / "predictions" / "records" / task / f"{s}.json").read_text())
+            assert rec["status"] == "ok" and rec["worker"] in addresses and rec["software"] and rec["time"]
+            assert rec["cases"] == [f"{s}_flair_0000.nii.gz", f"{s}_t1_0000.nii.gz"]
+            workers.add(rec["worker"])
+    assert workers == set(addresses)
+    assert not [q for q in (tmp_path / "dask_out" / "predictions").rglob(".*")]
+    # the loads downstream are the same
+    assert _csv(tmp_path / "dask_out" / "localize" / "regional_loads.csv") == \
+        _csv(tmp_path / "local" / "localize" / "regional_loads.csv")

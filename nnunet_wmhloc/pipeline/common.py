@@ -103,18 +103,6 @@ def predict_models(ctx: StageContext, images: Path, output: Path, models: dict[s
     return {"cases": len(cases), "predicted": out}
 
 
-def _die_with_parent() -> None:
-    """In the nnU-Net child of a Dask task: die when the worker dies (Linux), so a killed worker leaves no
-    orphan predicting into a staging folder that is being swept."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def predict_shard(job: dict) -> dict:
     """One subject's cases through one model, as a Dask task: nnU-Net runs as a subprocess (so the daemonic
     Dask worker may start it, and nnU-Net may start its own processes), into a staging folder; the results
@@ -127,7 +115,7 @@ def predict_shard(job: dict) -> dict:
 
     dst, subject, task = Path(job["dst"]), job["subject"], job["task"]
     cmd = [str(c) for c in job["cmd"]]
-    env = {**os.environ, **job["env"]}
+    env = {**os.environ, **job["env"], "WMHLOC_PARENT_PID": str(os.getpid())}  # launch: die with the worker
     t = time.time()
     with parallel.staging(dst, f"{task}-{subject}") as tmp:
         inp, out = tmp / "in", tmp / "out"
@@ -138,7 +126,7 @@ def predict_shard(job: dict) -> dict:
         with open(log, "w", encoding="utf-8") as f:
             p = subprocess.run([sys.executable, "-m", "nnunet_wmhloc.pipeline.launch", cmd[0], "-i", str(inp),
                                 "-o", str(out), *cmd[1:]], env=env, stdout=f, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                               stdin=subprocess.DEVNULL)
         logs = Path(job["logs"])
         logs.mkdir(parents=True, exist_ok=True)
         parallel.publish([log], logs)

@@ -24,8 +24,23 @@ def _entry_point(name: str):
     return eps[0].load()
 
 
+def _die_with(parent: int) -> None:
+    """Die when process `parent` does (Linux): a Dask task's nnU-Net must not outlive its killed worker."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("WMHLOC_PARENT_PID"):
+        _die_with(int(os.environ.pop("WMHLOC_PARENT_PID")))
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
