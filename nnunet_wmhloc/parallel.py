@@ -44,14 +44,16 @@ def require():
     return distributed
 
 
-def connect(address: str, timeout: float = 10.0):
-    """A Client of the scheduler at `address` (tcp://host:port, host:port, or a scheduler file)."""
+def connect(address: str, timeout: float | None = None):
+    """A Client of the scheduler at `address` (tcp://host:port, host:port, or a scheduler file); waits up to
+    `timeout` s, by default Dask's distributed.comm.timeouts.connect (30 s)."""
     distributed = require()
+    kw = {} if timeout is None else {"timeout": timeout}
     try:
         if Path(address).is_file():
-            client = distributed.Client(scheduler_file=address, timeout=timeout)
+            client = distributed.Client(scheduler_file=address, **kw)
         else:
-            client = distributed.Client(address, timeout=timeout)
+            client = distributed.Client(address, **kw)
     except (OSError, TimeoutError, ValueError) as e:
         raise WMHLocError(f"--scheduler {address}: no Dask scheduler reachable "
                           f"({type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ''})") from None

@@ -156,6 +156,6 @@ def test_without_dask_scheduler_says_what_to_install(cohort, no_dask_env, tmp_pa
         assert not (tmp_path / args[args.index("-o") + 1]).exists()
     # an address where no scheduler listens: one line, nothing written
     r = run("wmhloc_region_labels", "--input", cohort["input"], "--atlas-dir", cohort["atlas"], "-o", out,
-            "--scheduler", "tcp://127.0.0.1:9")
+            "--scheduler", "tcp://127.0.0.1:9", env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"})
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "tcp://127.0.0.1:9: no Dask scheduler reachable" in r.stderr
