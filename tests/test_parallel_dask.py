@@ -84,14 +84,21 @@ def _no_partial_files(folder: Path) -> list[str]:
 
 
 def test_region_labels_on_dask_equal_local_and_use_both_workers(cohort, local_labels, tmp_path):
+    """The cohort as a CSV with one more subject whose T1 does not exist: it is named with its reason, the
+    exit code is 1, and every other subject is done."""
+    csv_path = tmp_path / "cohort.csv"
+    csv_path.write_text("subject,t1\n" + "".join(f"{s},{cohort['input'] / s / 'T1.nii.gz'}\n" for s in cohort["ids"])
+                        + f"ghost,{tmp_path / 'nope.nii.gz'}\n")
     out = tmp_path / "labels"
     with dask_cluster(tmp_path / "dask") as cl:
         # the scheduler given by its file, as `dask scheduler --scheduler-file` writes it
-        r = run("wmhloc_region_labels", "--input", cohort["input"], "--atlas-dir", cohort["atlas"], "-o", out,
+        r = run("wmhloc_region_labels", "--input", csv_path, "--atlas-dir", cohort["atlas"], "-o", out,
                 "--scheduler", cl.scheduler_file)
         addresses = cl.addresses
-    assert r.returncode == 0, r.stderr
-    assert f"{N_SUBJECTS}/{N_SUBJECTS} subjects labelled" in r.stderr
+    assert r.returncode == 1, r.stderr
+    assert f"{N_SUBJECTS}/{N_SUBJECTS + 1} subjects labelled" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope.nii.gz'}: T1 not found"
+    assert not any(out.glob("ghost*"))
     workers = set()
     for s in cohort["ids"]:
         a, b = _labels(out / f"{s}.nii.gz"), _labels(local_labels / f"{s}.nii.gz")
