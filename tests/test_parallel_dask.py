@@ -18,7 +18,7 @@ from dask_cluster import THREADS_ENV, dask_cluster
 
 from nnunet_wmhloc.atlas import _atlas, _synthetic
 
-N_SUBJECTS = 4
+N_SUBJECTS = 3
 # a sitecustomize that makes `import dask` / `import distributed` fail, as in an install without [dask]
 NO_DASK = '''import sys
 class _NoDask:
@@ -52,7 +52,7 @@ def no_dask_env(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def cohort(shared_data, tmp_path_factory) -> dict:
-    """Four challenge-like subjects made from Eve by random affines (<id>/T1.nii.gz), and the Eve folder as
+    """Three challenge-like subjects made from Eve by random affines (<id>/T1.nii.gz), and the Eve folder as
     the atlas."""
     atlas_dir = shared_data / "eve_atlas"
     atlas = _atlas.load_atlas(atlas_dir)

@@ -204,12 +204,22 @@ def _new_cohort(tmp_path) -> Path:
     return tmp_path / "cohort.csv"
 
 
-def test_predict_new_cohort(demo, tmp_path):
-    cohort = _new_cohort(tmp_path)
-    out = tmp_path / "pred"
-    p = _run([_script("wmhloc_predict"), cohort, "-o", out, "--lesion-model", _model(demo, "lesion"),
-              "--region-model", _model(demo, "region"), "--device", "cpu", "--disable-tta"], timeout=900)
+PREDICT_ARGS = ["--device", "cpu", "--disable-tta"]
+
+
+@pytest.fixture(scope="module")
+def predicted(demo, tmp_path_factory) -> Path:
+    """wmhloc_predict with the demo's models on _new_cohort, in local processes: its output folder."""
+    tmp = tmp_path_factory.mktemp("predict_new")
+    out = tmp / "pred"
+    p = _run([_script("wmhloc_predict"), _new_cohort(tmp), "-o", out, "--lesion-model", _model(demo, "lesion"),
+              "--region-model", _model(demo, "region"), *PREDICT_ARGS], timeout=900)
     assert p.returncode == 0, f"{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
+    return out
+
+
+def test_predict_new_cohort(predicted):
+    out = predicted
     subjects = [f"new{i}" for i in range(4)]
     for task in ("lesion", "region"):
         assert sorted(x.name for x in (out / "segmentations" / task).glob("*.nii.gz")) == \
@@ -454,43 +464,44 @@ def test_region_model_test_time_mirroring_is_symmetric(demo, monkeypatch):
     assert diff > 0.05 and same < 1.0, (diff, same)
 
 
-def test_predict_on_dask_cluster_equals_local(demo, tmp_path):
+def test_predict_on_dask_cluster_equals_local(demo, predicted, tmp_path):
     """wmhloc_predict --scheduler: a real `dask scheduler` and two `dask worker` processes on 127.0.0.1; each
     subject's cases go through each model as one task (nnU-Net as a subprocess of the worker). Label maps equal
-    the local run's, and both workers did work (from the per-subject records)."""
+    the local run's (`predicted`; each case is predicted on its own, so two of its subjects suffice), and both
+    workers did work (from the per-subject records)."""
     import SimpleITK as sitk
-    from dask_cluster import THREADS_ENV, dask_cluster
+    from dask_cluster import dask_cluster
 
     lines = _new_cohort(tmp_path).read_text().splitlines()
     cohort = tmp_path / "cohort2.csv"
-    cohort.write_text("\n".join(lines[:3]) + "\n")  # two subjects: 4 tasks for 2 workers
-    args = [cohort, "--lesion-model", _model(demo, "lesion"), "--region-model", _model(demo, "region"),
-            "--device", "cpu", "--disable-tta"]
-    env = {**os.environ, **THREADS_ENV}
-    local = _run([_script("wmhloc_predict"), *args, "-o", tmp_path / "local"], timeout=900, env=env)
-    assert local.returncode == 0, f"{local.stdout[-2000:]}\n{local.stderr[-2000:]}"
+    cohort.write_text("\n".join(lines[:3]) + "\n")  # new0, new1: 4 tasks for 2 workers
+    subjects = ["new0", "new1"]
+    out = tmp_path / "dask_out"
     with dask_cluster(tmp_path / "dask") as cl:
-        p = _run([_script("wmhloc_predict"), *args, "-o", tmp_path / "dask_out", "--scheduler", cl.address],
-                 timeout=900, env=env)
+        p = _run([_script("wmhloc_predict"), cohort, "-o", out, "--lesion-model", _model(demo, "lesion"),
+                  "--region-model", _model(demo, "region"), *PREDICT_ARGS, "--scheduler", cl.address], timeout=900)
         addresses = cl.addresses
     assert p.returncode == 0, f"{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
     workers = set()
     for task in ("lesion", "region"):
-        for sub in ("predictions", "segmentations"):
-            ref = sorted((tmp_path / "local" / sub / task).glob("*.nii.gz"))
-            got = sorted((tmp_path / "dask_out" / sub / task).glob("*.nii.gz"))
-            assert [x.name for x in got] == [x.name for x in ref] and len(ref) == (4 if sub == "predictions" else 2)
-            for a, b in zip(ref, got):
-                assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(a))),
-                                      sitk.GetArrayFromImage(sitk.ReadImage(str(b)))), b
-        assert len(list((tmp_path / "dask_out" / "predictions" / task).glob("*.npz"))) == 4
-        for s in ("new0", "new1"):
-            rec = json.loads((tmp_path / "dask_out" / "predictions" / "records" / task / f"{s}.json").read_text())
+        for sub, names in (("predictions", [f"{s}_{m}" for s in subjects for m in ("flair", "t1")]),
+                           ("segmentations", subjects)):
+            assert sorted(x.name for x in (out / sub / task).glob("*.nii.gz")) == [f"{n}.nii.gz" for n in names]
+            for n in names:
+                a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(d / sub / task / f"{n}.nii.gz")))
+                        for d in (predicted, out))
+                assert np.array_equal(a, b), (sub, task, n)
+        assert len(list((out / "predictions" / task).glob("*.npz"))) == 4
+        for s in subjects:
+            rec = json.loads((out / "predictions" / "records" / task / f"{s}.json").read_text())
             assert rec["status"] == "ok" and rec["worker"] in addresses and rec["software"] and rec["time"]
             assert rec["cases"] == [f"{s}_flair_0000.nii.gz", f"{s}_t1_0000.nii.gz"]
             workers.add(rec["worker"])
     assert workers == set(addresses)
-    assert not [q for q in (tmp_path / "dask_out" / "predictions").rglob(".*")]
-    # the loads downstream are the same
-    assert _csv(tmp_path / "dask_out" / "localize" / "regional_loads.csv") == \
-        _csv(tmp_path / "local" / "localize" / "regional_loads.csv")
+    assert not [q for q in (out / "predictions").rglob(".*")]
+
+    # the loads downstream are the same (but for the columns naming the input files)
+    def loads(folder):
+        return [{k: v for k, v in r.items() if not k.endswith("_file")}
+                for r in _csv(folder / "localize" / "regional_loads.csv") if r["subject"] in subjects]
+    assert loads(out) == loads(predicted) and len(loads(out)) == 2
