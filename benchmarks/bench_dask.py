@@ -23,6 +23,8 @@ def main() -> None:
     ap.add_argument("--subjects", type=int, default=6)
     ap.add_argument("--atlas-dir", type=Path, default=REPO.parent / "shared" / "data" / "eve_atlas")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Dask worker counts to time")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of (local, each worker count), interleaved so "
+                    "that a change in the machine's load hits every setting alike")
     a = ap.parse_args()
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"  # one thread per task slot (inherited by workers)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -39,20 +41,22 @@ def main() -> None:
         sitk.WriteImage(_synthetic.make_subject(atlas, seed=100 + k).t1, str(tmp / "in" / f"s{k}" / "T1.nii.gz"))
     print(f"{a.subjects} subjects, {os.cpu_count()} CPU cores, 1 ITK thread per task")
 
-    def timed(name: str, extra: list[str]) -> None:
+    def timed(name: str, extra: list[str], r: int) -> None:
+        load = os.getloadavg()[0]
         t = time.time()
         code = region_labels(["--input", str(tmp / "in"), "--atlas-dir", str(a.atlas_dir), "-o",
-                              str(tmp / name), *extra])
+                              str(tmp / f"{name}_{r}"), *extra])
         dt = time.time() - t
-        print(f"{name:>16}: {a.subjects / dt * 60:6.2f} subjects/min ({dt:.1f} s{'' if code == 0 else ', FAILED'})",
-              flush=True)
+        print(f"{name:>16}: {a.subjects / dt * 60:6.2f} subjects/min ({dt:.1f} s; load average "
+              f"{load:.1f} -> {os.getloadavg()[0]:.1f}){'' if code == 0 else ' FAILED'}", flush=True)
 
-    timed("local", [])
-    for n in a.workers:
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None) as cluster, Client(cluster) as client:
-            client.wait_for_workers(n)
-            timed(f"dask_{n}_worker{'s' if n > 1 else ''}", ["--scheduler", cluster.scheduler_address])
+    for r in range(a.repeat):
+        timed("local", [], r)
+        for n in a.workers:
+            with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                              dashboard_address=None) as cluster, Client(cluster) as client:
+                client.wait_for_workers(n)
+                timed(f"dask_{n}_worker{'s' if n > 1 else ''}", ["--scheduler", cluster.scheduler_address], r)
 
 
 if __name__ == "__main__":
