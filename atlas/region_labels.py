@@ -405,7 +405,8 @@ def _main(argv=None) -> int:
                    "the built-in WM estimate")
     c = p.add_argument_group("a cohort")
     c.add_argument("--input", help="cohort folder or CSV (columns subject,t1[,flair,wm_mask])")
-    c.add_argument("--workers", type=cli.positive_int, default=1, help="subjects processed in parallel (local processes)")
+    c.add_argument("--workers", type=cli.positive_int, default=1,
+                   help="subjects processed in parallel (local processes)")
     parallel.add_argument(c)
     p.add_argument("--atlas-dir", required=True, help="folder written by wmhloc_build_atlas (or the raw Eve folder)")
     p.add_argument("-o", "--output", required=True, help="label map .nii.gz (one subject) or output folder (cohort)")

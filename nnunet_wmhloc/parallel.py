@@ -55,8 +55,8 @@ def connect(address: str, timeout: float | None = None):
         else:
             client = distributed.Client(address, **kw)
     except (OSError, TimeoutError, ValueError) as e:
-        raise WMHLocError(f"--scheduler {address}: no Dask scheduler reachable "
-                          f"({type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ''})") from None
+        why = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        raise WMHLocError(f"--scheduler {address}: no Dask scheduler reachable ({type(e).__name__}: {why})") from None
     return client
 
 
