@@ -30,6 +30,7 @@ CONSOLE_SCRIPTS = {
     "wmhloc_compare": "nnunet_wmhloc.evaluation.compare:main",
     "wmhloc_run": "nnunet_wmhloc.pipeline.run:main",
     "wmhloc_predict": "nnunet_wmhloc.pipeline.predict:main",
+    "wmhloc_export_models": "nnunet_wmhloc.pipeline.export:main",
 }
 
 DASK = ["dask==2026.8.0", "distributed==2026.8.0"]

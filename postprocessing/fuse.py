@@ -8,7 +8,9 @@ those folders are ignored (dataset.json is only read to refuse region-based mode
 Per subject the probabilities of the selected modalities are mapped onto the segmentation's grid (see
 _nnunet_pred: reverting SimpleITKIOWithReorient where used), averaged with the given weights
 (renormalised over the modalities present) and turned into labels by argmax; the label of channel c is c,
-as in nnU-Net's own export. This works for any softmax model: the lesion task (2 channels when label 2 is
+as in nnU-Net's own export. A weight of 0 makes a modality a fallback: used only for subjects that have
+none of the weighted ones (e.g. `--modalities flair t1 --weights 1 0`: FLAIR alone, T1 where FLAIR is missing).
+This works for any softmax model: the lesion task (2 channels when label 2 is
 declared 'ignore' — nnU-Net predicts no ignore class — or 3 when 'other pathology' is a class) and the
 region task (37 channels). A subject with only one of the modalities falls back to it: reported on stderr
 and in fusion_log.csv.
@@ -17,6 +19,12 @@ Output folder (created atomically, nothing is left on error):
 - `<subject>.nii.gz`: uint8 labels, geometry (size, spacing, origin, direction) of the subject's nnU-Net
   segmentation, i.e. of the input image. uint8 is what nnU-Net itself writes; it is safe for the WMH
   challenge evaluation, which thresholds integer images at [1, 1000] (tested in tests/).
+- with `--probability-label L`: `probabilities/<subject>.nii.gz`, float32 in [0, 1], the fused probability of
+  label L on the same grid, made consistent with the label map: `p > 0.5` exactly where the label is L.
+  For a 2-class model argmax == (p > 0.5) already, up to float rounding of p0 + p1 = 1 and exact ties (which
+  argmax gives to channel 0); those voxels move by at most a few ulps to 0.5 / the next float above it.
+  With 3+ classes a voxel whose argmax is L with p <= 0.5 (or the reverse) is set to that boundary too:
+  counted in fusion_log.csv (probability_adjusted_voxels).
 - `fusion_log.csv`: one row per subject: modalities used, weights, fallback, channels, foreground voxels,
   voxels where the modalities' own argmax disagree, files.
 - `fusion_log.json`: options and skipped files.
@@ -33,15 +41,17 @@ from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_output, write_csv, w
 from nnunet_wmhloc.postprocessing._nnunet_pred import CaseReader, scan_prediction_folders
 
 LOG_COLUMNS = ["subject", "modalities_used", "weights", "fallback", "missing_modalities", "n_channels",
-               "foreground_voxels", "disagreeing_voxels", "files"]
+               "foreground_voxels", "disagreeing_voxels", "probability_adjusted_voxels", "files"]
+HALF_UP = np.nextafter(np.float32(0.5), np.float32(1))  # the smallest float32 above 0.5
 
 
-def fuse_subject(readers: list[CaseReader], weights: list[float], *, check: bool = True
-                 ) -> tuple[np.ndarray, int]:
+def fuse_subject(readers: list[CaseReader], weights: list[float], *, check: bool = True,
+                 keep_channel: int | None = None) -> tuple[np.ndarray, int] | tuple[np.ndarray, int, np.ndarray]:
     """Weighted mean of the readers' probabilities, argmax over channels, streamed channel by channel.
 
-    Returns (labels as uint8 (z, y, x), voxels where the single-modality argmaxes disagree). The running
-    strict '>' keeps the first maximal channel, exactly like np.argmax on the full average."""
+    Returns (labels as uint8 (z, y, x), voxels where the single-modality argmaxes disagree), plus the fused
+    probability of `keep_channel` (float32) when asked. The running strict '>' keeps the first maximal
+    channel, exactly like np.argmax on the full average."""
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.max()  # first by the largest: 1e308 + 1e308 would overflow to inf and every weight to 0
     w = w / w.sum()
@@ -68,13 +78,27 @@ def fuse_subject(readers: list[CaseReader], weights: list[float], *, check: bool
         better = fused > best
         best[better] = fused[better]
         label[better] = c
+        if c == keep_channel:
+            kept = fused.astype(np.float32)
     if check:
         for r, own in zip(readers, own_label):
             r.check_against_segmentation(own)
     disagree = 0
     for other in own_label[1:]:
         disagree = max(disagree, int(np.count_nonzero(other != own_label[0])))
-    return label, disagree
+    if keep_channel is None:
+        return label, disagree
+    return label, disagree, kept
+
+
+def consistent_probability(p: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """`p` clipped to [0, 1] with `p > 0.5` exactly where `mask`; returns it and the voxels moved."""
+    p = np.clip(p, 0.0, 1.0).astype(np.float32, copy=False)
+    low = mask & (p <= 0.5)
+    high = ~mask & (p > 0.5)
+    p[low] = HALF_UP
+    p[high] = np.float32(0.5)
+    return p, int(np.count_nonzero(low) + np.count_nonzero(high))
 
 
 def _build_parser():
@@ -86,11 +110,13 @@ def _build_parser():
                    help="case-name suffixes to fuse (<subject>_<modality>); others are skipped")
     p.add_argument("--weights", nargs="+", type=float, default=None,
                    help="one weight per modality (default: equal); renormalised over the modalities a "
-                        "subject has")
+                        "subject has; 0 = fallback only (used when a subject has no weighted modality)")
     p.add_argument("--require-all", action="store_true",
                    help="error instead of falling back when a subject lacks a modality")
     p.add_argument("--no-check", action="store_true",
                    help="skip the check that each case's probabilities reproduce nnU-Net's segmentation")
+    p.add_argument("--probability-label", type=int, default=None,
+                   help="also write probabilities/<subject>.nii.gz: the fused probability of this label (float32 0-1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return p
 
@@ -103,8 +129,8 @@ def _main(argv=None) -> int:
     weights = args.weights if args.weights is not None else [1.0] * len(mods)
     if len(weights) != len(mods):
         raise WMHLocError(f"--weights: {len(weights)} weights for {len(mods)} modalities")
-    if any(not np.isfinite(x) or x <= 0 for x in weights):
-        raise WMHLocError(f"--weights: weights must be positive numbers, got {weights}")
+    if any(not np.isfinite(x) or x < 0 for x in weights) or not any(x > 0 for x in weights):
+        raise WMHLocError(f"--weights: weights must be numbers >= 0, at least one positive, got {weights}")
     top = max(weights)
     wmap = dict(zip(mods, (x / top for x in weights)))  # scaled to at most 1: sums cannot overflow
     check_output(args.output, overwrite=args.overwrite, inputs=args.inputs)
@@ -117,9 +143,17 @@ def _main(argv=None) -> int:
 
     # validate every subject's headers before any heavy work, so a bad subject fails fast
     plan = []
+    plan_weights: dict[str, dict] = {}
     for subject in sorted(cases):
         have = [m for m in mods if m in cases[subject]]
         missing = [m for m in mods if m not in cases[subject]]
+        # weight-0 modalities stand in only for a subject without any weighted one
+        weighted = [m for m in have if wmap[m] > 0]
+        if weighted:
+            have = weighted
+        else:
+            wmap_subject = {m: 1.0 for m in have}
+            plan_weights[subject] = wmap_subject
         if missing and args.require_all:
             c = cases[subject][have[0]]
             raise WMHLocError(f"{c.folder / (subject + '_' + missing[0] + '.npz')}: missing partner of {c.npz.name}"
@@ -137,6 +171,7 @@ def _main(argv=None) -> int:
                                   f"{a.n_channels} (different models?)")
         for r in readers:
             r.close()
+        missing = [m for m in mods if m not in have and wmap[m] > 0]
         plan.append((subject, have, missing))
     n_channels = {cases[s][h[0]].n_channels for s, h, _ in plan}
     if max(n_channels) > 255:
@@ -145,35 +180,50 @@ def _main(argv=None) -> int:
         raise WMHLocError(f"{args.inputs[0]}: subjects have different numbers of channels {sorted(n_channels)} "
                           "(mixed lesion and region predictions?)")
 
+    if args.probability_label is not None and not 0 < args.probability_label < min(n_channels):
+        raise WMHLocError(f"--probability-label {args.probability_label}: the models have labels 0..{min(n_channels) - 1}")
     rows = []
     with atomic_dir(args.output, overwrite=args.overwrite) as out:
+        if args.probability_label is not None:
+            (out / "probabilities").mkdir()
         for subject, have, missing in cli.progress(plan, desc="fuse", total=len(plan)):
             if missing:
                 print(f"note: {subject}: no {', '.join(missing)} prediction, using {', '.join(have)} only",
                       file=sys.stderr)
+            wm = plan_weights.get(subject, wmap)
             readers = [CaseReader(cases[subject][m]) for m in have]
             try:
-                labels, disagree = fuse_subject(readers, [wmap[m] for m in have], check=not args.no_check)
+                res = fuse_subject(readers, [wm[m] for m in have], check=not args.no_check,
+                                   keep_channel=args.probability_label)
             finally:
                 for r in readers:
                     r.close()
+            labels, disagree = res[0], res[1]
             ref = sitk.ReadImage(str(readers[0].case.seg))
             img = sitk.GetImageFromArray(labels)
             img.CopyInformation(ref)
             sitk.WriteImage(img, str(out / f"{subject}.nii.gz"), True)
-            wsum = sum(wmap[m] for m in have)
+            adjusted = ""
+            if args.probability_label is not None:
+                prob, adjusted = consistent_probability(res[2], labels == args.probability_label)
+                pimg = sitk.GetImageFromArray(prob)
+                pimg.CopyInformation(ref)
+                sitk.WriteImage(pimg, str(out / "probabilities" / f"{subject}.nii.gz"), True)
+            wsum = sum(wm[m] for m in have)
             rows.append({"subject": subject, "modalities_used": " ".join(have),
-                         "weights": " ".join(f"{wmap[m] / wsum:.4g}" for m in have),
+                         "weights": " ".join(f"{wm[m] / wsum:.4g}" for m in have),
                          "fallback": "yes" if missing else "no", "missing_modalities": " ".join(missing),
                          "n_channels": readers[0].n_channels,
                          "foreground_voxels": int(np.count_nonzero(labels)),
                          "disagreeing_voxels": disagree if len(have) > 1 else "",
+                         "probability_adjusted_voxels": adjusted,
                          "files": ";".join(str(r.case.npz) for r in readers)})
         write_csv(rows, out / "fusion_log.csv", columns=LOG_COLUMNS)
         write_json({"inputs": [str(p) for p in args.inputs], "modalities": mods, "weights": wmap,
                     "subjects": len(rows), "fallback_subjects": [r["subject"] for r in rows if r["fallback"] == "yes"],
                     "skipped": notes, "label_dtype": "uint8",
-                    "checked_against_nnunet_segmentation": not args.no_check}, out / "fusion_log.json")
+                    "checked_against_nnunet_segmentation": not args.no_check,
+                    "probability_label": args.probability_label}, out / "fusion_log.json")
     nf = sum(r["fallback"] == "yes" for r in rows)
     print(f"fused {len(rows)} subjects ({nf} with a single modality) -> {args.output}", file=sys.stderr)
     return 0

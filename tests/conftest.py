@@ -73,3 +73,38 @@ def preprocessed_2d(converted) -> dict:
     run_cmd(["nnUNetv2_plan_and_preprocess", "-d", "601", "602", "-c", "2d", "--verify_dataset_integrity",
              "-np", "1"], env=converted["env"])
     return converted
+
+
+# ---------------------------------------------------------------- a trained smoke run on a CSV cohort
+from nnunet_wmhloc.io import write_csv  # noqa: E402
+
+SMOKE = ["-c", "2d", "-f", "0", "--trainer", "nnUNetTrainerWMHLoc_smoke", "--device", "cpu", "--disable-tta"]
+
+
+@pytest.fixture(scope="session")
+def cohort_csv(synth_release, tmp_path_factory) -> Path:
+    """The synthetic release as a user's CSV cohort: the 6 training subjects train, 4 test subjects test.
+    One test subject has no T1 (FLAIR only), one no region map, one neither lesion mask nor region map."""
+    rows = []
+    for p in sorted(synth_release.glob("*/**/wmh.nii.gz")):
+        folder = p.parent
+        split = "train" if folder.parts[len(synth_release.parts)] == "training" else "test"
+        sid = folder.name
+        reg = synth_release / "region_labels" / ("Train" if split == "train" else "Test") / f"WMH_{sid}.nii.gz"
+        rows.append({"subject": f"s{sid}", "flair": folder / "pre" / "FLAIR.nii.gz", "t1": folder / "pre" / "T1.nii.gz",
+                     "lesion": p, "regions": reg if reg.is_file() else "", "site": folder.parent.name, "split": split})
+    test = [r for r in rows if r["split"] == "test"][:4]
+    rows = [r for r in rows if r["split"] == "train"] + test
+    test[0]["t1"] = ""
+    test[1]["regions"] = ""
+    test[2]["lesion"] = test[2]["regions"] = ""
+    return write_csv(rows, tmp_path_factory.mktemp("cohort") / "cohort.csv")
+
+
+@pytest.fixture(scope="session")
+def cohort_run(cohort_csv, tmp_path_factory) -> dict:
+    """`wmhloc_run --cohort cohort_csv` with the smoke trainer (2d, fold 0), once per session: its tests are in
+    test_pipeline_paths.py; test_models_export.py exports and reuses its models."""
+    out = tmp_path_factory.mktemp("cohort_run") / "run"
+    p = run_cmd(["wmhloc_run", "--cohort", cohort_csv, "-o", out, *SMOKE], timeout=1800)
+    return {"out": out, "process": p}

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from browser import find_chromium, render
 
-STAGES = ["synth", "convert", "preprocess", "train_lesion", "train_region", "predict", "fuse", "localize",
+STAGES = ["synth", "convert", "preprocess", "train_lesion", "train_region", "choose", "predict", "fuse", "localize",
           "cluster", "evaluate", "report"]
 
 

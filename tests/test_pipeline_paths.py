@@ -11,42 +11,19 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import SHARED, run_cmd
+from conftest import SHARED, SMOKE, run_cmd
 from nnunet_wmhloc.io import write_csv
 from test_pipeline_demo import STAGES, _csv, check_report_offline
-
-SMOKE = ["-c", "2d", "-f", "0", "--trainer", "nnUNetTrainerWMHLoc_smoke", "--device", "cpu", "--disable-tta"]
 
 
 def _done(out: Path, stage: str) -> dict:
     return json.loads((out / "stages" / f"{stage}.done").read_text())
 
 
-@pytest.fixture(scope="module")
-def cohort_csv(synth_release, tmp_path_factory) -> Path:
-    """The synthetic release as a user's CSV cohort: the 6 training subjects train, 4 test subjects test.
-    One test subject has no T1 (FLAIR only), one no region map, one neither lesion mask nor region map."""
-    rows = []
-    for p in sorted(synth_release.glob("*/**/wmh.nii.gz")):
-        folder = p.parent
-        split = "train" if folder.parts[len(synth_release.parts)] == "training" else "test"
-        sid = folder.name
-        reg = synth_release / "region_labels" / ("Train" if split == "train" else "Test") / f"WMH_{sid}.nii.gz"
-        rows.append({"subject": f"s{sid}", "flair": folder / "pre" / "FLAIR.nii.gz", "t1": folder / "pre" / "T1.nii.gz",
-                     "lesion": p, "regions": reg if reg.is_file() else "", "site": folder.parent.name, "split": split})
-    test = [r for r in rows if r["split"] == "test"][:4]
-    rows = [r for r in rows if r["split"] == "train"] + test
-    test[0]["t1"] = ""
-    test[1]["regions"] = ""
-    test[2]["lesion"] = test[2]["regions"] = ""
-    return write_csv(rows, tmp_path_factory.mktemp("cohort") / "cohort.csv")
-
-
-def test_run_cohort_csv(cohort_csv, tmp_path):
+def test_run_cohort_csv(cohort_csv, cohort_run):
     rows = _csv(cohort_csv)
     test = [r for r in rows if r["split"] == "test"]
-    out = tmp_path / "run"
-    p = run_cmd(["wmhloc_run", "--cohort", cohort_csv, "-o", out, *SMOKE], timeout=1800)
+    out, p = cohort_run["out"], cohort_run["process"]
     for s in STAGES[1:]:
         assert (out / "stages" / f"{s}.done").is_file(), f"{s}\n{p.stdout[-2000:]}"
     assert not (out / "stages" / "synth.done").exists()

@@ -8,6 +8,7 @@ exercised, so a wrong axis order or grid in the fusion cannot pass.
 """
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -257,3 +258,50 @@ def test_bad_inputs(lesion_preds, tmp_path, capsys):
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 7))
     assert fuse.main([str(root / "pred_flair"), "-o", str(tmp_path / "o7"), "--weights", "1", "-1"]) == 1
     assert "--weights" in capsys.readouterr().err
+
+
+def test_probability_map_thresholds_to_the_fused_labels(lesion_preds, tmp_path):
+    """--probability-label 1: float32 in [0, 1] on the segmentation's grid, the weighted mean of the two
+    modalities' lesion probabilities, and p > 0.5 exactly where the fused label is 1."""
+    root, imgs = lesion_preds
+    out = tmp_path / "fused"
+    assert fuse.main([str(root / "pred_flair"), str(root / "pred_t1"), "-o", str(out), "--weights", "0.7", "0.3",
+                      "--probability-label", "1"]) == 0
+    for s in ("wmh001", "wmh002", "wmh003"):
+        pimg = sitk.ReadImage(str(out / "probabilities" / f"{s}.nii.gz"))
+        assert pimg.GetPixelID() == sitk.sitkFloat32
+        _assert_same_geometry(pimg, sitk.ReadImage(str(imgs[s])))
+        p = sitk.GetArrayFromImage(pimg)
+        lab = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{s}.nii.gz")))
+        assert p.min() >= 0 and p.max() <= 1
+        np.testing.assert_array_equal(p > 0.5, lab == 1)
+        pf = _probs(root / "pred_flair", f"{s}_flair")[1]
+        expect = pf if s == "wmh003" else 0.7 * pf + 0.3 * _probs(root / "pred_t1", f"{s}_t1")[1]
+        np.testing.assert_allclose(p, expect, atol=1e-6)
+        assert 0 < (lab == 1).sum() < lab.size
+
+
+def test_consistent_probability_at_exact_ties():
+    """argmax gives an exact tie to channel 0: p = 0.5 is not lesion; a rounding-off 0.5 under a lesion
+    label moves just above 0.5, never further."""
+    p = np.array([0.5, 0.5, 0.49999997, 0.50000006, 0.9, 0.1], dtype=np.float32)
+    mask = np.array([False, True, True, False, True, False])
+    q, moved = fuse.consistent_probability(p.copy(), mask)
+    np.testing.assert_array_equal(q > 0.5, mask)
+    assert moved == 3 and np.abs(q - p).max() < 1e-6
+
+
+def test_zero_weight_is_a_fallback(lesion_preds, tmp_path):
+    """--weights 0 1: T1 only, FLAIR only for the subject without a T1 (logged as a fallback)."""
+    root, _ = lesion_preds
+    out = tmp_path / "t1"
+    assert fuse.main([str(root / "pred_flair"), str(root / "pred_t1"), "-o", str(out), "--weights", "0", "1"]) == 0
+    log = {r["subject"]: r for r in csv.DictReader(open(out / "fusion_log.csv"))}
+    assert log["wmh001"]["modalities_used"] == "t1" and log["wmh001"]["fallback"] == "no"
+    assert log["wmh003"]["modalities_used"] == "flair" and log["wmh003"]["fallback"] == "yes"
+    assert log["wmh003"]["missing_modalities"] == "t1"
+    for s, case in (("wmh001", "pred_t1/wmh001_t1"), ("wmh003", "pred_flair/wmh003_flair")):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{s}.nii.gz"))),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(root / f"{case}.nii.gz"))))
+    assert fuse.main([str(root / "pred_flair"), "-o", str(tmp_path / "z"), "--modalities", "flair", "t1",
+                      "--weights", "0", "0"]) == 1

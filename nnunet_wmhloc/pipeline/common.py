@@ -80,27 +80,30 @@ def nifti_stems(folder: Path) -> list[str]:
     return sorted(p.name[:-len(".nii.gz")] for p in folder.glob("*.nii.gz") if not p.name.startswith("."))
 
 
-def predict_models(ctx: StageContext, images: Path, output: Path, models: dict[str, list[str]], *,
-                   scheduler: str | None = None) -> dict:
+def predict_models(ctx: StageContext, images: Path | dict[str, Path], output: Path, models: dict[str, list[str]],
+                   *, scheduler: str | None = None) -> dict:
     """Run one nnU-Net prediction command per task into <output>/predictions/<task>.
 
-    `models[task]` is the command (console script and arguments) without -i/-o. With `scheduler` (a Dask
-    scheduler address) the cases are sharded by subject over the cluster's workers instead."""
-    cases = sorted(p.name for p in images.glob("*_0000.nii.gz"))
-    if not cases:
-        raise WMHLocError(f"{images}: no <case>_0000.nii.gz images to predict")
+    `models[task]` is the command (console script and arguments) without -i/-o; `images` the input folder,
+    or one per task (when a task predicts only some modalities). With `scheduler` (a Dask scheduler address)
+    the cases are sharded by subject over the cluster's workers instead."""
+    inputs = {t: (images[t] if isinstance(images, dict) else images) for t in models}
+    cases = {t: sorted(p.name for p in inputs[t].glob("*_0000.nii.gz")) for t in models}
+    for t, c in cases.items():
+        if not c:
+            raise WMHLocError(f"{inputs[t]}: no <case>_0000.nii.gz images to predict")
     if scheduler:
-        return _predict_sharded(ctx, images, output, models, cases, scheduler)
+        return _predict_sharded(ctx, inputs, output, models, cases, scheduler)
     out = {}
     for task, cmd in models.items():
         dst = clear_dir(output / "predictions" / task)
-        ctx.say(f"{task} model: predicting {len(cases)} cases -> {dst}")
-        ctx.nnunet([cmd[0], "-i", images, "-o", dst, *cmd[1:]])
+        ctx.say(f"{task} model: predicting {len(cases[task])} cases -> {dst}")
+        ctx.nnunet([cmd[0], "-i", inputs[task], "-o", dst, *cmd[1:]])
         got = nifti_stems(dst)
-        if len(got) != len(cases):
-            raise WMHLocError(f"{dst}: {len(got)} segmentations for {len(cases)} input cases")
+        if len(got) != len(cases[task]):
+            raise WMHLocError(f"{dst}: {len(got)} segmentations for {len(cases[task])} input cases")
         out[task] = len(got)
-    return {"cases": len(cases), "predicted": out}
+    return {"cases": max(len(c) for c in cases.values()), "predicted": out}
 
 
 def predict_shard(job: dict) -> dict:
@@ -148,15 +151,17 @@ def predict_shard(job: dict) -> dict:
     return rec
 
 
-def _predict_sharded(ctx: StageContext, images: Path, output: Path, models: dict[str, list[str]],
-                     cases: list[str], scheduler: str) -> dict:
+def _predict_sharded(ctx: StageContext, inputs: dict[str, Path], output: Path, models: dict[str, list[str]],
+                     cases: dict[str, list[str]], scheduler: str) -> dict:
     """predict_models on a Dask cluster: one task per subject and model (a model used on a GPU asks its worker
     for the resource GPU=1); every subject done, or the stage fails naming the subjects and their reasons."""
     from nnunet_wmhloc import parallel
 
-    by_subject: dict[str, list[str]] = {}
-    for c in cases:
-        by_subject.setdefault(split_case(c[:-len("_0000.nii.gz")])[0], []).append(str((images / c).resolve()))
+    by_subject: dict[str, dict[str, list[str]]] = {}
+    for task, cs in cases.items():
+        for c in cs:
+            by_subject.setdefault(task, {}).setdefault(split_case(c[:-len("_0000.nii.gz")])[0], []).append(
+                str((inputs[task] / c).resolve()))
     env = {k: v for k, v in ctx.env.items() if os.environ.get(k) != v}  # only what the pipeline sets
     jobs = []
     for task, cmd in models.items():
@@ -165,8 +170,10 @@ def _predict_sharded(ctx: StageContext, images: Path, output: Path, models: dict
         gpu = "-device" in cmd and str(cmd[cmd.index("-device") + 1]) == "cuda"
         jobs += [{"subject": s, "task": task, "cmd": [str(x) for x in cmd], "cases": cs, "dst": str(dst),
                   "env": env, "records": str(records), "logs": str(ctx.log_path.parent / "predict" / task),
-                  "gpu": gpu} for s, cs in sorted(by_subject.items())]
-    ctx.say(f"predicting {len(cases)} cases of {len(by_subject)} subjects with {len(models)} model(s) on the Dask "
+                  "gpu": gpu} for s, cs in sorted(by_subject[task].items())]
+    n_cases = max(len(c) for c in cases.values())
+    n_subjects = len({s for per in by_subject.values() for s in per})
+    ctx.say(f"predicting {n_cases} cases of {n_subjects} subjects with {len(models)} model(s) on the Dask "
             f"cluster at {scheduler}: {len(jobs)} tasks")
     with parallel.session(scheduler) as client:
         recs = []
@@ -185,17 +192,25 @@ def _predict_sharded(ctx: StageContext, images: Path, output: Path, models: dict
                           + "; ".join(r["reason"] for r in failed[:5]) + (" ..." if len(failed) > 5 else ""))
     out = {task: len(nifti_stems(output / "predictions" / task)) for task in models}
     for task, n in out.items():
-        if n != len(cases):
-            raise WMHLocError(f"{output / 'predictions' / task}: {n} segmentations for {len(cases)} input cases")
-    return {"cases": len(cases), "predicted": out, "workers": sorted({r["worker"] for r in recs})}
+        if n != len(cases[task]):
+            raise WMHLocError(f"{output / 'predictions' / task}: {n} segmentations for {len(cases[task])} input "
+                              "cases")
+    return {"cases": n_cases, "predicted": out, "workers": sorted({r["worker"] for r in recs})}
 
 
-def fuse_stage(ctx: StageContext) -> dict:
+def fuse_stage(ctx: StageContext, weights: dict[str, dict] | None = None) -> dict:
+    """wmhloc_fuse per task (FLAIR and T1 weights per task, default equal); the lesion task also writes the
+    fused lesion probability map (segmentations/lesion/probabilities/)."""
     out = {}
     for task in TASKS:
         src = ctx.output / "predictions" / task
         dst = ctx.output / "segmentations" / task
-        ctx.tool("wmhloc_fuse", [src, "-o", dst, "--overwrite"])
+        args = [src, "-o", dst, "--overwrite"]
+        if weights and task in weights:
+            args += ["--modalities", *weights[task], "--weights", *weights[task].values()]
+        if task == "lesion":
+            args += ["--probability-label", 1]
+        ctx.tool("wmhloc_fuse", args)
         out[task] = len(nifti_stems(dst))
     return {"subjects": out}
 

@@ -4,11 +4,16 @@ subject, regional lesion loads, clustering (>= 3 subjects with lesions) and the 
     wmhloc_predict cohort.csv -o out --lesion-model RESULTS/Dataset601_WMHLesion/nnUNetTrainerWMHLoc__nnUNetPlans__3d_fullres \\
         --region-model RESULTS/Dataset602_WMHRegion/nnUNetTrainerWMHLoc__nnUNetPlans__3d_fullres
     wmhloc_predict bids_root -o out --lesion-model 601 --region-model 602 -c 3d_fullres   # ids in $nnUNet_results
+    wmhloc_predict cohort.csv -o out --models models.zip          # wmhloc_export_models: nothing else needed
 
 The cohort (BIDS root, CSV manifest or folder, see wmhloc_convert_cohort) becomes an inference folder of
-<subject>_flair_0000 / <subject>_t1_0000 images; each model predicts every case (nnUNetv2_predict_from_modelfolder),
-FLAIR and T1 are fused per subject, and the rest runs as in wmhloc_run. Lesion masks or region maps listed in
-the cohort are used as references (evaluation, reference loads). Stages resume like wmhloc_run's.
+<subject>_flair_0000 / <subject>_t1_0000 images. Per task the fusion (the archive's choice from
+cross-validation, `--fusion`, else equal-weight FLAIR + T1) says which cases each model predicts
+(nnUNetv2_predict_from_modelfolder): a single chosen modality predicts only that one, and a subject without
+it falls back to the modality it has (results/subjects.csv says so). Then fusion, localisation, the
+per-subject results (results/: lesion mask, lesion probability map, region map, regional lesion map on the
+FLAIR grid, cohort tables; a BIDS derivative with --layout bids), clustering, evaluation against the lesion
+masks or region maps listed in the cohort, and the report. Stages resume like wmhloc_run's.
 """
 from __future__ import annotations
 
@@ -20,9 +25,10 @@ from pathlib import Path
 from nnunet_wmhloc import cli, parallel
 from nnunet_wmhloc.io import WMHLocError, is_number, read_json
 from nnunet_wmhloc.pipeline import common
+from nnunet_wmhloc.pipeline import models as M
 from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext, clear_dir
 
-STAGES = ("convert", "predict", "fuse", "localize", "cluster", "evaluate", "report")
+STAGES = ("models", "convert", "predict", "fuse", "localize", "results", "cluster", "evaluate", "report")
 
 
 def resolve_model(spec: str, *, task: str, trainer: str, configuration: str, plans: str,
@@ -76,10 +82,18 @@ def build_parser():
     p = cli.parser("wmhloc_predict", __doc__.split("\n\n")[0])
     p.add_argument("cohort", type=Path, help="BIDS root or CSV manifest (subject, flair, t1[, lesion, regions, site])")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (created; re-runs resume it)")
-    p.add_argument("--lesion-model", required=True,
+    p.add_argument("--models", type=Path, default=None,
+                   help="model archive written by wmhloc_export_models (instead of --lesion-model/--region-model)")
+    p.add_argument("--lesion-model",
                    help="trained lesion model: an nnU-Net results folder <trainer>__<plans>__<configuration> or a "
                         "dataset id/name found in --nnunet-results")
-    p.add_argument("--region-model", required=True, help="trained region model, as --lesion-model")
+    p.add_argument("--region-model", help="trained region model, as --lesion-model")
+    p.add_argument("--fusion", nargs="+", default=None,
+                   help="FLAIR/T1 use per task, overriding the archive's choice: flair, t1, fused, fused:<FLAIR "
+                        "weight>, or per task lesion=... region=... (default without an archive: fused, equal)")
+    p.add_argument("--layout", choices=("auto", "flat", "bids"), default="auto",
+                   help="results/ layout: flat (<subject>/ folders, CSV) or a BIDS derivative (TSV); auto = bids "
+                        "when the cohort is a BIDS root")
     p.add_argument("--trainer", default="nnUNetTrainerWMHLoc", help="trainer of models given by dataset id")
     p.add_argument("--region-trainer", default=None, help="region trainer when given by id (default: --trainer)")
     p.add_argument("-c", "--configuration", default="3d_fullres", help="configuration of models given by dataset id")
@@ -87,7 +101,7 @@ def build_parser():
     p.add_argument("--nnunet-results", default=os.environ.get("nnUNet_results"),
                    help="nnU-Net results folder for dataset ids (default $nnUNet_results)")
     p.add_argument("-f", "--folds", nargs="+", default=None,
-                   help="folds to ensemble (default: every fold with checkpoint_final.pth)")
+                   help="folds to ensemble (default: every fold with checkpoint_final.pth / the archive's folds)")
     p.add_argument("--device", choices=("cuda", "cpu", "mps"), default=None,
                    help="device for prediction (default: cuda when torch finds a GPU, else cpu)")
     p.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (faster)")
@@ -110,12 +124,30 @@ class PredictPlan:
         self.output = a.output.resolve()
         if not a.cohort.exists():
             raise WMHLocError(f"{a.cohort}: cohort not found (BIDS root or CSV manifest)")
-        self.models = {
-            "lesion": resolve_model(a.lesion_model, task="lesion", trainer=a.trainer, configuration=a.configuration,
-                                    plans=a.plans, results=a.nnunet_results),
-            "region": resolve_model(a.region_model, task="region", trainer=a.region_trainer or a.trainer,
-                                    configuration=a.configuration, plans=a.plans, results=a.nnunet_results)}
-        self.folds = {t: model_folds(m, a.folds) for t, m in self.models.items()}
+        self.manifest = None
+        if a.models is not None:
+            if a.lesion_model or a.region_model:
+                raise WMHLocError("--models replaces --lesion-model/--region-model: give one or the other")
+            self.manifest = M.open_archive(a.models)  # checked before anything is written
+            self.models = {t: self.output / "models" / self.manifest["models"][t]["path"] for t in M.TASKS}
+            self.folds = {t: [str(f) for f in self.manifest["models"][t]["folds"]] for t in M.TASKS}
+            if a.folds:
+                for t in M.TASKS:
+                    extra = sorted(set(a.folds) - set(self.folds[t]))
+                    if extra:
+                        raise WMHLocError(f"{a.models}: the {t} model has no fold(s) {', '.join(extra)} "
+                                          f"(archived: {', '.join(self.folds[t])})")
+                self.folds = {t: list(a.folds) for t in M.TASKS}
+        else:
+            if not (a.lesion_model and a.region_model):
+                raise WMHLocError("give --models ARCHIVE, or both --lesion-model and --region-model")
+            self.models = {
+                "lesion": resolve_model(a.lesion_model, task="lesion", trainer=a.trainer,
+                                        configuration=a.configuration, plans=a.plans, results=a.nnunet_results),
+                "region": resolve_model(a.region_model, task="region", trainer=a.region_trainer or a.trainer,
+                                        configuration=a.configuration, plans=a.plans, results=a.nnunet_results)}
+            self.folds = {t: model_folds(m, a.folds) for t, m in self.models.items()}
+        self.fusion = self._fusion(a)
         a.device = cli.check_device(a.device)  # before any stage: a missing GPU fails now, not at stage 2
         common.check_pipeline_output(a.output, a.cohort)
         self.processes = a.processes or common.default_processes(a.device)
@@ -124,11 +156,35 @@ class PredictPlan:
                                            processes=self.processes)
         self.images = self.output / "images"
 
+    def _fusion(self, a) -> dict[str, dict]:
+        """Per task: --fusion, else the archive's choice, else equal-weight fusion."""
+        override = M.parse_fusion(a.fusion)
+        out = {}
+        for t in M.TASKS:
+            if t in override:
+                out[t] = override[t]
+            elif self.manifest is not None and t in self.manifest.get("fusion", {}):
+                f = self.manifest["fusion"][t]
+                out[t] = dict(M.fusion_spec(f["choice"], f["weights"]["flair"]), source=f.get("source", "archive"))
+            else:
+                out[t] = dict(M.fusion_spec("fused"), source="default")
+        return out
+
+    def extract(self, ctx: StageContext) -> dict:
+        M.extract_archive(self.a.models, self.manifest, self.output / "models")
+        for t, folder in self.models.items():
+            model_folds(folder, self.folds[t])
+        ctx.say(f"models from {self.a.models} -> {self.output / 'models'}")
+        return {"archive": str(self.a.models.resolve()), "id": self.manifest.get("id"),
+                "models": {t: self.manifest["models"][t]["path"] for t in M.TASKS}}
+
     def settings(self) -> dict:
         return {"cohort": str(self.a.cohort.resolve()), "lesion model": str(self.models["lesion"]),
                 "region model": str(self.models["region"]), "lesion folds": self.folds["lesion"],
                 "region folds": self.folds["region"], "device": self.a.device,
-                "test-time mirroring": not self.a.disable_tta}
+                "test-time mirroring": not self.a.disable_tta,
+                "lesion fusion": M.describe_fusion(self.fusion["lesion"]) + f" ({self.fusion['lesion']['source']})",
+                "region fusion": M.describe_fusion(self.fusion["region"]) + f" ({self.fusion['region']['source']})"}
 
     def convert(self, ctx: StageContext) -> dict:
         from nnunet_wmhloc.dataset_conversion.cohort import load_cohort
@@ -149,13 +205,50 @@ class PredictPlan:
                     refs[task] += 1
         return {"cases": len(list(self.images.glob("*_0000.nii.gz"))), "references": refs}
 
+    def subject_modalities(self) -> dict[str, set[str]]:
+        """subject -> modalities it has in the inference folder."""
+        from nnunet_wmhloc.naming import split_case
+
+        out: dict[str, set[str]] = {}
+        for p in self.images.glob("*_0000.nii.gz"):
+            subject, mod = split_case(p.name[:-len("_0000.nii.gz")])
+            out.setdefault(subject, set()).add(mod)
+        return out
+
+    def inputs(self, task: str) -> Path:
+        """The cases `task` predicts: all of images/, or a folder of links to the ones its fusion needs."""
+        have = self.subject_modalities()
+        need = {f"{s}_{m}_0000.nii.gz" for s, mods in have.items()
+                for m in M.needed_modalities(self.fusion[task], mods)}
+        if len(need) == sum(len(v) for v in have.values()):
+            return self.images
+        d = clear_dir(self.output / "inputs" / task)
+        for name in sorted(need):
+            common._link(self.images / name, d / name)
+        return d
+
     def predict(self, ctx: StageContext) -> dict:
-        models = {}
+        models, inputs = {}, {}
         for task, folder in self.models.items():
+            inputs[task] = self.inputs(task)
             models[task] = (["nnUNetv2_predict_from_modelfolder", "-m", folder, "-f", *self.folds[task],
                              "--save_probabilities", "-device", self.a.device, "-npp", self.processes,
                              "-nps", self.processes] + (["--disable_tta"] if self.a.disable_tta else []))
-        return common.predict_models(ctx, self.images, self.output, models, scheduler=self.a.scheduler)
+        return common.predict_models(ctx, inputs, self.output, models, scheduler=self.a.scheduler)
+
+    def fuse(self, ctx: StageContext) -> dict:
+        return common.fuse_stage(ctx, {t: f["weights"] for t, f in self.fusion.items()})
+
+    def results(self, ctx: StageContext) -> dict:
+        from nnunet_wmhloc.dataset_conversion.cohort import load_cohort
+        from nnunet_wmhloc.pipeline.results import write_results
+
+        subjects = load_cohort(self.a.cohort)
+        bids_in = self.a.cohort.is_dir() and any(self.a.cohort.glob("sub-*"))
+        layout = self.a.layout if self.a.layout != "auto" else ("bids" if bids_in else "flat")
+        return write_results(self.output, subjects, layout=layout, fusion=self.fusion,
+                             source=str(self.a.cohort.resolve()), bids_root=self.a.cohort if bids_in else None,
+                             say=ctx.say)
 
     def references(self) -> dict:
         out = {}
@@ -174,15 +267,21 @@ class PredictPlan:
 
     def stages(self) -> list[Stage]:
         a = self.a
+        fusion = {t: f["weights"] for t, f in self.fusion.items()}
         return [
+            Stage("models", self.extract, {"archive": str(a.models.resolve()) if a.models else None,
+                                           "id": (self.manifest or {}).get("id")},
+                  enabled=a.models is not None, description="unpack the model archive"),
             Stage("convert", self.convert, {"cohort": str(a.cohort.resolve()), "register_t1": a.register_t1},
                   description="inference folder (wmhloc_convert_cohort)"),
             Stage("predict", self.predict, {"models": {t: str(m) for t, m in self.models.items()},
-                                            "folds": self.folds, "tta": not a.disable_tta},
+                                            "folds": self.folds, "tta": not a.disable_tta, "fusion": fusion},
                   description="nnUNetv2_predict_from_modelfolder, lesion and region models"),
-            Stage("fuse", common.fuse_stage, description="FLAIR + T1 fusion"),
+            Stage("fuse", self.fuse, {"fusion": fusion}, description="FLAIR + T1 fusion"),
             Stage("localize", lambda c: common.localize_stage(c, self.references()["lesion"]),
                   description="regional lesion loads"),
+            Stage("results", self.results, {"layout": a.layout},
+                  description="per-subject maps and cohort tables (results/)"),
             Stage("cluster", lambda c: common.cluster_stage(c, k_max=a.k_max, atlas=a.atlas),
                   {"k_max": a.k_max, "atlas": a.atlas}, description="k-means on regional loads"),
             Stage("evaluate", lambda c: common.evaluate_stage(c, self.references(), self.images / "subjects.csv"),

@@ -5,8 +5,10 @@
     wmhloc_run --cohort cohort.csv -o cohort_run --quick --device cpu               # own data with masks
 
 Stages (each resumable, logged to <output>/logs/<stage>.log, marked done in <output>/stages/<stage>.done):
-synth (--demo) -> convert -> preprocess -> train_lesion -> train_region -> predict (T1 and FLAIR cases of the
-test split) -> fuse -> localize -> cluster -> evaluate (when references exist) -> report.
+synth (--demo) -> convert -> preprocess -> train_lesion -> train_region -> choose (FLAIR, T1 or fused per task,
+from the cross-validation probabilities; recorded in <output>/choice/fusion.json for wmhloc_export_models) ->
+predict (T1 and FLAIR cases of the test split) -> fuse -> localize -> cluster -> evaluate (when references
+exist) -> report.
 A re-run skips finished stages; `--force STAGE` redoes that stage and the ones after it.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from nnunet_wmhloc.pipeline import common
 from nnunet_wmhloc.pipeline.budget import BASES, budget_name, parse_budget
 from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext
 
-STAGES = ("synth", "convert", "preprocess", "train_lesion", "train_region", "predict", "fuse", "localize",
+STAGES = ("synth", "convert", "preprocess", "train_lesion", "train_region", "choose", "predict", "fuse", "localize",
           "cluster", "evaluate", "report")
 # --quick: what a 2-core CPU trains in a few minutes per model: 2d, fold 0, epochs of 20 steps of the planned batch
 # (at most 8), AdamW (nnU-Net's SGD barely starts learning in so few steps); the 37-class region model gets more
@@ -230,8 +232,9 @@ class RunPlan:
             cont = not forced and not final.is_file() and latest.is_file() and latest.stat().st_mtime > since
             ctx.say(f"fold {fold}: training {self.trainers[task]} on {self.dataset(task).name} "
                     f"({self.configuration}, {self.device}){' (continued)' if cont else ''}")
+            # --npz: the validation probabilities the choose stage compares FLAIR, T1 and fused on
             ctx.nnunet(["nnUNetv2_train", self.ids[task], self.configuration, fold, "-tr", self.trainers[task],
-                        "-device", self.device] + (["--c"] if cont else []))
+                        "-device", self.device, "--npz"] + (["--c"] if cont else []))
             if not final.is_file():
                 raise WMHLocError(f"{final}: nnUNetv2_train finished without writing it")
             out["folds"][fold] = "trained"
@@ -241,6 +244,26 @@ class RunPlan:
 
             out["validation_dice"] = json.loads(val.read_text()).get("foreground_mean", {}).get("Dice")
         return out
+
+    def choose(self, ctx: StageContext) -> dict:
+        """Per task FLAIR, T1 or fused, from the cross-validation probabilities (pipeline.models)."""
+        from nnunet_wmhloc.io import write_json
+        from nnunet_wmhloc.pipeline import models as M
+
+        out = {}
+        for task in ("lesion", "region"):
+            folder = self.model_folder(task)
+            for fold in self.folds:
+                val = folder / f"fold_{fold}" / "validation"
+                if not (val.is_dir() and any(val.glob("*.npz"))):  # trained without --npz: validate again
+                    ctx.say(f"{task} fold {fold}: no validation probabilities, rerunning nnU-Net's validation")
+                    ctx.nnunet(["nnUNetv2_train", self.ids[task], self.configuration, fold, "-tr",
+                                self.trainers[task], "-device", self.device, "--val", "--npz"])
+            out[task] = M.choose_fusion(folder, self.folds, task, labels_dir=self.dataset(task) / "labelsTr",
+                                        say=ctx.say)
+        write_json(out, self.output / "choice" / "fusion.json", overwrite=True)
+        return {t: {"choice": c["candidate"], "weights": c["weights"], "mean_dice": c["mean_dice"],
+                    "subjects": c["subjects"]} for t, c in out.items()}
 
     def predict(self, ctx: StageContext) -> dict:
         images = self.dataset("lesion") / "imagesTs"
@@ -276,6 +299,8 @@ class RunPlan:
                   dict(train_key, trainer=self.trainers["lesion"]), description="nnUNetv2_train, lesion model"),
             Stage("train_region", lambda c: self.train(c, "region", force == "train_region"),
                   dict(train_key, trainer=self.trainers["region"]), description="nnUNetv2_train, region model"),
+            Stage("choose", self.choose, train_key,
+                  description="FLAIR, T1 or fused per task, from the cross-validation probabilities"),
             Stage("predict", self.predict, {"tta": self.tta}, description="nnUNetv2_predict on the test split"),
             Stage("fuse", common.fuse_stage, description="FLAIR + T1 fusion"),
             Stage("localize", lambda c: common.localize_stage(c, self.references()["lesion"]),

@@ -1,0 +1,119 @@
+"""wmhloc_export_models: the trained lesion and region models of a run as one file for wmhloc_predict --models.
+
+    wmhloc_export_models wmh_run -o models.zip                        # a wmhloc_run output folder
+    wmhloc_export_models --lesion-model RESULTS/Dataset601_WMHLesion/nnUNetTrainerWMHLoc__nnUNetPlans__3d_fullres \\
+        --region-model RESULTS/Dataset602_WMHRegion/nnUNetTrainerWMHLoc__nnUNetPlans__3d_fullres -o models.zip
+
+The zip holds both models as nnUNetv2_export_model_to_zip writes them (checkpoint_final.pth of each fold
+only) and wmhloc_manifest.json (see nnunet_wmhloc.pipeline.models). The fusion per task is the run's
+choice (its `choose` stage); for model folders it is chosen here from their cross-validation probabilities
+when they have them (nnUNetv2_train --npz), else equal-weight fusion; `--fusion` overrides either.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from nnunet_wmhloc import cli
+from nnunet_wmhloc.io import WMHLocError, read_csv
+from nnunet_wmhloc.pipeline import models as M
+
+
+def build_parser():
+    p = cli.parser("wmhloc_export_models", __doc__.split("\n\n")[0])
+    p.add_argument("run", nargs="?", type=Path, help="a wmhloc_run output folder with trained models")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the archive to write (.zip)")
+    p.add_argument("--lesion-model", type=Path, help="lesion model folder <trainer>__<plans>__<configuration>")
+    p.add_argument("--region-model", type=Path, help="region model folder, as --lesion-model")
+    p.add_argument("-f", "--folds", nargs="+", default=None,
+                   help="folds to export (default: the run's folds / every fold with checkpoint_final.pth)")
+    p.add_argument("--fusion", nargs="+", default=None,
+                   help="override the fusion: flair, t1, fused, fused:<FLAIR weight>, or per task lesion=... region=...")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing archive")
+    return p
+
+
+def _run_models(run: Path) -> tuple[dict, dict, dict, dict]:
+    """Model folders, folds, recorded fusion and training-data description of a wmhloc_run output."""
+    models, folds = {}, {}
+    for t in M.TASKS:
+        marker = run / "stages" / f"train_{t}.done"
+        if not marker.is_file():
+            raise WMHLocError(f"{marker}: not found ({run} is not a wmhloc_run output with a trained {t} model)")
+        m = json.loads(marker.read_text(encoding="utf-8"))
+        models[t] = Path(m["summary"]["model"])
+        folds[t] = [str(f) for f in m["settings"]["folds"]]
+    fusion = {}
+    choice = run / "choice" / "fusion.json"
+    if choice.is_file():
+        fusion = json.loads(choice.read_text(encoding="utf-8"))
+    training = {"source": "wmhloc_run", "run": str(run.resolve())}
+    conv = run / "stages" / "convert.done"
+    if conv.is_file():
+        training["datasets"] = json.loads(conv.read_text(encoding="utf-8")).get("summary", {})
+    raw = models["lesion"].parents[2] / "nnUNet_raw" / models["lesion"].parent.name / "subjects.csv"
+    if raw.is_file():
+        rows = read_csv(raw)
+        train = [r for r in rows if r.get("split") in ("train", "training")]
+        training["subjects"] = {"training": len(train), "all": len(rows),
+                                "sites": sorted({r.get("site", "") for r in train} - {""})}
+    return models, folds, fusion, training
+
+
+def _main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.run is not None and (a.lesion_model or a.region_model):
+        raise WMHLocError("give a run folder or --lesion-model/--region-model, not both")
+    if a.output.suffix.lower() != ".zip":
+        raise WMHLocError(f"{a.output}: the archive name must end in .zip")
+    if a.run is not None:
+        if not a.run.is_dir():
+            raise WMHLocError(f"{a.run}: run folder not found")
+        models, folds, fusion, training = _run_models(a.run)
+        if a.folds:
+            folds = {t: list(a.folds) for t in M.TASKS}
+    else:
+        if not (a.lesion_model and a.region_model):
+            raise WMHLocError("give a wmhloc_run folder, or both --lesion-model and --region-model")
+        from nnunet_wmhloc.pipeline.predict import model_folds
+
+        models = {"lesion": a.lesion_model, "region": a.region_model}
+        for t, m in models.items():
+            if not m.is_dir():
+                raise WMHLocError(f"{m}: {t} model folder not found")
+        folds = {t: model_folds(m, a.folds) for t, m in models.items()}
+        fusion, training = {}, {"source": "model folders"}
+    for t in M.TASKS:
+        M.model_identity(models[t])  # checked before anything slow
+    override = M.parse_fusion(a.fusion)
+    for t in M.TASKS:
+        if t in override:
+            fusion[t] = override[t]
+        elif t not in fusion:
+            if M.has_cv_probabilities(models[t], folds[t]):
+                fusion[t] = M.choose_fusion(models[t], folds[t], t, say=lambda s: print(s, file=sys.stderr))
+            else:
+                fusion[t] = dict(M.fusion_spec("fused"), source="default",
+                                 reason="no cross-validation probabilities (nnUNetv2_train --npz) to choose from")
+    from nnunet_wmhloc.env import nnunet_environ
+    from nnunet_wmhloc.pipeline.budget import budget_environ
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="wmhloc_shim_") as shim:
+        env = budget_environ(nnunet_environ(None), shim)
+        manifest = M.export_models(models, folds, fusion, a.output, training=training, overwrite=a.overwrite,
+                                   env=env, say=lambda s: print(s, file=sys.stderr))
+    size = a.output.stat().st_size / 2**20
+    print(f"wrote {a.output} ({size:.1f} MB): lesion {manifest['models']['lesion']['path']} "
+          f"[{M.describe_fusion(fusion['lesion'])}], region {manifest['models']['region']['path']} "
+          f"[{M.describe_fusion(fusion['region'])}]")
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""wmhloc_predict's deliverables in <output>/results/, per subject on its native FLAIR grid:
+
+flat layout                                             BIDS derivative (--layout bids)
+<subject>/<subject>_lesion_mask.nii.gz  uint8 0/1       sub-X[/ses-Y]/anat/sub-X[_ses-Y]_space-FLAIR_desc-lesion_mask.nii.gz
+<subject>/<subject>_lesion_prob.nii.gz  float32 0-1     ..._space-FLAIR_desc-lesion_probseg.nii.gz
+<subject>/<subject>_regions.nii.gz      uint8 0-36      ..._space-FLAIR_desc-regions_dseg.nii.gz (+ _dseg.tsv)
+<subject>/<subject>_regional_lesions.nii.gz             ..._space-FLAIR_desc-regionallesions_dseg.nii.gz (+ .tsv)
+regional_loads.csv, lesions.csv, subjects.csv           phenotype/*.tsv (+ .json), participants.tsv,
+                                                        dataset_description.json (DatasetType derivative)
+
+The probability map thresholded at 0.5 (p > 0.5) is the lesion mask (see wmhloc_fuse --probability-label).
+regional_loads: lesion volume (mm³) per region and its share of the subject's total lesion load; lesions:
+the 26-connected lesion census of wmhloc_localize. subjects: which modalities each task used, and whether a
+subject fell back from the chosen modality to the one it has.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from nnunet_wmhloc.atlas.regions import REGION_NAMES, region_column
+from nnunet_wmhloc.io import WMHLocError, atomic_dir, read_csv, write_csv, write_json
+from nnunet_wmhloc.pipeline.models import describe_fusion
+from nnunet_wmhloc.postprocessing.localize import LESION_COLUMNS
+
+REGION_LABELS = tuple(range(1, 37))
+TOTALS = ("n_lesions", "total_mm3", "wm_mm3", "left_wm_mm3", "right_wm_mm3", "left_mm3", "right_mm3", "outside_mm3")
+BIDS_VERSION = "1.10.0"
+
+
+def bids_entities(subject, used: set[str]) -> tuple[str, str | None]:
+    """(sub label, ses label or None): from the FLAIR's BIDS path when it has one, else the subject id
+    without the characters BIDS labels may not hold; unique across the cohort."""
+    flair = Path(subject.images["flair"])
+    sub = re.search(r"(?:^|[/_])sub-([A-Za-z0-9]+)", flair.as_posix())
+    ses = re.search(r"(?:^|[/_])ses-([A-Za-z0-9]+)", flair.as_posix())
+    label = sub.group(1) if sub else re.sub(r"[^A-Za-z0-9]", "", subject.subject)
+    key = (label, ses.group(1) if ses else None)
+    if not label or key in used:
+        raise WMHLocError(f"{flair}: subject {subject.subject} gives BIDS label sub-{label}, not unique in the cohort")
+    used.add(key)
+    return key
+
+
+def _fusion_rows(output: Path, task: str) -> dict[str, dict]:
+    p = output / "segmentations" / task / "fusion_log.csv"
+    return {r["subject"]: r for r in read_csv(p)} if p.is_file() else {}
+
+
+def load_rows(loads: list[dict]) -> list[dict]:
+    """localize's regional loads with each region's share of the subject's lesion load."""
+    out = []
+    for r in loads:
+        total = float(r["total_mm3"])
+        row = {k: r[k] for k in TOTALS}
+        for lab in REGION_LABELS:
+            c = region_column(lab)
+            row[f"{c}_mm3"] = r[c]
+            row[f"{c}_share"] = f"{float(r[c]) / total:.6g}" if total > 0 else "0"
+        out.append(row)
+    return out
+
+
+def _copy(src: Path, dst: Path) -> None:
+    if not src.is_file():
+        raise WMHLocError(f"{src}: missing (an earlier stage did not write it)")
+    shutil.copyfile(src, dst)
+
+
+def _reference(s, bids_root: Path | None) -> str:
+    """SpatialReference/Sources of a subject's outputs: a BIDS URI into the input dataset, else the FLAIR's URI."""
+    flair = Path(s.images["flair"]).resolve()
+    if bids_root is not None and bids_root.resolve() in flair.parents:
+        return "bids:raw:" + flair.relative_to(bids_root.resolve()).as_posix()
+    return flair.as_uri()
+
+
+def write_results(output: Path, subjects: list, *, layout: str, fusion: dict, source: str,
+                  bids_root: Path | None = None, say=print) -> dict:
+    from nnunet_wmhloc import __version__
+
+    seg = output / "segmentations"
+    loads = {r["subject"]: r for r in read_csv(output / "localize" / "regional_loads.csv")}
+    census = read_csv(output / "localize" / "lesions.csv")
+    logs = {t: _fusion_rows(output, t) for t in ("lesion", "region")}
+    subjects = [s for s in subjects if s.subject in loads]
+    used: set = set()
+    rows, load_table, lesion_table = [], [], []
+    with atomic_dir(output / "results", overwrite=True) as out:
+        for s in subjects:
+            files = {"mask": seg / "lesion" / f"{s.subject}.nii.gz",
+                     "prob": seg / "lesion" / "probabilities" / f"{s.subject}.nii.gz",
+                     "regions": seg / "region" / f"{s.subject}.nii.gz",
+                     "regional": output / "localize" / "regional_maps" / f"{s.subject}.nii.gz"}
+            info = {"subject": s.subject}
+            for t in ("lesion", "region"):
+                log = logs[t].get(s.subject, {})
+                info[f"{t}_modalities"] = log.get("modalities_used", "")
+                info[f"{t}_weights"] = log.get("weights", "")
+                info[f"{t}_fallback"] = log.get("fallback", "")
+            notes = [f"{t}: chosen {describe_fusion(fusion[t])}, {s.subject} has no "
+                     f"{logs[t][s.subject]['missing_modalities']}: used {info[f'{t}_modalities']}"
+                     for t in ("lesion", "region") if logs[t].get(s.subject, {}).get("fallback") == "yes"]
+            info["note"] = "; ".join(notes)
+            if layout == "bids":
+                sub, ses = bids_entities(s, used)
+                d = out / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
+                stem = f"sub-{sub}" + (f"_ses-{ses}" if ses else "") + "_space-FLAIR"
+                names = {"mask": f"{stem}_desc-lesion_mask", "prob": f"{stem}_desc-lesion_probseg",
+                         "regions": f"{stem}_desc-regions_dseg", "regional": f"{stem}_desc-regionallesions_dseg"}
+                ids = {"participant_id": f"sub-{sub}"} | ({"session_id": f"ses-{ses}"} if ses else {})
+            else:
+                d = out / s.subject
+                names = {"mask": f"{s.subject}_lesion_mask", "prob": f"{s.subject}_lesion_prob",
+                         "regions": f"{s.subject}_regions", "regional": f"{s.subject}_regional_lesions"}
+                ids = {"subject": s.subject}
+            d.mkdir(parents=True, exist_ok=True)
+            _write_mask(files["mask"], d / f"{names['mask']}.nii.gz")
+            for k in ("prob", "regions", "regional"):
+                _copy(files[k], d / f"{names[k]}.nii.gz")
+            if layout == "bids":
+                _bids_sidecars(d, names, info, _reference(s, bids_root))
+            rows.append(ids | {k: v for k, v in info.items() if k != "subject"})
+            load_table.append(ids | load_rows([loads[s.subject]])[0])
+            lesion_table += [ids | {k: v for k, v in r.items() if k != "subject"} for r in census
+                             if r["subject"] == s.subject]
+        if layout == "bids":
+            _bids_tables(out, rows, load_table, lesion_table, source, __version__, bids_root)
+        else:
+            write_csv(rows, out / "subjects.csv")
+            write_csv(load_table, out / "regional_loads.csv")
+            write_csv(lesion_table, out / "lesions.csv",
+                      columns=LESION_COLUMNS)
+            write_csv([{"label": k, "name": REGION_NAMES[k]} for k in range(0, 37)], out / "region_labels.csv")
+    fallback = [r for r in rows if r["note"]]
+    for r in fallback:
+        say(f"fallback: {r['note']}")
+    say(f"results ({layout}): {len(rows)} subjects -> {output / 'results'}")
+    return {"layout": layout, "subjects": len(rows), "fallback_subjects": len(fallback)}
+
+
+def _write_mask(seg: Path, dst: Path) -> None:
+    """Lesion label 1 as a 0/1 mask (label 2 of a 3-class lesion model is not lesion)."""
+    import SimpleITK as sitk
+
+    if not seg.is_file():
+        raise WMHLocError(f"{seg}: missing (an earlier stage did not write it)")
+    img = sitk.ReadImage(str(seg))
+    sitk.WriteImage(sitk.Cast(img == 1, sitk.sitkUInt8), str(dst), True)
+
+
+# ------------------------------------------------------------------------------------------------ BIDS
+def _write_tsv(rows: list[dict], path: Path, columns: list[str] | None = None) -> None:
+    import csv
+
+    columns = columns or (list(rows[0]) if rows else [])
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns, delimiter="\t", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("n/a" if r.get(k, "") in ("", None) else r[k]) for k in columns})
+
+
+def _bids_sidecars(d: Path, names: dict, info: dict, reference: str) -> None:
+    used = {"lesion": info["lesion_modalities"], "region": info["region_modalities"]}
+    meta = {
+        "mask": {"Type": "Lesion", "Description": "White-matter lesion mask (nnU-Net lesion model)",
+                 "ModalitiesUsed": used["lesion"], "Fallback": info["lesion_fallback"] == "yes"},
+        "prob": {"Description": "Probability of white-matter lesion; > 0.5 exactly where the mask is 1",
+                 "ModalitiesUsed": used["lesion"], "Fallback": info["lesion_fallback"] == "yes"},
+        "regions": {"Description": "36 white-matter regions (1-17 left, 18-34 right, 35/36 rest of hemisphere)",
+                    "ModalitiesUsed": used["region"], "Fallback": info["region_fallback"] == "yes"},
+        "regional": {"Description": "Lesion voxels carrying their region label (0 elsewhere)",
+                     "ModalitiesUsed": f"lesion: {used['lesion']}; region: {used['region']}"},
+    }
+    for k, m in meta.items():
+        write_json({"SpatialReference": reference, "Sources": [reference]} | m, d / f"{names[k]}.json")
+    lut = [{"index": k, "name": REGION_NAMES[k].replace(" ", "_")} for k in range(0, 37)]
+    for k in ("regions", "regional"):
+        _write_tsv(lut, d / f"{names[k]}.tsv", ["index", "name"])
+
+
+def _bids_tables(out: Path, rows: list[dict], loads: list[dict], lesions: list[dict], source: str,
+                 version: str, bids_root: Path | None) -> None:
+    links = {"DatasetLinks": {"raw": bids_root.resolve().as_uri()}} if bids_root is not None else {}
+    write_json(links | {"Name": "nnunet_wmhloc: white-matter lesions and regions", "BIDSVersion": BIDS_VERSION,
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "nnunet_wmhloc", "Version": version,
+                                 "Description": "nnU-Net lesion and white-matter region models, FLAIR/T1 fusion, "
+                                                "regional lesion loads (wmhloc_predict)"}],
+                "SourceDatasets": [{"URL": Path(source).as_uri()}]}, out / "dataset_description.json")
+    ids = sorted({r["participant_id"] for r in rows})
+    _write_tsv([{"participant_id": i} for i in ids], out / "participants.tsv")
+    ph = out / "phenotype"
+    ph.mkdir()
+    tables = {"wmhloc_subjects": (rows, "Modalities each model used per subject, and fallbacks"),
+              "wmhloc_regional_loads": (loads, "Lesion volume (mm3) per white-matter region and its share of "
+                                               "the subject's lesion load"),
+              "wmhloc_lesions": (lesions, "26-connected lesion census: volume, centroid (world mm, LPS), regions")}
+    for name, (data, desc) in tables.items():
+        cols = list(data[0]) if data else ["participant_id"]
+        _write_tsv(data, ph / f"{name}.tsv", cols)
+        write_json({"MeasurementToolMetadata": {"Description": desc}}
+                   | {c: {"Description": c.replace("_", " ")} for c in cols}, ph / f"{name}.json")
