@@ -64,6 +64,8 @@ setup(
     # Dask for --scheduler (cohorts on a cluster); dask and distributed are released together and must match.
     # The tests start a real scheduler and workers, so the test extra has them too.
     # nilearn ships the ICBM152 2009a T1 with its WM/GM probability maps: real ground truth for the WM estimate
-    extras_require={"dask": DASK, "test": ["pytest", "nilearn", *DASK]},
+    # bids-validator-deno: the official BIDS schema validator (its bundled schema and deno binary: runs offline),
+    # checks wmhloc_predict --layout bids output in the tests
+    extras_require={"dask": DASK, "test": ["pytest", "nilearn", *DASK, "bids-validator-deno"]},
     entry_points={"console_scripts": [f"{k}={v}" for k, v in CONSOLE_SCRIPTS.items()]},
 )

@@ -59,25 +59,33 @@ def fuse_subject(readers: list[CaseReader], weights: list[float], *, check: bool
     best = np.full(shape, -np.inf)
     label = np.zeros(shape, dtype=np.uint8)
     # per-modality running argmax: verifies each case against nnU-Net's own segmentation
-    own_best = [np.full(shape, -np.inf, dtype=np.float32) for _ in readers]
-    own_label = [np.zeros(shape, dtype=np.uint8) for _ in readers]
+    own = check or len(readers) > 1
+    own_best = [np.full(shape, -np.inf, dtype=np.float32) for _ in readers] if own else []
+    own_label = [np.zeros(shape, dtype=np.uint8) for _ in readers] if own else []
     iters = [r.channels() for r in readers]
     fused = np.empty(shape, dtype=np.float64)
+    tmp = np.empty(shape, dtype=np.float64)
+    better = np.empty(shape, dtype=bool)
+    # in-place ufuncs and copyto(where=): boolean fancy indexing was most of the time on 37-channel maps
     for c in range(readers[0].n_channels):
-        fused.fill(0.0)
         for i, it in enumerate(iters):
             ch = next(it)
             # checked even with --no-check: a NaN or negative probability would silently decide the argmax
             if not (np.isfinite(ch).all() and ch.min(initial=0) >= 0):
                 raise WMHLocError(f"{readers[i].case.npz}: channel {c} holds NaN, infinite or negative "
                                   "probabilities (not a softmax output)")
-            fused += w[i] * ch
-            better = ch > own_best[i]
-            own_best[i][better] = ch[better]
-            own_label[i][better] = c
-        better = fused > best
-        best[better] = fused[better]
-        label[better] = c
+            if i == 0:
+                np.multiply(ch, w[0], out=fused)
+            else:
+                np.multiply(ch, w[i], out=tmp)
+                fused += tmp
+            if own:
+                np.greater(ch, own_best[i], out=better)
+                np.copyto(own_best[i], ch, where=better)
+                np.copyto(own_label[i], c, where=better, casting="unsafe")
+        np.greater(fused, best, out=better)
+        np.copyto(best, fused, where=better)
+        np.copyto(label, c, where=better, casting="unsafe")
         if c == keep_channel:
             kept = fused.astype(np.float32)
     if check:

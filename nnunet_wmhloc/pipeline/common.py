@@ -205,6 +205,9 @@ def fuse_stage(ctx: StageContext, weights: dict[str, dict] | None = None) -> dic
     for task in TASKS:
         src = ctx.output / "predictions" / task
         dst = ctx.output / "segmentations" / task
+        if weights and task in weights and not any(src.glob("*.npz")):
+            out[task] = select_segmentations(ctx, src, dst, weights[task])
+            continue
         args = [src, "-o", dst, "--overwrite"]
         if weights and task in weights:
             args += ["--modalities", *weights[task], "--weights", *weights[task].values()]
@@ -213,6 +216,32 @@ def fuse_stage(ctx: StageContext, weights: dict[str, dict] | None = None) -> dic
         ctx.tool("wmhloc_fuse", args)
         out[task] = len(nifti_stems(dst))
     return {"subjects": out}
+
+
+def select_segmentations(ctx: StageContext, src: Path, dst: Path, weights: dict) -> int:
+    """A task predicted from one modality per subject without probabilities (nothing to average): each
+    subject's map is nnU-Net's segmentation of the weighted modality, else of the one it has; logged in
+    wmhloc_fuse's fusion_log.csv format."""
+    from nnunet_wmhloc.io import atomic_dir, write_csv
+    from nnunet_wmhloc.postprocessing.fuse import LOG_COLUMNS
+
+    cases: dict[str, dict[str, Path]] = {}
+    for stem in nifti_stems(src):
+        subject, mod = split_case(stem)
+        cases.setdefault(subject, {})[mod] = src / f"{stem}.nii.gz"
+    rows = []
+    with atomic_dir(dst, overwrite=True) as tmp:
+        for subject, have in sorted(cases.items()):
+            weighted = [m for m in weights if weights[m] > 0]
+            use = next((m for m in weighted if m in have), next(iter(sorted(have))))
+            shutil.copyfile(have[use], tmp / f"{subject}.nii.gz")
+            missing = [m for m in weighted if m not in have]
+            rows.append({"subject": subject, "modalities_used": use, "weights": "1",
+                         "fallback": "yes" if missing else "no", "missing_modalities": " ".join(missing),
+                         "files": str(have[use])})
+        write_csv(rows, tmp / "fusion_log.csv", columns=LOG_COLUMNS)
+    ctx.say(f"{dst}: nnU-Net's segmentations of {len(rows)} subjects (one modality each, no fusion)")
+    return len(rows)
 
 
 def localize_stage(ctx: StageContext, reference_lesions: Path | None) -> dict:

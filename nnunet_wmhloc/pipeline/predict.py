@@ -231,9 +231,13 @@ class PredictPlan:
         models, inputs = {}, {}
         for task, folder in self.models.items():
             inputs[task] = self.inputs(task)
+            # probabilities: to average two modalities, and for the lesion probability map; a region task on
+            # one modality needs none (nnU-Net's 37-channel .npz export is slow)
+            probs = task == "lesion" or all(w > 0 for w in self.fusion[task]["weights"].values())
             models[task] = (["nnUNetv2_predict_from_modelfolder", "-m", folder, "-f", *self.folds[task],
-                             "--save_probabilities", "-device", self.a.device, "-npp", self.processes,
-                             "-nps", self.processes] + (["--disable_tta"] if self.a.disable_tta else []))
+                             "-device", self.a.device, "-npp", self.processes, "-nps", self.processes]
+                            + (["--save_probabilities"] if probs else [])
+                            + (["--disable_tta"] if self.a.disable_tta else []))
         return common.predict_models(ctx, inputs, self.output, models, scheduler=self.a.scheduler)
 
     def fuse(self, ctx: StageContext) -> dict:

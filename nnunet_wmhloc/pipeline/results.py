@@ -5,8 +5,9 @@ flat layout                                             BIDS derivative (--layou
 <subject>/<subject>_lesion_prob.nii.gz  float32 0-1     ..._space-FLAIR_desc-lesion_probseg.nii.gz
 <subject>/<subject>_regions.nii.gz      uint8 0-36      ..._space-FLAIR_desc-regions_dseg.nii.gz (+ _dseg.tsv)
 <subject>/<subject>_regional_lesions.nii.gz             ..._space-FLAIR_desc-regionallesions_dseg.nii.gz (+ .tsv)
-regional_loads.csv, lesions.csv, subjects.csv           phenotype/*.tsv (+ .json), participants.tsv,
-                                                        dataset_description.json (DatasetType derivative)
+regional_loads.csv, lesions.csv, subjects.csv           phenotype/wmhloc_{regional_loads,subjects}.tsv,
+                                                        lesions.tsv (in .bidsignore: one row per lesion),
+                                                        participants.tsv, dataset_description.json
 
 The probability map thresholded at 0.5 (p > 0.5) is the lesion mask (see wmhloc_fuse --probability-label).
 regional_loads: lesion volume (mm³) per region and its share of the subject's total lesion load; lesions:
@@ -194,12 +195,17 @@ def _bids_tables(out: Path, rows: list[dict], loads: list[dict], lesions: list[d
     _write_tsv([{"participant_id": i} for i in ids], out / "participants.tsv")
     ph = out / "phenotype"
     ph.mkdir()
-    tables = {"wmhloc_subjects": (rows, "Modalities each model used per subject, and fallbacks"),
-              "wmhloc_regional_loads": (loads, "Lesion volume (mm3) per white-matter region and its share of "
-                                               "the subject's lesion load"),
-              "wmhloc_lesions": (lesions, "26-connected lesion census: volume, centroid (world mm, LPS), regions")}
+    tables = {"phenotype/wmhloc_subjects": (rows, "Modalities each model used per subject, and fallbacks"),
+              "phenotype/wmhloc_regional_loads": (loads, "Lesion volume (mm3) per white-matter region and its share "
+                                                         "of the subject's lesion load"),
+              # one row per lesion: not a phenotype table (those have one row per participant/session), so
+              # kept at the root and listed in .bidsignore, as BIDS asks for files it does not define
+              "lesions": (lesions, "26-connected lesion census: volume, centroid (world mm, LPS), regions")}
     for name, (data, desc) in tables.items():
         cols = list(data[0]) if data else ["participant_id"]
-        _write_tsv(data, ph / f"{name}.tsv", cols)
+        _write_tsv(data, out / f"{name}.tsv", cols)
         write_json({"MeasurementToolMetadata": {"Description": desc}}
-                   | {c: {"Description": c.replace("_", " ")} for c in cols}, ph / f"{name}.json")
+                   | {c: {"Description": c.replace("_", " ")} for c in cols}, out / f"{name}.json")
+    (out / ".bidsignore").write_text("lesions.tsv\nlesions.json\n")
+    (out / "README.md").write_text("White-matter lesion masks and probability maps, 36 white-matter regions and "
+                                   "regional lesion loads, written by nnunet_wmhloc's wmhloc_predict.\n")
