@@ -200,7 +200,7 @@ def check_bids_derivative(root: Path) -> None:
     assert dd["GeneratedBy"][0]["Name"] == "nnunet_wmhloc" and dd["GeneratedBy"][0]["Version"]
     assert _csv(root / "participants.tsv", "\t")[0]["participant_id"].startswith("sub-")
     files = [p.relative_to(root) for p in root.rglob("*") if p.is_file()]
-    top = {"dataset_description.json", "participants.tsv", ".bidsignore", "lesions.tsv", "lesions.json"}
+    top = {"dataset_description.json", "participants.tsv", "README.md", ".bidsignore", "lesions.tsv", "lesions.json"}
     for f in files:
         if str(f) in top or f.parts[0] == "phenotype":
             assert str(f) in top or re.fullmatch(r"phenotype/\w+\.(tsv|json)", str(f)), f
@@ -323,3 +323,35 @@ def test_fusion_option_parsing():
     for bad in (["fused:1.5"], ["flair:0.3"], ["pet"], ["brain=flair"]):
         with pytest.raises(M.WMHLocError):
             M.parse_fusion(bad)
+
+
+def test_export_from_model_folders_chooses_from_their_validation(cohort_run, tmp_path, capsys):
+    """Explicit model folders: the fusion is chosen from their own cross-validation probabilities, the same
+    choice the run made; a folder not laid out as nnU-Net's results is refused in one line, writing nothing."""
+    out = cohort_run["out"]
+    folders = {t: next((out / "nnunet" / "nnUNet_results").glob(f"{ds}/*__2d"))
+               for t, ds in (("lesion", "Dataset601_*"), ("region", "Dataset602_*"))}
+    zpath = tmp_path / "folders.zip"
+    assert export.main(["--lesion-model", str(folders["lesion"]), "--region-model", str(folders["region"]),
+                        "-o", str(zpath)]) == 0
+    with zipfile.ZipFile(zpath) as z:
+        man = json.loads(z.read(M.MANIFEST))
+    run_choice = json.loads((out / "choice" / "fusion.json").read_text())
+    for t in M.TASKS:
+        assert man["fusion"][t]["source"] == "cross-validation"
+        assert man["fusion"][t]["weights"] == run_choice[t]["weights"]
+    odd = tmp_path / "my_model"
+    shutil.copytree(folders["lesion"], odd, ignore=shutil.ignore_patterns("*.pth", "validation"))
+    capsys.readouterr()
+    assert export.main(["--lesion-model", str(odd), "--region-model", str(folders["region"]),
+                        "-o", str(tmp_path / "odd.zip")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(odd) in err[0] and "not an nnU-Net results folder" in err[0]
+    assert not (tmp_path / "odd.zip").exists()
+
+
+def test_archive_trainers_must_be_buildable():
+    """open_archive accepts budget trainers (made on demand, see pipeline.budget) and ours, refuses unknown ones."""
+    assert M.trainer_available("nnUNetTrainerWMHLoc_30epochs_20it_bs8_adamw")
+    assert M.trainer_available("nnUNetTrainerWMHLoc_smoke") and M.trainer_available("nnUNetTrainer")
+    assert not M.trainer_available("nnUNetTrainerWMHLocFromTheFuture")

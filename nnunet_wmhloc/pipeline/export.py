@@ -82,6 +82,7 @@ def _main(argv=None) -> int:
         for t, m in models.items():
             if not m.is_dir():
                 raise WMHLocError(f"{m}: {t} model folder not found")
+            M.model_identity(m)
         folds = {t: model_folds(m, a.folds) for t, m in models.items()}
         fusion, training = {}, {"source": "model folders"}
     for t in M.TASKS:
