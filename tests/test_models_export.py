@@ -199,7 +199,9 @@ def check_bids_derivative(root: Path) -> None:
     assert dd["DatasetType"] == "derivative" and dd["BIDSVersion"] and dd["Name"]
     assert dd["GeneratedBy"][0]["Name"] == "nnunet_wmhloc" and dd["GeneratedBy"][0]["Version"]
     assert _csv(root / "participants.tsv", "\t")[0]["participant_id"].startswith("sub-")
-    files = [p.relative_to(root) for p in root.rglob("*") if p.is_file()]
+    # hidden files (e.g. the ownership marker) are not part of a BIDS dataset, .bidsignore is
+    files = [p.relative_to(root) for p in root.rglob("*") if p.is_file()
+             and (not p.name.startswith(".") or p.name == ".bidsignore")]
     top = {"dataset_description.json", "participants.tsv", "README.md", ".bidsignore", "lesions.tsv", "lesions.json"}
     for f in files:
         if str(f) in top or f.parts[0] == "phenotype":
