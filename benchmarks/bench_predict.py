@@ -203,6 +203,7 @@ def main(argv=None) -> int:
     p.add_argument("--subjects", type=int, default=2, help="subjects predicted per setting")
     p.add_argument("--configurations", nargs="+", default=["2d", "3d_fullres"])
     p.add_argument("--tta", nargs="+", default=["off", "on"], choices=("on", "off"))
+    p.add_argument("--fusions", nargs="+", default=[n for n, _ in SETTINGS], choices=[n for n, _ in SETTINGS])
     p.add_argument("--threads", type=int, default=max(1, len(os.sched_getaffinity(0)) - 1),
                    help="torch threads for nnU-Net (wmhloc_predict --threads)")
     p.add_argument("--work", type=Path, default=None, help="keep the cohort, models and outputs here")
@@ -218,7 +219,7 @@ def main(argv=None) -> int:
           f"{'other %':>7} {'peak MB':>8}  per stage: seconds (peak MB)")
     rows = []
     for c in a.configurations:
-        for name, fusion in SETTINGS:
+        for name, fusion in [x for x in SETTINGS if x[0] in a.fusions]:
             for tta in a.tta:
                 out = work / "out" / f"{c}_{name}_tta{tta}"
                 if out.exists():
