@@ -450,18 +450,23 @@ def test_region_model_test_time_mirroring_is_symmetric(demo, monkeypatch):
         y = p.predict_logits_from_preprocessed_data(x)
         ym = p.predict_logits_from_preprocessed_data(torch.flip(x, (d,)))
         expect = torch.flip(y, (d,))[perm]
-        # nnU-Net sums the tiles' logits in float16: equal up to a rounding step at the logits' magnitude
+        # nnU-Net sums the tiles' logits in float16: equal up to a rounding step at the logits' magnitude, so
+        # the argmax may differ only where the two best classes are closer than that step
+        step = 2 ** -8 * float(expect.abs().max())
         diff = float((ym - expect).abs().max()) / float(expect.abs().max())
-        return diff, float((ym.argmax(0) == expect.argmax(0)).float().mean())
+        differ = ym.argmax(0) != expect.argmax(0)
+        top2 = expect.topk(2, dim=0).values
+        near_tie = (top2[0] - top2[1]) <= step
+        return diff, float((~differ).float().mean()), bool((differ & ~near_tie).any())
 
-    diff, same = check()
+    diff, same, real_change = check()
     print("symmetric", diff, same)
-    assert same == 1.0 and diff < 2 ** -8, (diff, same)
+    assert diff < 2 ** -8 and not real_change, (diff, same)
     set_lr_symmetry(p.network, None, None)
     p.list_of_parameters = [{k: v for k, v in p.list_of_parameters[0].items() if "wmhloc_lr" not in k}]
-    diff, same = check()
+    diff, same, real_change = check()
     print("plain", diff, same)
-    assert diff > 0.05 and same < 1.0, (diff, same)
+    assert diff > 0.05 and same < 0.999 and real_change, (diff, same)
 
 
 def test_predict_on_dask_cluster_equals_local(demo, predicted, tmp_path):
