@@ -22,7 +22,7 @@ import SimpleITK as sitk
 
 from nnunet_wmhloc import io
 from nnunet_wmhloc.atlas import merge_table as mt
-from nnunet_wmhloc.atlas.regions import REGION_FULL_NAMES, REGION_NAMES
+from nnunet_wmhloc.vocab import REGION_FULL_NAMES, REGION_NAMES
 from nnunet_wmhloc.io import WMHLocError
 
 # raw Eve release (github.com/muschellij2/Eve_Atlas)

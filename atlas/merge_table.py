@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_wmhloc.atlas.regions import ALL_LABELS
+from nnunet_wmhloc.vocab import ALL_LABELS
 from nnunet_wmhloc.io import WMHLocError
 
 TABLE_PATH = Path(__file__).with_name("merge_table.tsv")

@@ -260,7 +260,7 @@ def write_outcome(o: Outcome, output: Path, overwrite: bool, extra: dict[str, si
         for name in [sc["json"].name, sc["tfm"].name, sc["qc"].name, *extra, output.name]:
             dst = output.with_name(name)
             if not replace:
-                io._check_overwrite(dst, False)  # appeared meanwhile (another run): do not clobber it
+                io.check_overwrite(dst, False)  # appeared meanwhile (another run): do not clobber it
             os.replace(tmp / name, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

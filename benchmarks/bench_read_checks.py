@@ -58,8 +58,8 @@ def main(argv=None) -> int:
                 path = Path(d) / f"lab_{size[2]}_{np.dtype(dtype).name}.nii.gz"
                 sitk.WriteImage(img, str(path), True)
                 itk = _ms(lambda: sitk.ReadImage(str(path)), a.repeat)
-                check = _ms(lambda: io._check_nifti_file(path, "label map", False), a.repeat)
-                streamed = _ms(lambda: io._nifti_bytes(path, -1), a.repeat)  # -1: the trailer never matches
+                check = _ms(lambda: io.images._check_nifti_file(path, "label map", False), a.repeat)
+                streamed = _ms(lambda: io.images._nifti_bytes(path, -1), a.repeat)  # -1: the trailer never matches
                 full = _ms(lambda: io.read_image(path), a.repeat)
                 nibfull = _ms(lambda: np.asanyarray(nib.load(str(path)).dataobj), a.repeat)
                 name = f"{'x'.join(map(str, size))} {np.dtype(dtype).name}"

@@ -24,8 +24,9 @@ from nnunet_wmhloc import cli
 from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_path, check_same_geometry, read_csv,
                               read_image, write_csv)
 from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, DatasetJob, Subject,
-                                                     build_datasets, dataset_folder_name, load_subject, raw_root_from,
-                                                     subject_id, subject_row, write_cases)
+                                                     build_datasets, load_subject, raw_root_from, subject_row,
+                                                     write_cases)
+from nnunet_wmhloc.vocab import dataset_folder_name, subject_id
 
 LESION_PATTERNS = ("*_label-WMH_mask.nii.gz", "*_label-lesion_mask.nii.gz")
 REGION_PATTERNS = ("*_label-WMregions_dseg.nii.gz",)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,18 +11,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.atlas.regions import ALL_LABELS, LEFT_REGIONS, REST_REGIONS, RIGHT_REGIONS, region_column
-from nnunet_wmhloc.naming import MODALITIES, case_name, split_case
-from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_same_geometry, is_number, read_image,
+from nnunet_wmhloc.vocab import (ALL_LABELS, LESION_ALLOWED, LESION_LABELS, LR_PAIRS, LR_PAIRS_KEY, REST_REGIONS,
+                                 case_name, dataset_folder_name, dataset_folders, region_column, split_case)
+from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_same_geometry, read_image,
                               read_labels, write_csv, write_json)
 
-LESION_LABELS = {"background": 0, "WMH": 1, "ignore": 2}
-LESION_ALLOWED = (0, 1, 2)
 # nnU-Net z-scores every channel whose name is not CT (or a few other keywords): "MRI" is safe
 CHANNEL_NAMES = {"0": "MRI"}
 # nnU-Net's reader that puts every case in RAS and writes predictions back in the image's orientation
 IMAGE_READER = "SimpleITKIOWithReorient"
-LR_PAIRS_KEY = "wmhloc_lr_pairs"  # read by nnunet_wmhloc.training.laterality
 N_FOLDS = 5
 SPLIT_SEED = 12345  # nnU-Net's own seed for its random folds
 
@@ -41,32 +37,11 @@ class Subject:
     info: dict = field(default_factory=dict)
 
 
-def subject_id(raw: str, where: str = "") -> str:
-    """'12' -> 'wmh012'; other ids are kept if nnU-Net-safe (ASCII letters, digits, '-'), else refused.
-    `where` (e.g. 'cohort.csv: line 3') leads the error message."""
-    lead = f"{where}: " if where else ""
-    if is_number(raw):
-        return f"wmh{int(raw):03d}"
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", raw):
-        raise WMHLocError(f"{lead}subject id {raw!r} must be ASCII letters, digits and '-' only "
-                          "(no '_', spaces, slashes or dots)")
-    return raw
-
-
-def dataset_folder_name(dataset_id: int, name: str) -> str:
-    if not 1 <= dataset_id <= 999:
-        raise WMHLocError(f"dataset id {dataset_id}: must be between 1 and 999")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", name or ""):
-        raise WMHLocError(f"dataset name {name!r}: must be ASCII letters, digits and '-' only (it names the "
-                          f"folder Dataset{dataset_id:03d}_<name>)")
-    return f"Dataset{dataset_id:03d}_{name}"
-
-
 def check_dataset_id_free(raw_root: Path, dataset_id: int, folder_name: str) -> None:
     """nnU-Net resolves ids by folder prefix: a second folder with the same id breaks every command."""
     if not raw_root.is_dir():
         return
-    for p in raw_root.glob(f"Dataset{dataset_id:03d}_*"):
+    for p in dataset_folders(raw_root, dataset_id):
         if p.name != folder_name:
             raise WMHLocError(f"{p}: dataset id {dataset_id} is already used by another dataset; "
                               f"choose another id")
@@ -138,7 +113,7 @@ def dataset_json(task: str, num_training: int, description: str) -> dict:
     else:
         labels = {"background": 0}
         labels.update({region_column(i): i for i in ALL_LABELS[1:]})
-        extra[LR_PAIRS_KEY] = [[l, r] for l, r in zip(LEFT_REGIONS, RIGHT_REGIONS)] + [list(REST_REGIONS)]
+        extra[LR_PAIRS_KEY] = [list(p) for p in LR_PAIRS]
     return {
         "channel_names": dict(CHANNEL_NAMES),
         "labels": labels,

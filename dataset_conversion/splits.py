@@ -4,7 +4,6 @@ The converters write it themselves when nnUNet_preprocessed is set; this covers 
 converted by other tools): T1 and FLAIR cases of one subject must never fall in different folds."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

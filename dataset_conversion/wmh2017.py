@@ -11,9 +11,9 @@ from pathlib import Path
 
 from nnunet_wmhloc import cli
 from nnunet_wmhloc.io import WMHLocError, is_number
-from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, MODALITIES, REGION_DESCRIPTION, DatasetJob,
-                                                     Subject, build_datasets, dataset_folder_name, raw_root_from,
-                                                     subject_id)
+from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, DatasetJob, Subject,
+                                                     build_datasets, raw_root_from)
+from nnunet_wmhloc.vocab import MODALITIES, dataset_folder_name, subject_id
 
 SPLIT_FOLDERS = {"training": "train", "test": "test"}
 # training/GE3T is the Amsterdam GE 3T scanner; the test release nests all three Amsterdam scanners

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnunet_wmhloc.io import NIFTI_SUFFIXES, WMHLocError, list_inputs, strip_nifti
-from nnunet_wmhloc.naming import split_case
+from nnunet_wmhloc.vocab import split_case
 
 
 def subject_key(name: str, priority) -> tuple[str, int]:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.atlas.regions import LEFT_REGIONS, REGION_NAMES, RIGHT_REGIONS, WM_REGIONS, region_column
+from nnunet_wmhloc.vocab import LEFT_REGIONS, REGION_NAMES, RIGHT_REGIONS, WM_REGIONS, region_column
 from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_output, check_path, read_csv, write_csv, write_json
 
 NORMALISATIONS = ("fraction", "fraction-zscore", "log", "zscore", "raw")

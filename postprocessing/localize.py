@@ -32,7 +32,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.atlas.regions import (LEFT_REGIONS, REGION_NAMES, REST_LEFT, REST_RIGHT, RIGHT_REGIONS,
+from nnunet_wmhloc.vocab import (LEFT_REGIONS, REGION_NAMES, REST_LEFT, REST_RIGHT, RIGHT_REGIONS,
                                          WM_REGIONS, region_column)
 from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_same_geometry, read_image, write_csv,
                               write_json)

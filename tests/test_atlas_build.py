@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_wmhloc.atlas import build, merge_table as mt
-from nnunet_wmhloc.atlas.regions import REGION_FULL_NAMES
+from nnunet_wmhloc.vocab import REGION_FULL_NAMES
 
 LEFT_REST = [26, 27, 28, 29, 30, 31, 32, 49, 50, 56, 57, 59, 60, 61, 62, 63, 64, 65]
 RIGHT_REST = [91, 92, 93, 94, 95, 96, 97, 114, 115, 121, 122, 124, 125, 126, 127, 128, 129, 130]

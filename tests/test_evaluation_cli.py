@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from scipy import ndimage, stats
 
 from nnunet_wmhloc import io
-from nnunet_wmhloc.atlas.regions import region_column
+from nnunet_wmhloc.vocab import region_column
 from nnunet_wmhloc.evaluation import compare, evaluate
 from nnunet_wmhloc.evaluation import metrics as M
 

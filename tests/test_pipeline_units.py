@@ -213,7 +213,7 @@ def test_cluster_stage_skips_what_cannot_be_clustered(tmp_path):
     reported and skipped, not a failed run; different distributions are clustered by wmhloc_cluster."""
     import csv
 
-    from nnunet_wmhloc.atlas.regions import WM_REGIONS, region_column
+    from nnunet_wmhloc.vocab import WM_REGIONS, region_column
     from nnunet_wmhloc.pipeline.common import cluster_stage
     from nnunet_wmhloc.pipeline.stages import StageContext
 

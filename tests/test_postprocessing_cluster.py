@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnunet_wmhloc.atlas.regions import region_column
+from nnunet_wmhloc.vocab import region_column
 from nnunet_wmhloc.postprocessing import cluster
 
 # three location patterns (region labels 1..34): left parietal/cingulate, bilateral corona radiata,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_wmhloc.atlas.regions import region_column
+from nnunet_wmhloc.vocab import region_column
 from nnunet_wmhloc.postprocessing import localize
 
 SPACING = (0.7, 1.3, 3.0)          # anisotropic: voxel = 2.73 mm³

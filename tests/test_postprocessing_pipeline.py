@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_wmhloc.atlas.regions import region_column
+from nnunet_wmhloc.vocab import region_column
 
 pytest.importorskip("torch")
 from test_postprocessing_fuse import _image, nnunet_predict_like  # noqa: E402

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_wmhloc import cli, io
-from nnunet_wmhloc.atlas.regions import (LEFT_REGIONS, REGION_NAMES, REST_REGIONS, RIGHT_REGIONS, WM_REGIONS,
+from nnunet_wmhloc.vocab import (LEFT_REGIONS, REGION_NAMES, REST_REGIONS, RIGHT_REGIONS, WM_REGIONS,
                                          region_column)
 from nnunet_wmhloc.evaluation import metrics as M
 from nnunet_wmhloc.evaluation.evaluate import describe, fmt_mean_sd

@@ -29,11 +29,11 @@ from typing import Sequence
 import numpy as np
 
 from nnunet_wmhloc import cli, io
-from nnunet_wmhloc.atlas.regions import (LEFT_REGIONS, REST_LEFT, REST_REGIONS, REST_RIGHT, RIGHT_REGIONS,
+from nnunet_wmhloc.vocab import (LEFT_REGIONS, REST_LEFT, REST_REGIONS, REST_RIGHT, RIGHT_REGIONS,
                                          WM_REGIONS, region_column)
 from nnunet_wmhloc.evaluation import metrics as M
 from nnunet_wmhloc.io import WMHLocError
-from nnunet_wmhloc.naming import split_case
+from nnunet_wmhloc.vocab import split_case
 
 LESION_LABELS = (0, 1, 2)
 REGION_LABELS = tuple(range(0, 37))

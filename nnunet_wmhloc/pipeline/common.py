@@ -15,9 +15,10 @@ import shutil
 from pathlib import Path
 
 from nnunet_wmhloc.env import nnunet_environ
-from nnunet_wmhloc.io import (WMHLocError, check_output, is_owned, make_owned_dir, mark_owned, read_csv,
+from nnunet_wmhloc.io import (WMHLocError, check_not_input, check_output, is_owned, make_owned_dir, mark_owned,
+                              read_csv,
                               remove_owned)
-from nnunet_wmhloc.naming import split_case
+from nnunet_wmhloc.vocab import split_case
 from nnunet_wmhloc.pipeline.budget import budget_environ
 from nnunet_wmhloc.pipeline.stages import StageContext, clear_dir, cpu_count
 
@@ -47,10 +48,10 @@ def pipeline_environ(nnunet_root: Path | None, shim_folder: Path, *, device: str
     return env
 
 
-def check_pipeline_output(output: Path, cohort: Path | None = None) -> None:
+def check_pipeline_output(output: Path, cohort: Path | None = None, extra_inputs=()) -> None:
     """wmhloc_run/wmhloc_predict resume into an existing output folder, but never into one they did not make
     and never into (or around) their inputs: their stages replace images/, predictions/, evaluation/, ..."""
-    inputs = []
+    inputs = [p for p in extra_inputs if p is not None]
     if cohort is not None:
         from nnunet_wmhloc.dataset_conversion.cohort import load_cohort
 
@@ -61,7 +62,10 @@ def check_pipeline_output(output: Path, cohort: Path | None = None) -> None:
             subjects = []  # the convert stage reports the cohort's problem
         for s in subjects:
             inputs += [*s.images.values(), s.lesion, s.regions]
-    check_output(output, overwrite=True, inputs=inputs, resume=True)
+    if output.is_dir() and (output / "stages").is_dir() and not is_owned(output):
+        check_not_input(output, inputs)
+        mark_owned(output)  # a run folder made before ownership markers existed
+    check_output(output, overwrite=True, inputs=inputs, reuse=True)
 
 
 def claim_output(output: Path) -> None:

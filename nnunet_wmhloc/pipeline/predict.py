@@ -207,7 +207,7 @@ class PredictPlan:
 
     def subject_modalities(self) -> dict[str, set[str]]:
         """subject -> modalities it has in the inference folder."""
-        from nnunet_wmhloc.naming import split_case
+        from nnunet_wmhloc.vocab import split_case
 
         out: dict[str, set[str]] = {}
         for p in self.images.glob("*_0000.nii.gz"):

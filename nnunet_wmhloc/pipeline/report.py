@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_wmhloc.atlas.regions import REGION_NAMES, REST_REGIONS, WM_REGIONS, region_column
+from nnunet_wmhloc.vocab import REGION_NAMES, REST_REGIONS, WM_REGIONS, region_column
 from nnunet_wmhloc.io import WMHLocError, atomic_dir
 
 N_LABELS = 37

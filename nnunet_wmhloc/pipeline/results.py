@@ -20,7 +20,7 @@ import re
 import shutil
 from pathlib import Path
 
-from nnunet_wmhloc.atlas.regions import REGION_NAMES, region_column
+from nnunet_wmhloc.vocab import REGION_NAMES, region_column
 from nnunet_wmhloc.io import WMHLocError, atomic_dir, read_csv, write_csv, write_json
 from nnunet_wmhloc.pipeline.models import describe_fusion
 from nnunet_wmhloc.postprocessing.localize import LESION_COLUMNS

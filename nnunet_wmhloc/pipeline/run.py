@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from nnunet_wmhloc import cli, parallel
-from nnunet_wmhloc.io import WMHLocError, check_output, is_number
+from nnunet_wmhloc.io import WMHLocError, is_number
 from nnunet_wmhloc.pipeline import common
 from nnunet_wmhloc.pipeline.budget import BASES, budget_name, parse_budget
 from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext
@@ -115,9 +115,7 @@ class RunPlan:
                            ("--atlas", a.atlas)):
             if path is not None and not Path(path).exists():
                 raise WMHLocError(f"{path}: not found ({flag})")
-        common.check_pipeline_output(a.output, a.cohort)
-        if a.release or a.region_labels:
-            check_output(a.output, overwrite=True, inputs=[a.release, a.region_labels], resume=True)
+        common.check_pipeline_output(a.output, a.cohort, [a.release, a.region_labels])
         self.quick = a.quick or a.demo
         self.output = a.output.resolve()
         self.root = (a.nnunet_root or self.output / "nnunet").resolve()

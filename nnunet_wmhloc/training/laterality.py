@@ -30,7 +30,7 @@ import torch
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from torch import nn
 
-from nnunet_wmhloc.dataset_conversion.common import LR_PAIRS_KEY  # the region converter writes it
+from nnunet_wmhloc.vocab import LR_PAIRS_KEY  # the region converter declares the pairs under it
 
 # readers that put every image in one orientation, and the left-right axis of the (z, y, x) array they return
 CANONICAL_READERS = {"SimpleITKIOWithReorient": 2, "NibabelIOWithReorient": 2}

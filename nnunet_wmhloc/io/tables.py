@@ -1,0 +1,86 @@
+"""Tables: CSV read (Excel's encodings too) and written atomically; JSON read with one-line errors."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from io import StringIO
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from nnunet_wmhloc.io.outputs import atomic_file
+from nnunet_wmhloc.io.paths import WMHLocError, check_path
+
+
+def write_csv(rows: Sequence[Mapping], path: str | os.PathLike, *, columns: Sequence[str] | None = None,
+              overwrite: bool = False) -> Path:
+    """Write dict rows as CSV (columns = first row's keys unless given); floats with 6 significant digits."""
+    if columns is None:
+        columns = list(rows[0].keys()) if rows else []
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="raise")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: _csv_value(r.get(k, "")) for k in columns})
+    return Path(path)
+
+
+def _csv_value(v):
+    if isinstance(v, (float, np.floating)):
+        return "" if not np.isfinite(v) else f"{float(v):.6g}"
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def read_csv(path: str | os.PathLike, *, required: Sequence[str] = ()) -> list[dict]:
+    """Read a CSV as dict rows; missing file or missing columns raise WMHLocError naming the file.
+
+    Excel's exports are read too: UTF-8 with or without BOM, UTF-16 (with BOM), else Windows-1252/Latin-1."""
+    path = check_path(path, what="CSV file")
+    text = _decode_table(path)
+    reader = csv.DictReader(StringIO(text, newline=""))  # newline="": quoted line breaks stay in their field
+    try:
+        cols = reader.fieldnames or []
+        missing = [c for c in required if c not in cols]
+        if missing:
+            raise WMHLocError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(cols) or 'none'})")
+        return [dict(r) for r in reader]
+    except csv.Error as e:
+        raise WMHLocError(f"{path}: line {reader.line_num}: not a valid CSV ({e})") from None
+
+
+def _decode_table(path: Path) -> str:
+    data = path.read_bytes()
+    if data[:4] == b"PK\x03\x04":
+        raise WMHLocError(f"{path}: is a zip/Excel file, not a CSV (save it as CSV)")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise WMHLocError(f"{path}: not valid UTF-16 text ({e.reason} at byte {e.start})") from None
+    if b"\x00" in data:
+        raise WMHLocError(f"{path}: holds NUL bytes: a binary file or UTF-16 without byte-order mark, not a "
+                          "CSV (save it as CSV UTF-8)")
+    for enc in ("utf-8-sig", "cp1252", "latin-1"):
+        try:
+            return data.decode(enc)
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes any bytes")
+
+
+def read_json(path: str | os.PathLike, *, what: str = "JSON file", expect: type | None = dict):
+    """Parsed JSON; a missing, unreadable or malformed file (or one holding the wrong kind of value) is a
+    one-line WMHLocError naming it."""
+    path = check_path(path, what=what)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise WMHLocError(f"{path}: {what} is not valid JSON ({str(e)[:120]})") from None
+    if expect is not None and not isinstance(obj, expect):
+        raise WMHLocError(f"{path}: {what} holds a JSON {type(obj).__name__}, expected a {expect.__name__}")
+    return obj
