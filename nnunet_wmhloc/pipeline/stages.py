@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from nnunet_wmhloc.io import WMHLocError, is_owned, make_owned_dir, mark_owned, write_json
+from nnunet_wmhloc.layout import RunLayout
 
 # our commands run in-process (no interpreter start-up per step); nnU-Net's run as subprocesses
 TOOLS = {
@@ -65,15 +66,25 @@ def _last_error_line(text: str) -> str:
 
 
 class StageContext:
-    """What a stage function gets: its log file, and helpers that run commands into it."""
+    """What a stage function gets: its log file, the run's layout, what earlier stages of this process made
+    (`made`), and helpers that run nnU-Net's commands into the log."""
 
-    def __init__(self, name: str, log_path: Path, env: dict, output: Path, quiet: bool):
+    def __init__(self, name: str, log_path: Path, env: dict, output: Path, quiet: bool, made: dict | None = None):
         self.name = name
         self.log_path = log_path
         self.env = env
         self.output = output
+        self.layout = RunLayout(output)
         self.quiet = quiet
         self.commands: list[str] = []
+        self.made = {} if made is None else made  # shared by the run's stages: key -> what a stage returned
+
+    def made_or(self, key: str, load: Callable[[], object]):
+        """What an earlier stage of this run made under `key`, else `load()` (a stage skipped on resume left
+        its result on disk only); the loaded value is kept for the stages after this one."""
+        if key not in self.made:
+            self.made[key] = load()
+        return self.made[key]
 
     def log(self, text: str) -> None:
         with open(self.log_path, "a", encoding="utf-8") as f:
@@ -139,6 +150,7 @@ class Runner:
         self.force = force
         self.marker_dir = self.output / "stages"
         self.log_dir = self.output / "logs"
+        self.made: dict = {}  # what the stages that ran in this process returned, for the stages after them
 
     def marker(self, name: str) -> Path:
         return self.marker_dir / f"{name}.done"
@@ -186,7 +198,7 @@ class Runner:
             log_path.write_text(f"# stage {st.name} started {time.strftime('%Y-%m-%d %H:%M:%S')}\n",
                                 encoding="utf-8")
             self._print(f"[{i}/{len(self.stages)}] {st.name}: {st.description or 'running'} (log: {log_path})")
-            ctx = StageContext(st.name, log_path, self.env, self.output, self.quiet)
+            ctx = StageContext(st.name, log_path, self.env, self.output, self.quiet, self.made)
             t = time.time()
             try:
                 summary = st.func(ctx) or {}
