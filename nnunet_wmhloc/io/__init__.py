@@ -7,7 +7,7 @@
 
 Nothing here knows the pipeline. The names below are the public ones; import them from `nnunet_wmhloc.io`.
 """
-from nnunet_wmhloc.io.paths import (NIFTI_SUFFIXES, WMHLocError, check_path, is_number, list_inputs, safe_name,
+from nnunet_wmhloc.io.paths import (NIFTI_SUFFIXES, WMHLocError, check_path, few, is_number, list_inputs, safe_name,
                                     strip_nifti)
 from nnunet_wmhloc.io.outputs import (OWNER_MARKER, atomic_dir, atomic_file, check_not_input, check_output,
                                       check_overwrite, is_owned, make_owned_dir, mark_owned, not_owned_error,
@@ -17,7 +17,7 @@ from nnunet_wmhloc.io.images import (array_to_image, check_same_geometry, geomet
 from nnunet_wmhloc.io.tables import read_csv, read_json, write_csv
 
 __all__ = [
-    "NIFTI_SUFFIXES", "WMHLocError", "check_path", "is_number", "list_inputs", "safe_name", "strip_nifti",
+    "NIFTI_SUFFIXES", "WMHLocError", "check_path", "few", "is_number", "list_inputs", "safe_name", "strip_nifti",
     "OWNER_MARKER", "atomic_dir", "atomic_file", "check_not_input", "check_output", "check_overwrite", "is_owned",
     "make_owned_dir", "mark_owned", "not_owned_error", "remove_owned", "write_json", "write_text",
     "array_to_image", "check_same_geometry", "geometry", "read_array", "read_image", "read_labels",

@@ -76,3 +76,10 @@ def safe_name(value: str, *, what: str, where: str = "") -> str:
 def is_number(text: str) -> bool:
     """ASCII digits only: str.isdigit() is also True for '²' or '٣', which int() refuses."""
     return text.isascii() and text.isdigit()
+
+
+def few(items, n: int = 5) -> str:
+    """A short list for a one-line message: the first `n` items, then 'and N more'."""
+    items = [str(i) for i in items]
+    head = ", ".join(items[:n])
+    return head + (f" and {len(items) - n} more" if len(items) > n else "")
