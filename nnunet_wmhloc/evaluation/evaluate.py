@@ -4,39 +4,37 @@ Lesion task: the challenge's five metrics (+ log volume difference), see ``metri
 definition and edge case. Region task: Dice per region 1-34 and 35/36, mean over 1-34 per case, and the
 share of voxels put in the wrong hemisphere (among those both maps assign to a region).
 
-Matching predictions to references (in this order, per prediction file):
-  1. exact name: ``<x>.nii.gz`` in --pred ↔ ``<x>.nii.gz`` (or .nii) in --ref;
-  2. subject: the subject id is the name without a trailing ``_flair`` / ``_t1``; a prediction
-     ``wmh003.nii.gz`` (fused) or ``wmh003_flair.nii.gz`` matches a reference ``wmh003.nii.gz`` or
-     ``wmh003_flair.nii.gz`` / ``wmh003_t1.nii.gz`` (nnU-Net labelsTs). When several references share the
-     subject (the converter writes one label map per case, identical for _flair and _t1), the one with the
-     prediction's own modality suffix wins, else the first by name; the file used is in the CSV.
-A prediction without a reference is an error; subjects with references but no prediction are listed
-(stderr and summary.json, ``missing_predictions``). Other files in the folders (nnU-Net's json, npz,
-pkl) are ignored.
+Predictions are paired with references by name, else by subject id (``matching.py``; the authors'
+``WMH_<id>`` names included); the reference file used is in the CSV. A prediction without a reference is
+an error; subjects with references but no prediction are listed (stderr and summary.json,
+``missing_predictions``). Other files in the folders (nnU-Net's json, npz, pkl) are ignored.
 
-Outputs in --output (written atomically): ``cases.csv`` (one row per prediction), ``summary.csv`` and
-``summary.json`` (n, mean, SD, median, min, max per metric, for all cases and per site when --sites
-is given; ``--site-column scanner`` groups by another column of that CSV).
+Outputs in the output folder (written atomically): ``cases.csv`` (one row per prediction), ``summary.csv``
+and ``summary.json`` (n, mean, SD, median, min, max per metric, for all cases and per site when a sites CSV
+is given; ``site_column`` groups by another column of that CSV).
+
+`evaluate()` does the work and returns an `EvaluationResult`; `main` only parses and prints.
 """
 from __future__ import annotations
 
 import fnmatch
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from nnunet_wmhloc import cli, io
-from nnunet_wmhloc.vocab import (LEFT_REGIONS, REST_LEFT, REST_REGIONS, REST_RIGHT, RIGHT_REGIONS,
-                                         WM_REGIONS, region_column)
 from nnunet_wmhloc.evaluation import metrics as M
+from nnunet_wmhloc.evaluation.matching import (Pair, match_cases, nifti_files, read_sites, site_of,  # noqa: F401
+                                               subject_key, subject_of)
 from nnunet_wmhloc.io import WMHLocError
-from nnunet_wmhloc.vocab import split_case
+from nnunet_wmhloc.vocab import (ALL_LABELS, LEFT_REGIONS, LESION_ALLOWED, REST_LEFT, REST_REGIONS, REST_RIGHT,
+                                 RIGHT_REGIONS, WM_REGIONS, region_column)
 
-LESION_LABELS = (0, 1, 2)
-REGION_LABELS = tuple(range(0, 37))
+LESION_LABELS = LESION_ALLOWED
+REGION_LABELS = ALL_LABELS
 REGION_COLUMNS = {l: region_column(l) for l in tuple(WM_REGIONS) + tuple(REST_REGIONS)}
 
 LESION_COLUMNS = ["dice", "hd95_mm", "avd_pct", "lesion_recall", "lesion_f1", "log_vd", "lesion_precision",
@@ -66,74 +64,6 @@ DEFINITIONS = {
                         "whose labels lie in different hemispheres (left 1-17 and 35, right 18-34 and 36); NaN "
                         "when no voxel is labelled in both",
 }
-
-
-# ----------------------------------------------------------------------------------------- matching
-def subject_of(stem: str) -> str:
-    """Subject id of a case name: the name without a trailing _flair/_t1 (case-insensitive)."""
-    return split_case(stem)[0]
-
-
-def _modality_of(stem: str) -> str:
-    return split_case(stem)[1] or ""
-
-
-def nifti_files(folder: Path, what: str) -> dict[str, Path]:
-    """stem → path of the .nii.gz/.nii files in `folder` (hidden files skipped)."""
-    folder = Path(folder)
-    out: dict[str, Path] = {}
-    for p in io.list_inputs(folder, io.NIFTI_SUFFIXES, what=what):
-        stem = io.strip_nifti(p.name)
-        if stem in out:
-            raise WMHLocError(f"{p}: duplicate case name (also {out[stem].name}) in {what} folder")
-        out[stem] = p
-    if not out:
-        raise WMHLocError(f"{folder}: no .nii.gz/.nii files in {what} folder")
-    return out
-
-
-def match_cases(preds: dict[str, Path], refs: dict[str, Path]) -> tuple[list[tuple[str, Path, Path, str]], list[str]]:
-    """[(case, pred, ref, how)] and the subjects that have references but no prediction.
-
-    Raises WMHLocError listing predictions without a reference."""
-    by_subject: dict[str, list[str]] = {}
-    for stem in sorted(refs):
-        by_subject.setdefault(subject_of(stem), []).append(stem)
-    pairs, unmatched = [], []
-    for stem in sorted(preds):
-        if stem in refs:
-            pairs.append((stem, preds[stem], refs[stem], "exact"))
-            continue
-        cands = by_subject.get(subject_of(stem), [])
-        if not cands:
-            unmatched.append(stem)
-            continue
-        mod = _modality_of(stem)
-        same_mod = [c for c in cands if _modality_of(c) == mod]
-        pick = (same_mod or cands)[0]
-        pairs.append((stem, preds[stem], refs[pick], "subject"))
-    if unmatched:
-        first = next(iter(preds.values())).parent
-        shown = ", ".join(unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")
-        raise WMHLocError(f"{first}: {len(unmatched)} prediction(s) without a reference (by name or subject id): "
-                          f"{shown}")
-    done = {subject_of(c) for c, *_ in pairs}
-    missing = sorted(s for s in by_subject if s not in done)
-    return pairs, missing
-
-
-def read_sites(path: Path, column: str = "site") -> dict[str, str]:
-    """subject → site (or scanner, any `column`) from a CSV with a subject column."""
-    rows = io.read_csv(path, required=("subject", column))
-    sites: dict[str, str] = {}
-    for i, r in enumerate(rows, start=2):
-        s, site = (r["subject"] or "").strip(), (r[column] or "").strip()
-        if not s:
-            raise WMHLocError(f"{path}: empty subject on line {i}")
-        if s in sites and sites[s] != site:
-            raise WMHLocError(f"{path}: subject {s} listed with two sites ({sites[s]}, {site})")
-        sites[s] = site
-    return sites
 
 
 # ----------------------------------------------------------------------------------------- scoring
@@ -182,6 +112,112 @@ def fmt_mean_sd(d: dict, digits: int = 3) -> str:
     return f"{d['mean']:.{digits}f}{sd}"
 
 
+
+def _finite(o):
+    """NaN/inf → None so summary.json is strict JSON."""
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, float) and not np.isfinite(o):
+        return None
+    return o
+
+
+# ----------------------------------------------------------------------------------------- the stage
+SUMMARY_COLUMNS = ["group", "metric", "n", "n_nan", "mean", "sd", "median", "min", "max"]
+SHOW = {"lesion": ["dice", "hd95_mm", "avd_pct", "lesion_recall", "lesion_f1", "log_vd"], "region": REGION_MAIN}
+
+
+@dataclass
+class EvaluationResult:
+    task: str
+    output: Path
+    rows: list[dict]                      # cases.csv: one row per prediction
+    summary: dict[str, dict[str, dict]]   # {group: {metric: describe()}}
+    summary_rows: list[dict]              # summary.csv
+    pairs: list[Pair]
+    missing: list[str]                    # subjects with a reference but no prediction
+    notes: list[str] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """What wmhloc_evaluate prints: the case count, then mean ± SD of the main metrics per group."""
+        out = [f"{len(self.rows)} case(s), task {self.task} → {self.output}"]
+        for g, md in self.summary.items():
+            out.append(f"  {g:>12}: " + "  ".join(f"{m} {fmt_mean_sd(md[m])}" for m in SHOW[self.task]))
+        return out
+
+
+def select(preds: dict[str, Path], include: str | None, folder: Path) -> dict[str, Path]:
+    """The predictions whose name (without .nii.gz) matches the glob `include` (all when None)."""
+    if not include:
+        return preds
+    preds = {k: v for k, v in preds.items() if fnmatch.fnmatchcase(k, include)}
+    if not preds:
+        raise WMHLocError(f"{folder}: no prediction matches --include {include!r}")
+    return preds
+
+
+def score_pairs(task: str, pairs: list[Pair], sites: dict[str, str]) -> tuple[list[dict], list[str]]:
+    """cases.csv rows, and the subjects without a site when `sites` is given."""
+    rows, no_site = [], []
+    for p in cli.progress(pairs, desc=f"evaluate {task}"):
+        subject, site = subject_of(p.case), site_of(sites, p.case)
+        if sites and not site:
+            no_site.append(subject)
+        row = {"case": p.case, "subject": subject, "site": site, "pred_file": p.pred.name, "ref_file": p.ref.name}
+        row.update(score_case(task, p.pred, p.ref))
+        rows.append(row)
+    return rows, no_site
+
+
+def _notes(missing: list[str], no_site: list[str], pairs: list[Pair], sites_csv: Path | None) -> list[str]:
+    notes = []
+    if missing:
+        notes.append(f"{len(missing)} subject(s) with a reference but no prediction: "
+                     + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+    if no_site:
+        notes.append(f"{len(no_site)} case(s) without a site in {sites_csv}: " + ", ".join(sorted(set(no_site))[:10]))
+    n_subject = sum(1 for p in pairs if p.how == "subject")
+    if n_subject:
+        notes.append(f"{n_subject} prediction(s) matched to a reference by subject id")
+    return notes
+
+
+def evaluate(pred: Path, ref: Path, task: str, output: Path, *, sites: Path | None = None,
+             site_column: str = "site", include: str | None = None, overwrite: bool = False) -> EvaluationResult:
+    """Score the predictions in `pred` against the references in `ref` (task 'lesion' or 'region') and write
+    cases.csv, summary.csv and summary.json into `output` (atomically; an existing folder needs `overwrite`)."""
+    pred, ref, output = Path(pred), Path(ref), Path(output)
+    if task not in SHOW:
+        raise WMHLocError(f"task {task!r}: must be lesion or region")
+    if pred.is_dir() and ref.is_dir() and pred.resolve() == ref.resolve():
+        raise WMHLocError(f"{pred}: --pred and --ref are the same folder (every score would be perfect)")
+    io.check_output(output, overwrite=overwrite, inputs=[pred, ref, sites])
+    preds = select(nifti_files(pred, "prediction"), include, pred)
+    pairs, missing = match_cases(preds, nifti_files(ref, "reference"))
+    site_map = read_sites(sites, site_column) if sites else {}
+    rows, no_site = score_pairs(task, pairs, site_map)
+
+    summary = summarize(rows, LESION_SUMMARY if task == "lesion" else REGION_SUMMARY)
+    notes = _notes(missing, no_site, pairs, sites)
+    sum_rows = [{"group": g, "metric": m, **d} for g, md in summary.items() for m, d in md.items()]
+    doc = {"task": task, "n_cases": len(rows), "pred_dir": str(pred.resolve()), "ref_dir": str(ref.resolve()),
+           "sites_csv": str(sites) if sites else None, "missing_predictions": missing, "notes": notes,
+           "definitions": DEFINITIONS if task == "lesion" else
+           {k: DEFINITIONS[k] for k in ("region_dice", "wrong_hemisphere")},
+           "summary": summary}
+    names = ("cases.csv", "summary.csv", "summary.json")
+    with io.atomic_dir(output, overwrite=overwrite) as tmp:
+        io.write_csv(rows, tmp / names[0], columns=ID_COLUMNS + (LESION_COLUMNS if task == "lesion"
+                                                                 else REGION_COLUMNS_ORDER))
+        io.write_csv(sum_rows, tmp / names[1], columns=SUMMARY_COLUMNS)
+        io.write_json(_finite(doc), tmp / names[2])
+    return EvaluationResult(task, output, rows, summary, sum_rows, pairs, missing, notes,
+                            [output / n for n in names])
+
+
 # ----------------------------------------------------------------------------------------- CLI
 def build_parser():
     p = cli.parser("wmhloc_evaluate", "Score lesion or region predictions against references with the WMH "
@@ -204,74 +240,13 @@ def build_parser():
 
 
 def _main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.pred.is_dir() and args.ref.is_dir() and args.pred.resolve() == args.ref.resolve():
-        raise WMHLocError(f"{args.pred}: --pred and --ref are the same folder (every score would be perfect)")
-    io.check_output(args.output, overwrite=args.overwrite, inputs=[args.pred, args.ref, args.sites])
-    preds = nifti_files(args.pred, "prediction")
-    if args.include:
-        preds = {k: v for k, v in preds.items() if fnmatch.fnmatchcase(k, args.include)}
-        if not preds:
-            raise WMHLocError(f"{args.pred}: no prediction matches --include {args.include!r}")
-    refs = nifti_files(args.ref, "reference")
-    pairs, missing = match_cases(preds, refs)
-    sites = read_sites(args.sites, args.site_column) if args.sites else {}
-
-    rows, no_site = [], []
-    for case, pp, rp, _how in cli.progress(pairs, desc=f"evaluate {args.task}"):
-        subject = subject_of(case)
-        site = sites.get(subject, sites.get(case, ""))
-        if sites and not site:
-            no_site.append(subject)
-        row = {"case": case, "subject": subject, "site": site, "pred_file": pp.name, "ref_file": rp.name}
-        row.update(score_case(args.task, pp, rp))
-        rows.append(row)
-
-    main_cols = LESION_COLUMNS if args.task == "lesion" else REGION_COLUMNS_ORDER
-    sum_cols = LESION_SUMMARY if args.task == "lesion" else REGION_SUMMARY
-    summary = summarize(rows, sum_cols)
-    notes = []
-    if missing:
-        notes.append(f"{len(missing)} subject(s) with a reference but no prediction: "
-                     + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
-    if no_site:
-        notes.append(f"{len(no_site)} case(s) without a site in {args.sites}: " + ", ".join(sorted(set(no_site))[:10]))
-    n_subject = sum(1 for *_, how in pairs if how == "subject")
-    if n_subject:
-        notes.append(f"{n_subject} prediction(s) matched to a reference by subject id")
-
-    sum_rows = [{"group": g, "metric": m, **d} for g, md in summary.items() for m, d in md.items()]
-    doc = {"task": args.task, "n_cases": len(rows), "pred_dir": str(args.pred.resolve()),
-           "ref_dir": str(args.ref.resolve()), "sites_csv": str(args.sites) if args.sites else None,
-           "missing_predictions": missing, "notes": notes,
-           "definitions": DEFINITIONS if args.task == "lesion" else
-           {k: DEFINITIONS[k] for k in ("region_dice", "wrong_hemisphere")},
-           "summary": summary}
-    with io.atomic_dir(args.output, overwrite=args.overwrite) as tmp:
-        io.write_csv(rows, tmp / "cases.csv", columns=ID_COLUMNS + main_cols)
-        io.write_csv(sum_rows, tmp / "summary.csv",
-                     columns=["group", "metric", "n", "n_nan", "mean", "sd", "median", "min", "max"])
-        io.write_json(_finite(doc), tmp / "summary.json")
-
-    for n in notes:
+    a = build_parser().parse_args(argv)
+    res = evaluate(a.pred, a.ref, a.task, a.output, sites=a.sites, site_column=a.site_column, include=a.include,
+                   overwrite=a.overwrite)
+    for n in res.notes:
         print(f"note: {n}", file=sys.stderr)
-    show = ["dice", "hd95_mm", "avd_pct", "lesion_recall", "lesion_f1", "log_vd"] if args.task == "lesion" \
-        else REGION_MAIN
-    print(f"{len(rows)} case(s), task {args.task} → {args.output}")
-    for g, md in summary.items():
-        print(f"  {g:>12}: " + "  ".join(f"{m} {fmt_mean_sd(md[m])}" for m in show))
+    print("\n".join(res.lines()))
     return 0
-
-
-def _finite(o):
-    """NaN/inf → None so summary.json is strict JSON."""
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    if isinstance(o, float) and not np.isfinite(o):
-        return None
-    return o
 
 
 def main(argv=None) -> int:
