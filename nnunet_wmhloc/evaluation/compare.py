@@ -16,33 +16,103 @@ Outputs in --output:
 - ``compare.json``: inputs, subjects used and left out;
 - with ``--published``: ``published_comparison.csv`` and the table printed beside the published
   results shipped in ``published.csv`` (with citations).
+
+`compare()` does the work (numbers in ``statistics.py``, figures in ``figures.py``, the published table in
+``published.py``) and returns a `Comparison`; `main` only parses and prints.
 """
 from __future__ import annotations
 
-import itertools
-import json
 import sys
-import warnings
-from importlib import resources
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from nnunet_wmhloc import cli, io
-from nnunet_wmhloc.vocab import (LEFT_REGIONS, REGION_NAMES, REST_REGIONS, RIGHT_REGIONS, WM_REGIONS,
-                                         region_column)
-from nnunet_wmhloc.evaluation import metrics as M
-from nnunet_wmhloc.evaluation.evaluate import describe, fmt_mean_sd
+from nnunet_wmhloc.evaluation.figures import violin_regions, violin_sites
+from nnunet_wmhloc.evaluation.published import published_comparison, published_rows
+from nnunet_wmhloc.evaluation.statistics import (MAIN_METRICS, REGION_LABELS, describe_table, load_settings,
+                                                 markdown_table, pair_by_subject, region_rows, wilcoxon_rows)
 from nnunet_wmhloc.io import WMHLocError
+from nnunet_wmhloc.vocab import region_column
 
-MAIN_METRICS = {"lesion": ["dice", "hd95_mm", "avd_pct", "lesion_recall", "lesion_f1", "log_vd"],
-                "region": ["mean_dice_wm", "mean_dice_rest", "wrong_hemisphere"]}
-REGION_LABELS = tuple(WM_REGIONS) + tuple(REST_REGIONS)
-PUBLISHED_COLUMNS = ("source", "setting", "task", "metric", "value", "unit", "citation", "url", "notes")
+WILCOXON_COLUMNS = ["metric", "setting_a", "setting_b", "n_pairs", "mean_a", "mean_b", "median_diff", "statistic",
+                    "p", "p_holm"]
+TABLE_COLUMNS = ["setting", "group", "metric", "n", "n_nan", "mean", "sd", "median", "min", "max"]
 
 
-# ----------------------------------------------------------------------------------------- loading
+@dataclass
+class Comparison:
+    task: str
+    output: Path
+    settings: dict[str, Path]
+    subjects: list[str]                    # in every setting: the ones every number is on
+    left_out: dict[str, list[str]]         # per setting: its subjects missing from another setting
+    table: list[dict]                      # table.csv
+    stats: dict[str, dict[str, dict]]      # {setting: {metric: describe()}} over all subjects
+    tests: list[dict]                      # wilcoxon.csv
+    markdown: str                          # table.md
+    regions: list[dict] = field(default_factory=list)      # regions.csv (region task)
+    published: list[dict] = field(default_factory=list)    # published_comparison.csv
+    published_text: str = ""
+    figures: list[Path] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """What wmhloc_compare prints: the table, the tests of the main metrics, the published results."""
+        out = [f"{len(self.subjects)} subject(s), task {self.task}, {len(self.settings)} setting(s) → {self.output}",
+               self.markdown.split("\n\n")[0]]
+        out += [f"  {t['metric']}: {t['setting_a']} vs {t['setting_b']}: n={t['n_pairs']} p={t['p']:.4g} "
+                f"(Holm {t['p_holm']:.4g})" for t in self.tests if t["metric"] in MAIN_METRICS[self.task]]
+        if self.published_text:
+            out += ["\nPublished results beside ours:", self.published_text]
+        return out
+
+    def notes(self) -> list[str]:
+        return [f"{n}: {len(lo)} subject(s) not in every setting, left out: {', '.join(lo[:10])}"
+                for n, lo in self.left_out.items() if lo]
+
+
+def compare(settings: dict[str, Path], output: Path, *, published: bool = False,
+            overwrite: bool = False) -> Comparison:
+    """Set the wmhloc_evaluate folders `settings` ({name: folder}, one task) side by side on the subjects in
+    all of them; write table.csv/.md, wilcoxon.csv, the violins, regions.csv (region task), compare.json and
+    with `published` published_comparison.csv into `output` (atomically)."""
+    settings, output = {n: Path(p) for n, p in settings.items()}, Path(output)
+    if len(settings) < 2 and not published:
+        first = next((f"{n}={p}" for n, p in settings.items()), "--results")
+        raise WMHLocError(f"{first}: need two or more --results to compare (or --published)")
+    io.check_output(output, overwrite=overwrite, inputs=list(settings.values()))
+    task, loaded = load_settings(settings)
+    order, left_out, data = pair_by_subject(loaded, next(iter(settings.values())))
+    metrics = MAIN_METRICS[task]
+    table, stats = describe_table(data, metrics)
+    tests = wilcoxon_rows(data, metrics + ([region_column(l) for l in REGION_LABELS] if task == "region" else []))
+    res = Comparison(task, output, settings, order, left_out, table, stats, tests, markdown_table(stats, metrics,
+                                                                                                  len(order)))
+    if published:
+        res.published, res.published_text = published_comparison(task, stats, published_rows())
+    with io.atomic_dir(output, overwrite=overwrite) as tmp:
+        io.write_csv(table, tmp / "table.csv", columns=TABLE_COLUMNS)
+        io.write_text(res.markdown, tmp / "table.md")
+        if tests:
+            io.write_csv(tests, tmp / "wilcoxon.csv", columns=WILCOXON_COLUMNS)
+        figures = []
+        for m in metrics:
+            figures += violin_sites(data, m, tmp / f"violin_sites_{m}")
+        if task == "region":
+            res.regions = region_rows(data)
+            io.write_csv(res.regions, tmp / "regions.csv")
+            figures += violin_regions(data, tmp / "violin_regions")
+        if res.published:
+            io.write_csv(res.published, tmp / "published_comparison.csv")
+        io.write_json({"task": task, "settings": {n: str(p.resolve()) for n, p in settings.items()},
+                       "n_subjects": len(order), "subjects": order, "left_out": left_out,
+                       "figures": [f.name for f in figures]}, tmp / "compare.json")
+    res.figures = [output / f.name for f in figures]
+    return res
+
+
+# ----------------------------------------------------------------------------------------- CLI
 def parse_results(items: list[str]) -> dict[str, Path]:
+    """{name: folder} of NAME=DIR items (a WMHLocError, not argparse's usage text, names the bad one)."""
     out: dict[str, Path] = {}
     for it in items:
         name, sep, path = it.partition("=")
@@ -55,223 +125,6 @@ def parse_results(items: list[str]) -> dict[str, Path]:
     return out
 
 
-def load_setting(folder: Path) -> tuple[str, list[dict]]:
-    """(task, rows) of one wmhloc_evaluate output folder."""
-    io.check_path(folder, what="evaluation folder", kind="dir")
-    sj = folder / "summary.json"
-    if not sj.is_file():
-        raise WMHLocError(f"{sj}: not found (is {folder} a wmhloc_evaluate output folder?)")
-    try:
-        task = json.loads(sj.read_text(encoding="utf-8"))["task"]
-    except (ValueError, KeyError, TypeError):
-        raise WMHLocError(f"{sj}: not a wmhloc_evaluate summary (no task)") from None
-    if task not in MAIN_METRICS:
-        raise WMHLocError(f"{sj}: unknown task {task!r}")
-    cases = folder / "cases.csv"
-    rows = io.read_csv(cases, required=["case", "subject", "site"] + MAIN_METRICS[task])
-    if not rows:
-        raise WMHLocError(f"{cases}: no cases")
-    seen: dict[str, str] = {}
-    for r in rows:
-        if r["subject"] in seen:
-            raise WMHLocError(f"{cases}: subject {r['subject']} appears twice ({seen[r['subject']]}, {r['case']}); "
-                              "evaluate one modality per folder (wmhloc_evaluate --include '*_t1')")
-        seen[r["subject"]] = r["case"]
-    return task, rows
-
-
-def _num(x) -> float:
-    try:
-        return float(x) if x not in ("", None) else np.nan
-    except ValueError:
-        return np.nan
-
-
-def published_rows() -> list[dict]:
-    """The shipped table of published results (package data published.csv)."""
-    ref = resources.files("nnunet_wmhloc.evaluation") / "published.csv"
-    with resources.as_file(ref) as p:
-        return io.read_csv(p, required=PUBLISHED_COLUMNS)
-
-
-# ----------------------------------------------------------------------------------------- statistics
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm step-down adjusted p-values (NaNs kept, not counted)."""
-    p = np.asarray(pvalues, dtype=float)
-    ok = np.flatnonzero(np.isfinite(p))
-    out = np.full(p.shape, np.nan)
-    m = ok.size
-    running = 0.0
-    for rank, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out.tolist()
-
-
-def paired_wilcoxon(a, b) -> dict:
-    """Two-sided Wilcoxon signed-rank test on the pairs where both values are finite."""
-    from scipy import stats
-
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    d = a - b
-    res = {"n_pairs": int(a.size), "mean_a": float(a.mean()) if a.size else np.nan,
-           "mean_b": float(b.mean()) if b.size else np.nan,
-           "median_diff": float(np.median(d)) if d.size else np.nan, "statistic": np.nan, "p": np.nan}
-    if d.size == 0:
-        return res
-    if np.all(d == 0):  # identical settings: no evidence of a difference
-        res.update(statistic=0.0, p=1.0)
-        return res
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t = stats.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided")
-    res.update(statistic=float(t.statistic), p=float(t.pvalue))
-    return res
-
-
-# ----------------------------------------------------------------------------------------- plots
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
-                         "axes.spines.right": False})
-    return plt
-
-
-COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
-
-
-def _violin(ax, values, pos, width, color):
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return
-    if v.size >= 2 and np.ptp(v) > 0:  # a KDE needs spread
-        parts = ax.violinplot([v], positions=[pos], widths=width, showextrema=False)
-        for b in parts["bodies"]:
-            b.set_facecolor(color)
-            b.set_edgecolor("black")
-            b.set_linewidth(0.5)
-            b.set_alpha(0.55)
-    jitter = (np.random.default_rng(0).random(v.size) - 0.5) * width * 0.35
-    ax.scatter(pos + jitter, v, s=6, color=color, edgecolors="none", zorder=3)
-    ax.hlines(np.median(v), pos - width * 0.3, pos + width * 0.3, color="black", linewidth=1.2, zorder=4)
-
-
-def _save(fig, stem: Path) -> list[Path]:
-    out = []
-    for ext in (".png", ".svg"):
-        p = stem.with_suffix(ext)
-        fig.savefig(p, dpi=200, bbox_inches="tight")
-        out.append(p)
-    return out
-
-
-def violin_sites(data: dict[str, list[dict]], metric: str, stem: Path) -> list[Path]:
-    """Violins of `metric` per site (all subjects first), one per setting."""
-    plt = _plt()
-    settings = list(data)
-    sites = sorted({r["site"] for rows in data.values() for r in rows if r["site"]})
-    groups = ["all"] + sites if sites else ["all"]
-    k = len(settings)
-    width = 0.8 / k
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(groups) * max(k, 2) * 0.6), 3.4))
-    for gi, g in enumerate(groups):
-        for si, s in enumerate(settings):
-            vals = [_num(r[metric]) for r in data[s] if g == "all" or r["site"] == g]
-            _violin(ax, vals, gi + (si - (k - 1) / 2) * width, width * 0.9, COLORS[si % len(COLORS)])
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([f"{g}\n(n={sum(1 for r in next(iter(data.values())) if g == 'all' or r['site'] == g)})"
-                        for g in groups])
-    ax.set_ylabel(M.METRIC_LABELS.get(metric, metric))
-    if metric in ("dice", "lesion_recall", "lesion_f1", "mean_dice_wm", "mean_dice_rest"):
-        ax.set_ylim(-0.02, 1.02)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[i % len(COLORS)], alpha=0.6) for i in range(k)]
-    ax.legend(handles, settings, frameon=False, ncol=min(k, 4), loc="upper center", bbox_to_anchor=(0.5, 1.15))
-    fig.tight_layout()
-    out = _save(fig, stem)
-    plt.close(fig)
-    return out
-
-
-def violin_regions(data: dict[str, list[dict]], stem: Path) -> list[Path]:
-    """Dice per region, one violin per setting: left hemisphere (1-17, then 35 apart) above, right
-    (18-34, then 36) below."""
-    plt = _plt()
-    settings = list(data)
-    k = len(settings)
-    width = 0.8 / k
-    panels = [("Left hemisphere", tuple(LEFT_REGIONS), REST_REGIONS[0]),
-              ("Right hemisphere", tuple(RIGHT_REGIONS), REST_REGIONS[1])]
-    n_pos = len(LEFT_REGIONS) + 2
-    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.3 * n_pos * max(k, 2) + 1.5), 7.5), sharey=True)
-    for ax, (title, wm, rest) in zip(axes, panels):
-        labels = list(wm) + [rest]
-        pos_of = {l: i for i, l in enumerate(wm)}
-        pos_of[rest] = len(wm) + 1  # gap: 35/36 are not WM regions, reported apart
-        for l in labels:
-            col = region_column(l)
-            for si, s in enumerate(settings):
-                _violin(ax, [_num(r.get(col)) for r in data[s]], pos_of[l] + (si - (k - 1) / 2) * width,
-                        width * 0.9, COLORS[si % len(COLORS)])
-        ax.axvline(len(wm), color="grey", linestyle=":", linewidth=0.8)
-        ax.set_xticks([pos_of[l] for l in labels])
-        ax.set_xticklabels([f"{REGION_NAMES[l][2:]} ({l})" if l != rest else f"other ({l})" for l in labels],
-                           rotation=40, ha="right", fontsize=7)
-        ax.set_ylabel("Dice")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlim(-0.6, pos_of[rest] + 0.6)
-        ax.set_title(title, fontsize=9, loc="left")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[i % len(COLORS)], alpha=0.6) for i in range(k)]
-    fig.legend(handles, settings, frameon=False, ncol=min(k, 4), loc="upper center")
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    out = _save(fig, stem)
-    plt.close(fig)
-    return out
-
-
-# ----------------------------------------------------------------------------------------- published
-def published_comparison(task: str, stats: dict[str, dict[str, dict]], published: list[dict]) -> tuple[list[dict], str]:
-    """Rows for published_comparison.csv and a printable table (ours mean ± SD beside published values)."""
-    pub = [r for r in published if r["task"] == task]
-    metrics = [m for m in MAIN_METRICS[task] if any(r["metric"] == m for r in pub)] or MAIN_METRICS[task][:1]
-    pub_cols = []
-    for r in pub:
-        key = (r["source"], r["setting"])
-        if key not in pub_cols:
-            pub_cols.append(key)
-    rows = []
-    for s, md in stats.items():
-        for m in metrics:
-            d = md[m]
-            rows.append({"kind": "ours", "source": "this run", "setting": s, "metric": m, "value": d["mean"],
-                         "sd": d["sd"], "n": d["n"], "citation": "", "url": ""})
-    for r in pub:
-        rows.append({"kind": "published", "source": r["source"], "setting": r["setting"], "metric": r["metric"],
-                     "value": _num(r["value"]), "sd": np.nan, "n": "", "citation": r["citation"], "url": r["url"]})
-    header = ["metric"] + [f"ours: {s}" for s in stats] + [f"{src}: {st}" for src, st in pub_cols]
-    lines = [header]
-    for m in metrics:
-        line = [M.METRIC_LABELS.get(m, m)] + [fmt_mean_sd(stats[s][m]) for s in stats]
-        for src, st in pub_cols:
-            v = [r["value"] for r in pub if r["source"] == src and r["setting"] == st and r["metric"] == m]
-            line.append(v[0] if v else "-")
-        lines.append(line)
-    widths = [max(len(str(l[i])) for l in lines) for i in range(len(header))]
-    text = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(l, widths)).rstrip() for l in lines)
-    cites = {}
-    for r in pub:
-        cites.setdefault(r["source"], (r["citation"], r["url"]))
-    text += "\n" + "\n".join(f"  [{k}] {c} {u}" for k, (c, u) in cites.items())
-    return rows, text
-
-
-# ----------------------------------------------------------------------------------------- CLI
 def build_parser():
     p = cli.parser("wmhloc_compare", "Compare wmhloc_evaluate results of the same subjects across settings "
                    "(e.g. T1, FLAIR, fused): mean ± SD table, paired Wilcoxon signed-rank tests, violin plots "
@@ -286,108 +139,11 @@ def build_parser():
 
 
 def _main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = parse_results(args.results)
-    if len(settings) < 2 and not args.published:
-        raise WMHLocError(f"{args.results[0]}: need two or more --results to compare (or --published)")
-    io.check_output(args.output, overwrite=args.overwrite, inputs=list(settings.values()))
-    loaded, tasks = {}, {}
-    for name, folder in settings.items():
-        tasks[name], loaded[name] = load_setting(folder)
-    if len(set(tasks.values())) > 1:
-        raise WMHLocError(f"{settings[list(settings)[1]]}: task {tasks[list(settings)[1]]} differs from "
-                          f"{settings[list(settings)[0]]} ({tasks[list(settings)[0]]})")
-    task = next(iter(tasks.values()))
-
-    subject_sets = [{r["subject"] for r in rows} for rows in loaded.values()]
-    common = set.intersection(*subject_sets)
-    if not common:
-        raise WMHLocError(f"{settings[list(settings)[0]]}: no subject in common with the other settings")
-    left_out = {n: sorted({r["subject"] for r in rows} - common) for n, rows in loaded.items()}
-    # pair by subject: same subject order in every setting; site from the first setting that knows it
-    order = sorted(common)
-    site_of = {}
-    for rows in loaded.values():
-        for r in rows:
-            if r["site"] and r["subject"] in common:
-                site_of.setdefault(r["subject"], r["site"])
-    data = {}
-    for n, rows in loaded.items():
-        by = {r["subject"]: dict(r) for r in rows}
-        data[n] = [dict(by[s], site=site_of.get(s, "")) for s in order]
-
-    metrics = MAIN_METRICS[task]
-    sites = sorted(set(site_of.values()))
-    groups = ["all"] + sites
-    table, stats = [], {}
-    for n, rows in data.items():
-        stats[n] = {}
-        for g in groups:
-            sub = [r for r in rows if g == "all" or r["site"] == g]
-            for m in metrics:
-                d = describe(_num(r[m]) for r in sub)
-                if g == "all":
-                    stats[n][m] = d
-                table.append({"setting": n, "group": g, "metric": m, **d})
-
-    test_metrics = metrics + ([region_column(l) for l in REGION_LABELS] if task == "region" else [])
-    tests = []
-    for m in test_metrics:
-        block = []
-        for a, b in itertools.combinations(data, 2):
-            r = paired_wilcoxon([_num(x.get(m)) for x in data[a]], [_num(x.get(m)) for x in data[b]])
-            block.append({"metric": m, "setting_a": a, "setting_b": b, **r})
-        for row, ph in zip(block, holm([r["p"] for r in block])):
-            row["p_holm"] = ph
-        tests.extend(block)
-
-    md = ["| setting | n | " + " | ".join(M.METRIC_LABELS.get(m, m) for m in metrics) + " |",
-          "|---|---|" + "---|" * len(metrics)]
-    for n in data:
-        md.append(f"| {n} | {len(order)} | " + " | ".join(fmt_mean_sd(stats[n][m]) for m in metrics) + " |")
-    md_text = "\n".join(md) + "\n\nmean ± SD over the subjects present in every setting; paired two-sided " \
-                              "Wilcoxon signed-rank tests in wilcoxon.csv.\n"
-
-    pub_rows, pub_text = (published_comparison(task, stats, published_rows()) if args.published else ([], ""))
-    with io.atomic_dir(args.output, overwrite=args.overwrite) as tmp:
-        io.write_csv(table, tmp / "table.csv",
-                     columns=["setting", "group", "metric", "n", "n_nan", "mean", "sd", "median", "min", "max"])
-        io.write_text(md_text, tmp / "table.md")
-        if tests:
-            io.write_csv(tests, tmp / "wilcoxon.csv", columns=["metric", "setting_a", "setting_b", "n_pairs",
-                                                               "mean_a", "mean_b", "median_diff", "statistic",
-                                                               "p", "p_holm"])
-        figures = []
-        for m in metrics:
-            figures += violin_sites(data, m, tmp / f"violin_sites_{m}")
-        if task == "region":
-            reg = []
-            for n, rows in data.items():
-                for l in REGION_LABELS:
-                    col = region_column(l)
-                    reg.append({"setting": n, "label": l, "region": REGION_NAMES[l], "column": col,
-                                **describe(_num(r.get(col)) for r in rows)})
-            io.write_csv(reg, tmp / "regions.csv")
-            figures += violin_regions(data, tmp / "violin_regions")
-        if pub_rows:
-            io.write_csv(pub_rows, tmp / "published_comparison.csv")
-        io.write_json({"task": task, "settings": {n: str(p.resolve()) for n, p in settings.items()},
-                       "n_subjects": len(order), "subjects": order, "left_out": left_out,
-                       "figures": [f.name for f in figures]}, tmp / "compare.json")
-
-    for n, lo in left_out.items():
-        if lo:
-            print(f"note: {n}: {len(lo)} subject(s) not in every setting, left out: {', '.join(lo[:10])}",
-                  file=sys.stderr)
-    print(f"{len(order)} subject(s), task {task}, {len(data)} setting(s) → {args.output}")
-    print(md_text.split("\n\n")[0])
-    for t in tests:
-        if t["metric"] in metrics:
-            print(f"  {t['metric']}: {t['setting_a']} vs {t['setting_b']}: n={t['n_pairs']} "
-                  f"p={t['p']:.4g} (Holm {t['p_holm']:.4g})")
-    if args.published:
-        print("\nPublished results beside ours:")
-        print(pub_text)
+    a = build_parser().parse_args(argv)
+    res = compare(parse_results(a.results), a.output, published=a.published, overwrite=a.overwrite)
+    for n in res.notes():
+        print(f"note: {n}", file=sys.stderr)
+    print("\n".join(res.lines()))
     return 0
 
 
