@@ -123,6 +123,10 @@ class RunLayout:
     def evaluation_setting(self, task: str, setting: str) -> Path:
         return self.evaluation / f"{task}_{setting.lower()}"
 
+    def evaluation_inputs(self, task: str, setting: str) -> Path:
+        """The predictions one setting scores (links to those with a reference)."""
+        return self.evaluation / "inputs" / f"{task}_{setting.lower()}"
+
     def compare(self, task: str) -> Path:
         return self.evaluation / f"compare_{task}"
 

@@ -380,3 +380,86 @@ def test_include_selects_one_modality(tmp_path, capsys):
     assert [x["case"] for x in rows] == ["wmh001_t1"] and num(rows[0]["dice"]) == 0.0
     assert evaluate.main(args + ["--include", "*_pd", "--overwrite"]) == 1
     assert "--include" in _err(capsys)
+
+
+# ----------------------------------------------------------------------------------------- subject ids
+def test_authors_references_pair_with_subject_named_predictions(shared_data, tmp_path):
+    # the authors' release names region maps WMH_<id>; the converter's subjects are wmh<id:03d>
+    test = shared_data / "wmhlocalization" / "WMH_refined_labels" / "Test"
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    names = {"WMH_12": "wmh012.nii.gz", "WMH_1": "wmh001_flair.nii.gz", "WMH_10": "wmh010_t1.nii.gz"}
+    for sid, name in names.items():
+        shutil.copyfile(test / f"{sid}.nii.gz", pred / name)
+    res = evaluate.evaluate(pred, test, "region", tmp_path / "out")
+    assert [(p.case, p.ref.name, p.how) for p in res.pairs] == [
+        ("wmh001_flair", "WMH_1.nii.gz", "subject"), ("wmh010_t1", "WMH_10.nii.gz", "subject"),
+        ("wmh012", "WMH_12.nii.gz", "subject")]
+    assert all(r["mean_dice_wm"] == 1.0 and r["wrong_hemisphere"] == 0.0 for r in res.rows)
+    assert [r["subject"] for r in res.rows] == ["wmh001", "wmh010", "wmh012"]
+    n_refs = len(list(test.glob("*.nii.gz")))
+    assert len(res.missing) == n_refs - 3 and "WMH_111" in res.missing and "WMH_12" not in res.missing
+    assert res.paths == [tmp_path / "out" / n for n in ("cases.csv", "summary.csv", "summary.json")]
+    on_disk = read_rows(tmp_path / "out" / "cases.csv")
+    assert [(x["case"], x["ref_file"], num(x["mean_dice_wm"])) for x in on_disk] == \
+        [(r["case"], r["ref_file"], r["mean_dice_wm"]) for r in res.rows]
+    assert res.summary["all"]["mean_dice_wm"]["mean"] == 1.0
+
+
+def test_unmatched_predictions_error_is_one_short_line(tmp_path, capsys):
+    args = _setup_pair(tmp_path)
+    for i in range(12):
+        write(np.zeros(SHAPE, np.uint8), tmp_path / "pred" / f"other{i:03d}_flair.nii.gz")
+    with pytest.raises(io.WMHLocError, match=r"12 prediction\(s\) without a reference .*other004_flair and 7 more$"):
+        evaluate.evaluate(tmp_path / "pred", tmp_path / "ref", "lesion", tmp_path / "out")
+    assert evaluate.main(args) == 1
+    err = _err(capsys)
+    assert len(err) < 250 and "other000_flair" in err and "other005_flair" not in err
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------- pipeline stage
+def test_evaluate_stage_scores_settings_and_keeps_what_it_made(cohort, shared_data, tmp_path):
+    from nnunet_wmhloc.layout import RunLayout
+    from nnunet_wmhloc.pipeline.common import evaluate_stage
+    from nnunet_wmhloc.pipeline.stages import StageContext
+
+    root, _ = cohort
+    lay = RunLayout(tmp_path / "run")
+    for name, dst in (("FLAIR", lay.predictions("lesion")), ("T1", lay.predictions("lesion")),
+                      ("fused", lay.segmentations("lesion"))):
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in (root / f"pred_{name}").glob("*.nii.gz"):
+            shutil.copyfile(f, dst / f.name)
+    shutil.copyfile(root / "pred_fused" / "wmh001.nii.gz", lay.segmentations("lesion") / "s99.nii.gz")  # no ref
+    # region references as the authors name them, predictions as the converter names subjects
+    test = shared_data / "wmhlocalization" / "WMH_refined_labels" / "Test"
+    regref = tmp_path / "regref"
+    regref.mkdir()
+    for sid, subject in (("WMH_1", "wmh001"), ("WMH_12", "wmh012")):
+        shutil.copyfile(test / f"{sid}.nii.gz", regref / f"{sid}.nii.gz")
+        for d, stem in ((lay.predictions("region"), f"{subject}_t1"), (lay.segmentations("region"), subject)):
+            d.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(test / f"{sid}.nii.gz", d / f"{stem}.nii.gz")
+    lay.logs.mkdir(parents=True)
+    ctx = StageContext("evaluate", lay.log("evaluate"), {}, lay.root, quiet=True)
+    summary = evaluate_stage(ctx, {"lesion": root / "labelsTs", "region": regref}, root / "subjects.csv")
+    assert summary == {"lesion": {"settings": ["FLAIR", "T1", "fused"], "unscored_subjects": ["s99"]},
+                       "region": {"settings": ["T1", "fused"], "unscored_subjects": []}}
+    made = ctx.made["evaluate"]
+    for name in ("FLAIR", "T1", "fused"):
+        res = made["lesion"]["settings"][name]
+        assert res.output == lay.evaluation_setting("lesion", name)
+        direct = evaluate.evaluate(root / f"pred_{name}", root / "labelsTs", "lesion", tmp_path / f"direct_{name}",
+                                   sites=root / "subjects.csv")
+        assert (res.output / "cases.csv").read_bytes() == (direct.output / "cases.csv").read_bytes()
+        assert (res.output / "summary.csv").read_bytes() == (direct.output / "summary.csv").read_bytes()
+    cmp = made["lesion"]["compare"]
+    assert cmp.output == lay.compare("lesion") and cmp.subjects == SUBJECTS
+    assert len(read_rows(cmp.output / "wilcoxon.csv")) == len(cmp.tests) == 6 * 3
+    assert all(f.is_file() for f in cmp.figures) and (cmp.output / "published_comparison.csv").is_file()
+    reg = made["region"]["settings"]["T1"]
+    assert [(r["case"], r["ref_file"], r["mean_dice_wm"]) for r in reg.rows] == [
+        ("wmh001_t1", "WMH_1.nii.gz", 1.0), ("wmh012_t1", "WMH_12.nii.gz", 1.0)]
+    log = lay.log("evaluate").read_text()
+    assert "6 case(s), task lesion" in log and "Published results beside ours" in log

@@ -159,10 +159,11 @@ def select(preds: dict[str, Path], include: str | None, folder: Path) -> dict[st
     return preds
 
 
-def score_pairs(task: str, pairs: list[Pair], sites: dict[str, str]) -> tuple[list[dict], list[str]]:
+def score_pairs(task: str, pairs: list[Pair], sites: dict[str, str], *,
+                progress: bool = True) -> tuple[list[dict], list[str]]:
     """cases.csv rows, and the subjects without a site when `sites` is given."""
     rows, no_site = [], []
-    for p in cli.progress(pairs, desc=f"evaluate {task}"):
+    for p in cli.progress(pairs, desc=f"evaluate {task}", disable=None if progress else True):
         subject, site = subject_of(p.case), site_of(sites, p.case)
         if sites and not site:
             no_site.append(subject)
@@ -186,9 +187,11 @@ def _notes(missing: list[str], no_site: list[str], pairs: list[Pair], sites_csv:
 
 
 def evaluate(pred: Path, ref: Path, task: str, output: Path, *, sites: Path | None = None,
-             site_column: str = "site", include: str | None = None, overwrite: bool = False) -> EvaluationResult:
+             site_column: str = "site", include: str | None = None, overwrite: bool = False,
+             progress: bool = True) -> EvaluationResult:
     """Score the predictions in `pred` against the references in `ref` (task 'lesion' or 'region') and write
-    cases.csv, summary.csv and summary.json into `output` (atomically; an existing folder needs `overwrite`)."""
+    cases.csv, summary.csv and summary.json into `output` (atomically; an existing folder needs `overwrite`).
+    `progress` False: no progress bar (a pipeline stage keeps the terminal for its own lines)."""
     pred, ref, output = Path(pred), Path(ref), Path(output)
     if task not in SHOW:
         raise WMHLocError(f"task {task!r}: must be lesion or region")
@@ -198,7 +201,7 @@ def evaluate(pred: Path, ref: Path, task: str, output: Path, *, sites: Path | No
     preds = select(nifti_files(pred, "prediction"), include, pred)
     pairs, missing = match_cases(preds, nifti_files(ref, "reference"))
     site_map = read_sites(sites, site_column) if sites else {}
-    rows, no_site = score_pairs(task, pairs, site_map)
+    rows, no_site = score_pairs(task, pairs, site_map, progress=progress)
 
     summary = summarize(rows, LESION_SUMMARY if task == "lesion" else REGION_SUMMARY)
     notes = _notes(missing, no_site, pairs, sites)

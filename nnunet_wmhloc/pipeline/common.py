@@ -294,44 +294,54 @@ def _link(src: Path, dst: Path) -> None:
 
 def evaluate_stage(ctx: StageContext, references: dict[str, Path | None], sites: Path | None) -> dict:
     """Score FLAIR, T1 and fused predictions against the references of each task that has them, then set
-    the three side by side (wmhloc_compare). Only subjects with a reference are scored: the others (e.g. a
-    subject without a region map) are listed in the summary."""
-    root = make_owned_dir(ctx.output / "evaluation")  # a user's evaluation/ folder is refused, never deleted
-    summary = {}
+    the three side by side (compare). Only subjects with a reference (paired by subject id) are scored: the
+    others (e.g. a subject without a region map) are listed in the summary. What it made is in
+    ctx.made["evaluate"]: {task: {"settings": {setting: EvaluationResult}, "compare": Comparison | None}} for
+    the tasks that have references."""
+    from nnunet_wmhloc.evaluation.compare import compare
+    from nnunet_wmhloc.evaluation.evaluate import evaluate
+    from nnunet_wmhloc.evaluation.matching import subject_key
+
+    lay = ctx.layout
+    make_owned_dir(lay.evaluation)  # a user's evaluation/ folder is refused, never deleted
+    sites = sites if sites is not None and sites.is_file() else None
+    summary, made = {}, {}
     for task in TASKS:
         ref = references.get(task)
         if ref is None or not ref.is_dir() or not nifti_stems(ref):
             summary[task] = "no references"
             ctx.say(f"{task}: no references, not evaluated")
             continue
-        ref_subjects = {split_case(s)[0] for s in nifti_stems(ref)}
+        ref_subjects = {subject_key(s) for s in nifti_stems(ref)}
         done = {}
         unscored: set[str] = set()
         for name, mod in SETTINGS:
-            src = ctx.output / ("predictions" if mod else "segmentations") / task
-            view = clear_dir(root / "inputs" / f"{task}_{name.lower()}")
+            src = lay.predictions(task) if mod else lay.segmentations(task)
+            view = clear_dir(lay.evaluation_inputs(task, name))
             n = 0
             for stem in nifti_stems(src):
                 subject, m = split_case(stem)
                 if (mod is None and m is not None) or (mod is not None and m != mod):
                     continue
-                if subject not in ref_subjects:
+                if subject_key(stem) not in ref_subjects:
                     unscored.add(subject)
                     continue
                 _link(src / f"{stem}.nii.gz", view / f"{stem}.nii.gz")
                 n += 1
             if not n:
                 continue
-            dst = root / f"{task}_{name.lower()}"
-            args = ["--pred", view, "--ref", ref, "--task", task, "--output", dst]
-            if sites is not None and sites.is_file():
-                args += ["--sites", sites]
-            ctx.tool("wmhloc_evaluate", args)
-            done[name] = dst
+            ctx.log(f"\n# evaluate {task} {name}: {view} against {ref}")
+            res = evaluate(view, ref, task, lay.evaluation_setting(task, name), sites=sites, progress=False)
+            ctx.log("\n".join([f"note: {x}" for x in res.notes] + res.lines()))
+            done[name] = res
+        comparison = None
         if len(done) >= 2:
-            ctx.tool("wmhloc_compare", ["--results", *[f"{k}={v}" for k, v in done.items()],
-                                        "--output", root / f"compare_{task}", "--published"])
+            ctx.log(f"\n# compare {task}: {', '.join(done)}")
+            comparison = compare({k: v.output for k, v in done.items()}, lay.compare(task), published=True)
+            ctx.log("\n".join([f"note: {x}" for x in comparison.notes()] + comparison.lines()))
+        made[task] = {"settings": done, "compare": comparison}
         summary[task] = {"settings": sorted(done), "unscored_subjects": sorted(unscored)}
+    ctx.made["evaluate"] = made
     return summary
 
 
