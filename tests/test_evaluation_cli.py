@@ -5,7 +5,10 @@ import math
 import shutil
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
+from io import StringIO
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -105,14 +108,22 @@ def num(x):
     return float(x) if x != "" else math.nan
 
 
+def run_inprocess(module, *args):
+    """A command's main in this process (no interpreter start-up), its exit code and output like run()'s."""
+    out, err = StringIO(), StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = module.main([str(a) for a in args])
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def evaluated(cohort):
     root, arrays = cohort
     outs = {}
     for name in ("FLAIR", "T1", "fused"):
         out = root / f"eval_{name}"
-        r = run("wmhloc_evaluate", "--pred", root / f"pred_{name}", "--ref", root / "labelsTs", "--task", "lesion",
-                "--output", out, "--sites", root / "subjects.csv")
+        r = run_inprocess(evaluate, "--pred", root / f"pred_{name}", "--ref", root / "labelsTs", "--task", "lesion",
+                          "--output", out, "--sites", root / "subjects.csv")
         assert r.returncode == 0, r.stderr
         outs[name] = (out, r)
     return outs
@@ -419,7 +430,7 @@ def test_unmatched_predictions_error_is_one_short_line(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------- pipeline stage
-def test_evaluate_stage_scores_settings_and_keeps_what_it_made(cohort, shared_data, tmp_path):
+def test_evaluate_stage_scores_settings_and_keeps_what_it_made(cohort, evaluated, shared_data, tmp_path):
     from nnunet_wmhloc.layout import RunLayout
     from nnunet_wmhloc.pipeline.common import evaluate_stage
     from nnunet_wmhloc.pipeline.stages import StageContext
@@ -438,26 +449,25 @@ def test_evaluate_stage_scores_settings_and_keeps_what_it_made(cohort, shared_da
     regref.mkdir()
     for sid, subject in (("WMH_1", "wmh001"), ("WMH_12", "wmh012")):
         shutil.copyfile(test / f"{sid}.nii.gz", regref / f"{sid}.nii.gz")
-        for d, stem in ((lay.predictions("region"), f"{subject}_t1"), (lay.segmentations("region"), subject)):
-            d.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(test / f"{sid}.nii.gz", d / f"{stem}.nii.gz")
+        lay.predictions("region").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(test / f"{sid}.nii.gz", lay.predictions("region") / f"{subject}_t1.nii.gz")
     lay.logs.mkdir(parents=True)
     ctx = StageContext("evaluate", lay.log("evaluate"), {}, lay.root, quiet=True)
     summary = evaluate_stage(ctx, {"lesion": root / "labelsTs", "region": regref}, root / "subjects.csv")
     assert summary == {"lesion": {"settings": ["FLAIR", "T1", "fused"], "unscored_subjects": ["s99"]},
-                       "region": {"settings": ["T1", "fused"], "unscored_subjects": []}}
+                       "region": {"settings": ["T1"], "unscored_subjects": []}}
     made = ctx.made["evaluate"]
     for name in ("FLAIR", "T1", "fused"):
         res = made["lesion"]["settings"][name]
         assert res.output == lay.evaluation_setting("lesion", name)
-        direct = evaluate.evaluate(root / f"pred_{name}", root / "labelsTs", "lesion", tmp_path / f"direct_{name}",
-                                   sites=root / "subjects.csv")
-        assert (res.output / "cases.csv").read_bytes() == (direct.output / "cases.csv").read_bytes()
-        assert (res.output / "summary.csv").read_bytes() == (direct.output / "summary.csv").read_bytes()
+        direct = evaluated[name][0]  # the same predictions through wmhloc_evaluate
+        assert (res.output / "cases.csv").read_bytes() == (direct / "cases.csv").read_bytes()
+        assert (res.output / "summary.csv").read_bytes() == (direct / "summary.csv").read_bytes()
     cmp = made["lesion"]["compare"]
     assert cmp.output == lay.compare("lesion") and cmp.subjects == SUBJECTS
     assert len(read_rows(cmp.output / "wilcoxon.csv")) == len(cmp.tests) == 6 * 3
     assert all(f.is_file() for f in cmp.figures) and (cmp.output / "published_comparison.csv").is_file()
+    assert made["region"]["compare"] is None and not lay.compare("region").exists()
     reg = made["region"]["settings"]["T1"]
     assert [(r["case"], r["ref_file"], r["mean_dice_wm"]) for r in reg.rows] == [
         ("wmh001_t1", "WMH_1.nii.gz", 1.0), ("wmh012_t1", "WMH_12.nii.gz", 1.0)]
