@@ -27,8 +27,7 @@ import numpy as np
 
 from nnunet_wmhloc import cli, io
 from nnunet_wmhloc.evaluation import metrics as M
-from nnunet_wmhloc.evaluation.matching import (Pair, match_cases, nifti_files, read_sites, site_of,  # noqa: F401
-                                               subject_key, subject_of)
+from nnunet_wmhloc.evaluation.matching import Pair, match_cases, nifti_files, read_sites, site_of, subject_of
 from nnunet_wmhloc.io import WMHLocError
 from nnunet_wmhloc.vocab import (ALL_LABELS, LEFT_REGIONS, LESION_ALLOWED, REST_LEFT, REST_REGIONS, REST_RIGHT,
                                  RIGHT_REGIONS, WM_REGIONS, region_column)
