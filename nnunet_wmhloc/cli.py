@@ -10,6 +10,15 @@ from typing import Callable, Iterable, Sequence
 from nnunet_wmhloc.io import WMHLocError
 
 
+def commands() -> dict[str, str]:
+    """{console script: module} of this package, read from its installed entry points (setup.py's
+    CONSOLE_SCRIPTS is the one list)."""
+    from importlib.metadata import distribution
+
+    eps = distribution("nnunet_wmhloc").entry_points.select(group="console_scripts")
+    return {ep.name: ep.module for ep in sorted(eps, key=lambda e: e.name)}
+
+
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=description,
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
