@@ -16,14 +16,14 @@ from pathlib import Path
 
 from nnunet_wmhloc.env import nnunet_environ
 from nnunet_wmhloc.io import (WMHLocError, check_not_input, check_output, is_owned, make_owned_dir, mark_owned,
-                              read_csv,
-                              remove_owned)
+                              read_csv, remove_owned)
 from nnunet_wmhloc.vocab import split_case
 from nnunet_wmhloc.pipeline.budget import budget_environ
 from nnunet_wmhloc.pipeline.stages import StageContext, clear_dir, cpu_count
 
 TASKS = ("lesion", "region")
 SETTINGS = (("FLAIR", "flair"), ("T1", "t1"), ("fused", None))
+REPORT_TITLE = "White-matter lesion localization report"
 
 
 def pipeline_environ(nnunet_root: Path | None, shim_folder: Path, *, device: str, threads: int | None,
@@ -48,20 +48,35 @@ def pipeline_environ(nnunet_root: Path | None, shim_folder: Path, *, device: str
     return env
 
 
-def check_pipeline_output(output: Path, cohort: Path | None = None, extra_inputs=()) -> None:
-    """wmhloc_run/wmhloc_predict resume into an existing output folder, but never into one they did not make
-    and never into (or around) their inputs: their stages replace images/, predictions/, evaluation/, ..."""
-    inputs = [p for p in extra_inputs if p is not None]
-    if cohort is not None:
+class Cohort:
+    """A cohort (BIDS root, CSV or challenge-layout folder) loaded once per run. A cohort that does not load
+    is not an error yet: the convert stage reports it (`subjects` raises), after the output checks."""
+
+    def __init__(self, source: Path):
         from nnunet_wmhloc.dataset_conversion.cohort import load_cohort
 
-        inputs.append(cohort)
+        self.source = Path(source)
         try:
-            subjects = load_cohort(cohort)
-        except WMHLocError:
-            subjects = []  # the convert stage reports the cohort's problem
-        for s in subjects:
-            inputs += [*s.images.values(), s.lesion, s.regions]
+            self._subjects, self.error = load_cohort(self.source), None
+        except WMHLocError as e:
+            self._subjects, self.error = [], e
+
+    @property
+    def subjects(self) -> list:
+        if self.error is not None:
+            raise self.error
+        return self._subjects
+
+    def inputs(self) -> list[Path]:
+        from nnunet_wmhloc.pipeline.convert import cohort_inputs
+
+        return cohort_inputs(self.source, self._subjects)
+
+
+def check_pipeline_output(output: Path, cohort: Cohort | None = None, extra_inputs=()) -> None:
+    """wmhloc_run/wmhloc_predict resume into an existing output folder, but never into one they did not make
+    and never into (or around) their inputs: their stages replace images/, predictions/, evaluation/, ..."""
+    inputs = [p for p in extra_inputs if p is not None] + (cohort.inputs() if cohort is not None else [])
     if output.is_dir() and (output / "stages").is_dir() and not is_owned(output):
         check_not_input(output, inputs)
         mark_owned(output)  # a run folder made before ownership markers existed
@@ -333,6 +348,29 @@ def evaluate_stage(ctx: StageContext, references: dict[str, Path | None], sites:
                                         "--output", root / f"compare_{task}", "--published"])
         summary[task] = {"settings": sorted(done), "unscored_subjects": sorted(unscored)}
     return summary
+
+
+def localize_tables(ctx: StageContext):
+    """The localize stage's tables (`.loads`, `.lesions`: rows): what it returned in this process, else (the
+    stage was skipped on resume) read back from its CSVs."""
+    return ctx.made_or("localize", lambda: read_localize(ctx.layout.localize))
+
+
+def read_localize(folder: Path):
+    """localize's regional_loads.csv and lesions.csv as rows.
+    INTEGRATOR: a fallback until the "post" helper's postprocessing.localize.read_loads lands; then this
+    becomes `read_loads(folder / "regional_loads.csv")` (if that returns the LocalizeResult itself)."""
+    from types import SimpleNamespace
+
+    try:
+        from nnunet_wmhloc.postprocessing.localize import read_loads
+    except ImportError:
+        read_loads = read_csv
+    loads = read_loads(folder / "regional_loads.csv")
+    if hasattr(loads, "loads"):
+        return loads
+    lesions = folder / "lesions.csv"
+    return SimpleNamespace(loads=loads, lesions=read_csv(lesions) if lesions.is_file() else [])
 
 
 def read_markers(output: Path) -> dict:

@@ -116,6 +116,18 @@ class StageContext:
             tail = self.log_path.read_text(encoding="utf-8", errors="replace")[-20000:]
             raise StageFailed(f"{args[0]} exited with {p.returncode}: {_last_error_line(tail)}")
 
+    def call(self, what: list, func: Callable, *args, **kwargs):
+        """Run one of our stage functions in-process: `what` (the equivalent command line) heads its part of
+        the log, and what it prints (progress bars too) goes into the log; returns what the function returns.
+        Its errors propagate: the runner names the stage and the log."""
+        self._header([str(w) for w in what])
+        t = time.time()
+        with open(self.log_path, "a", encoding="utf-8") as f, contextlib.redirect_stdout(f), \
+                contextlib.redirect_stderr(f):
+            out = func(*args, **kwargs)
+        self.log(f"# done after {time.time() - t:.1f} s")
+        return out
+
     def tool(self, name: str, args: list) -> None:
         """Run one of our commands in-process (its main(argv)), output into the log."""
         args = [str(a) for a in args]
