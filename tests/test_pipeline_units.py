@@ -383,3 +383,51 @@ def test_stage_call_logs_output_and_propagates_errors(tmp_path):
     assert "$ wmhloc_thing --x 1" in log and "working 1 2" in log and ctx.commands == ["wmhloc_thing --x 1"]
     with pytest.raises(WMHLocError, match=r"stage 'b' failed: /in/a.nii.gz: truncated \(log: .*b.log\)"):
         Runner(tmp_path / "r", [Stage("b", broken)], {}, quiet=True).run()
+
+
+def _png_has_content(path) -> bool:
+    import matplotlib.image as mpimg
+
+    a = mpimg.imread(str(path))
+    return a.ndim == 3 and a.shape[0] > 100 and a.shape[1] > 100 and float(a[..., :3].std()) > 0.02
+
+
+def test_browser_sees_hand_made_report_whole_and_catches_breakage(tmp_path):
+    """Headless Chromium (through Selenium and Debian's chromedriver, network cut off) on a report rendered
+    from hand-made tables: every <img> loads, nothing leaves the machine or fails, no console error, a
+    non-blank full-page screenshot. Then the same report with one figure deleted, one emptied and a CDN
+    stylesheet added: each is caught, and only those."""
+    import shutil
+
+    from browser import find_chromium, render
+
+    from nnunet_wmhloc.pipeline.report import build_report
+
+    if find_chromium() is None:
+        pytest.skip("chromium, chromium-driver or selenium missing (apt-get install chromium chromium-driver; "
+                    "pip install -e .[test])")
+    run, tables = _tiny_run(tmp_path / "run")
+    html = build_report(run.root, tables, title="Tiny report", images=run.images, settings={"device": "cpu"})
+    imgs = [x for x in _links(html.read_text(encoding="utf-8")) if x.startswith("figures/")]
+    seen = render(html, tmp_path / "shot.png")
+    assert seen["title"] == "Tiny report" and seen["text_length"] > 300
+    assert [i["src"] for i in seen["images"]] == imgs
+    assert all(i["complete"] and i["decoded"] and i["width"] > 0 for i in seen["images"])
+    assert seen["remote"] == [] and seen["failed"] == [] and seen["console_errors"] == []
+    assert seen["height"] > 1500 and _png_has_content(tmp_path / "shot.png")
+
+    rep = tmp_path / "broken"
+    shutil.copytree(html.parent, rep)
+    gone, empty = imgs[1], imgs[-1]
+    (rep / gone).unlink()
+    (rep / empty).write_bytes(b"")
+    cdn = "https://cdn.example.org/style.css"
+    text = (rep / "report.html").read_text(encoding="utf-8")
+    (rep / "report.html").write_text(text.replace("</head>", f"<link rel='stylesheet' href='{cdn}'></head>", 1),
+                                     encoding="utf-8")
+    seen = render(rep / "report.html", tmp_path / "broken.png")
+    assert sorted(i["src"] for i in seen["images"] if not (i["complete"] and i["decoded"] and i["width"] > 0)) \
+        == sorted([gone, empty])
+    assert seen["remote"] == [cdn]
+    assert sorted(u for u, _ in seen["failed"]) == sorted([cdn, (rep / gone).as_uri()])
+    assert len(seen["console_errors"]) >= 2
