@@ -293,16 +293,21 @@ class PredictPlan:
         ]
 
 
-def _main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
+def predict_cohort(a, command: str = "") -> dict:
+    """wmhloc_predict for parsed options `a` (build_parser()'s); returns {stage: done-marker}."""
     if a.scheduler:
         parallel.require()
-    command = "wmhloc_predict " + shlex.join(sys.argv[1:] if argv is None else [str(x) for x in argv])
     plan = PredictPlan(a, command)
     plan.output.mkdir(parents=True, exist_ok=True)
-    results = Runner(plan.output, plan.stages(), plan.env, force=a.force, quiet=a.quiet).run()
+    return Runner(plan.output, plan.stages(), plan.env, force=a.force, quiet=a.quiet).run()
+
+
+def _main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    command = "wmhloc_predict " + shlex.join(sys.argv[1:] if argv is None else [str(x) for x in argv])
+    results = predict_cohort(a, command)
     if not a.quiet:
-        print(f"done: {results.get('report', {}).get('summary', {}).get('report') or plan.output}")
+        print(f"done: {results.get('report', {}).get('summary', {}).get('report') or a.output.resolve()}")
     return 0
 
 

@@ -324,18 +324,22 @@ class RunPlan:
         return {"report": str(path)}
 
 
-def _main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
+def run_pipeline(a, command: str = "") -> dict:
+    """The whole pipeline for parsed options `a` (build_parser()'s); returns {stage: done-marker}."""
     if a.scheduler:
         parallel.require()
     plan = RunPlan(a)
-    plan.command = "wmhloc_run " + shlex.join(sys.argv[1:] if argv is None else [str(x) for x in argv])
+    plan.command = command
     plan.output.mkdir(parents=True, exist_ok=True)
-    runner = Runner(plan.output, plan.stages(a.force), plan.env, force=a.force, quiet=a.quiet)
-    results = runner.run()
-    rep = results.get("report", {}).get("summary", {}).get("report")
+    return Runner(plan.output, plan.stages(a.force), plan.env, force=a.force, quiet=a.quiet).run()
+
+
+def _main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    command = "wmhloc_run " + shlex.join(sys.argv[1:] if argv is None else [str(x) for x in argv])
+    results = run_pipeline(a, command)
     if not a.quiet:
-        print(f"done: {rep or plan.output}")
+        print(f"done: {results.get('report', {}).get('summary', {}).get('report') or a.output.resolve()}")
     return 0
 
 
