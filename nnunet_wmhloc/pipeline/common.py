@@ -17,6 +17,7 @@ from pathlib import Path
 from nnunet_wmhloc.env import nnunet_environ
 from nnunet_wmhloc.io import (WMHLocError, check_not_input, check_output, is_owned, make_owned_dir, mark_owned,
                               read_csv, remove_owned)
+from nnunet_wmhloc.layout import RunLayout
 from nnunet_wmhloc.vocab import split_case
 from nnunet_wmhloc.pipeline.budget import budget_environ
 from nnunet_wmhloc.pipeline.prediction import nifti_stems, predict_models  # noqa: F401  (run/predict use both)
@@ -78,7 +79,7 @@ def check_pipeline_output(output: Path, cohort: Cohort | None = None, extra_inpu
     """wmhloc_run/wmhloc_predict resume into an existing output folder, but never into one they did not make
     and never into (or around) their inputs: their stages replace images/, predictions/, evaluation/, ..."""
     inputs = [p for p in extra_inputs if p is not None] + (cohort.inputs() if cohort is not None else [])
-    if output.is_dir() and (output / "stages").is_dir() and not is_owned(output):
+    if output.is_dir() and RunLayout(output).stages.is_dir() and not is_owned(output):
         check_not_input(output, inputs)
         mark_owned(output)  # a run folder made before ownership markers existed
     check_output(output, overwrite=True, inputs=inputs, reuse=True)
@@ -257,7 +258,7 @@ def read_markers(output: Path) -> dict:
     import json
 
     out = []
-    for p in (output / "stages").glob("*.done"):
+    for p in RunLayout(output).stages.glob("*.done"):
         try:
             m = json.loads(p.read_text(encoding="utf-8"))
         except ValueError:
