@@ -76,6 +76,11 @@ def nonnegative_int(text: str) -> int:
     return _int_in(text, 0, None)
 
 
+def dataset_id(text: str) -> int:
+    """argparse type: an nnU-Net dataset id (1 .. 999)."""
+    return _int_in(text, 1, 999)
+
+
 def seed_int(text: str) -> int:
     """argparse type: a random seed numpy and scikit-learn accept (0 .. 2**32 - 1)."""
     return _int_in(text, 0, 2**32 - 1)

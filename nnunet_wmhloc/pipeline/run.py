@@ -67,8 +67,8 @@ def build_parser():
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (created; re-runs resume it)")
     p.add_argument("--nnunet-root", type=Path,
                    help="folder holding nnUNet_raw, nnUNet_preprocessed, nnUNet_results (default <output>/nnunet)")
-    p.add_argument("--lesion-id", type=int, default=601, help="nnU-Net dataset id of the lesion task")
-    p.add_argument("--region-id", type=int, default=602, help="nnU-Net dataset id of the region task")
+    p.add_argument("--lesion-id", type=cli.dataset_id, default=601, help="nnU-Net dataset id of the lesion task")
+    p.add_argument("--region-id", type=cli.dataset_id, default=602, help="nnU-Net dataset id of the region task")
     t = p.add_argument_group("training")
     t.add_argument("-c", "--configuration", choices=("2d", "3d_fullres"), default=None,
                    help="nnU-Net configuration (default 3d_fullres; 2d with --quick)")
@@ -79,7 +79,7 @@ def build_parser():
                         "cpu with --demo)")
     t.add_argument("--trainer", default="nnUNetTrainerWMHLoc", help="lesion trainer (base name)")
     t.add_argument("--region-trainer", default=None, help="region trainer (default: --trainer)")
-    t.add_argument("--epochs", type=int, default=None,
+    t.add_argument("--epochs", type=cli.positive_int, default=None,
                    help="training budget: <trainer>_<E>epochs (nnU-Net default 1000 epochs x 250 iterations)")
     t.add_argument("--quick", action="store_true",
                    help=f"tiny CPU budget: {QUICK['configuration']}, fold {QUICK['folds'][0]}, {QUICK['epochs']} "
@@ -131,17 +131,12 @@ class RunPlan:
         self.device = "cpu" if (a.demo and a.device is None) else cli.check_device(a.device)
         self.tta = not (a.disable_tta or self.quick)
         self.processes = a.processes or common.default_processes(self.device)
-        if a.epochs is not None and a.epochs < 1:
-            raise WMHLocError(f"--epochs {a.epochs}: must be at least 1")
         self.trainers = {"lesion": resolve_trainer(a.trainer, epochs=a.epochs, quick=self.quick),
                          "region": resolve_trainer(a.region_trainer or a.trainer, epochs=a.epochs, quick=self.quick,
                                                    task="region")}
         self.ids = {"lesion": a.lesion_id, "region": a.region_id}
         if a.lesion_id == a.region_id:
             raise WMHLocError(f"--lesion-id and --region-id are both {a.lesion_id}")
-        for flag, i in (("--lesion-id", a.lesion_id), ("--region-id", a.region_id)):
-            if not 1 <= i <= 999:
-                raise WMHLocError(f"{flag} {i}: nnU-Net dataset ids are 1..999")
         self.release = (self.output / "synthetic") if a.demo else (a.release.resolve() if a.release else None)
         self.region_labels = (self.release / "region_labels") if a.demo else a.region_labels
         common.claim_output(self.output)  # every option checked: now the first thing is created
