@@ -431,3 +431,34 @@ def test_browser_sees_hand_made_report_whole_and_catches_breakage(tmp_path):
     assert seen["remote"] == [cdn]
     assert sorted(u for u, _ in seen["failed"]) == sorted([cdn, (rep / gone).as_uri()])
     assert len(seen["console_errors"]) >= 2
+
+
+def test_predict_convert_stage_calls_the_converter_on_the_loaded_cohort(tmp_path):
+    """wmhloc_predict's convert stage runs the converter function on the cohort loaded once by the plan:
+    the inference folder is written, the cohort's lesion masks are linked as references, the converter's
+    output is in the stage log; a cohort that does not load fails at the convert stage, naming the file."""
+    from test_hostile_outputs import fake_model
+    from test_hostile_tables import tiny_cohort
+
+    from nnunet_wmhloc.pipeline.predict import PredictPlan, build_parser
+
+    csv = tiny_cohort(tmp_path / "c", n=2)
+    models = [str(fake_model(tmp_path / "m" / t, n)) for t, n in (("l", 2), ("r", 37))]
+    a = build_parser().parse_args([str(csv), "-o", str(tmp_path / "p"), "--lesion-model", models[0],
+                                   "--region-model", models[1], "--device", "cpu"])
+    plan = PredictPlan(a, "wmhloc_predict ...")
+    assert [s.subject for s in plan.cohort.subjects] == ["s01", "s02"]
+    convert = [s for s in plan.stages() if s.name == "convert"]
+    res = Runner(plan.output, convert, plan.env, quiet=True).run()["convert"]["summary"]
+    assert res == {"cases": 2, "references": {"lesion": 2, "region": 0}}
+    assert sorted(p.name for p in plan.layout.images.glob("*_0000.nii.gz")) == ["s01_flair_0000.nii.gz",
+                                                                                 "s02_flair_0000.nii.gz"]
+    assert (plan.layout.references("lesion") / "s01.nii.gz").resolve().is_file()
+    assert "inference folder:" in plan.layout.log("convert").read_text()
+
+    (tmp_path / "c" / "bad.csv").write_text("subject,flair\ns01,missing.nii.gz\n")
+    a = build_parser().parse_args([str(tmp_path / "c" / "bad.csv"), "-o", str(tmp_path / "q"), "--lesion-model",
+                                   models[0], "--region-model", models[1], "--device", "cpu"])
+    plan = PredictPlan(a, "")
+    with pytest.raises(WMHLocError, match=r"stage 'convert' failed: .*missing.nii.gz"):
+        Runner(plan.output, [s for s in plan.stages() if s.name == "convert"], plan.env, quiet=True).run()
