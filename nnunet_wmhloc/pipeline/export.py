@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nnunet_wmhloc import cli
 from nnunet_wmhloc.io import WMHLocError, read_csv
+from nnunet_wmhloc.layout import RunLayout
 from nnunet_wmhloc.pipeline import models as M
 
 
@@ -36,20 +37,20 @@ def build_parser():
 
 def _run_models(run: Path) -> tuple[dict, dict, dict, dict]:
     """Model folders, folds, recorded fusion and training-data description of a wmhloc_run output."""
-    models, folds = {}, {}
+    models, folds, layout = {}, {}, RunLayout(run)
     for t in M.TASKS:
-        marker = run / "stages" / f"train_{t}.done"
+        marker = layout.marker(f"train_{t}")
         if not marker.is_file():
             raise WMHLocError(f"{marker}: not found ({run} is not a wmhloc_run output with a trained {t} model)")
         m = json.loads(marker.read_text(encoding="utf-8"))
         models[t] = Path(m["summary"]["model"])
         folds[t] = [str(f) for f in m["settings"]["folds"]]
     fusion = {}
-    choice = run / "choice" / "fusion.json"
+    choice = layout.fusion_choice
     if choice.is_file():
         fusion = json.loads(choice.read_text(encoding="utf-8"))
     training = {"source": "wmhloc_run", "run": str(run.resolve())}
-    conv = run / "stages" / "convert.done"
+    conv = layout.marker("convert")
     if conv.is_file():
         training["datasets"] = json.loads(conv.read_text(encoding="utf-8")).get("summary", {})
     raw = models["lesion"].parents[2] / "nnUNet_raw" / models["lesion"].parent.name / "subjects.csv"
