@@ -45,7 +45,8 @@ setup(
     python_requires=">=3.10",
     packages=list(PACKAGE_DIRS) + SUBPACKAGES,
     package_dir=PACKAGE_DIRS,
-    package_data={"nnunet_wmhloc.atlas": ["*.tsv"], "nnunet_wmhloc.evaluation": ["*.csv"]},
+    package_data={"nnunet_wmhloc.atlas": ["*.tsv"], "nnunet_wmhloc.evaluation": ["*.csv"],
+                  "nnunet_wmhloc.pipeline": ["templates/*.j2"]},
     install_requires=[
         "nnunetv2>=2.8.1,<2.9",
         "torch",
@@ -60,12 +61,14 @@ setup(
         "matplotlib",
         "tqdm",
         "monai>=1.5",  # UNETR and MedNeXt (MedNeXt since 1.5)
+        "jinja2",  # the report's HTML template (torch brings it too, but we use it directly)
     ],
     # Dask for --scheduler (cohorts on a cluster); dask and distributed are released together and must match.
     # The tests start a real scheduler and workers, so the test extra has them too.
     # nilearn ships the ICBM152 2009a T1 with its WM/GM probability maps: real ground truth for the WM estimate
     # bids-validator-deno: the official BIDS schema validator (its bundled schema and deno binary: runs offline),
     # checks wmhloc_predict --layout bids output in the tests
-    extras_require={"dask": DASK, "test": ["pytest", "nilearn", *DASK, "bids-validator-deno"]},
+    # selenium drives Debian's chromium through its chromedriver for the report's real-browser test
+    extras_require={"dask": DASK, "test": ["pytest", "nilearn", *DASK, "bids-validator-deno", "selenium>=4.11"]},
     entry_points={"console_scripts": [f"{k}={v}" for k, v in CONSOLE_SCRIPTS.items()]},
 )

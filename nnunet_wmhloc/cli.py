@@ -10,6 +10,15 @@ from typing import Callable, Iterable, Sequence
 from nnunet_wmhloc.io import WMHLocError
 
 
+def commands() -> dict[str, str]:
+    """{console script: module} of this package, read from its installed entry points (setup.py's
+    CONSOLE_SCRIPTS is the one list)."""
+    from importlib.metadata import distribution
+
+    eps = distribution("nnunet_wmhloc").entry_points.select(group="console_scripts")
+    return {ep.name: ep.module for ep in sorted(eps, key=lambda e: e.name)}
+
+
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=description,
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -65,6 +74,11 @@ def positive_int(text: str) -> int:
 def nonnegative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     return _int_in(text, 0, None)
+
+
+def dataset_id(text: str) -> int:
+    """argparse type: an nnU-Net dataset id (1 .. 999)."""
+    return _int_in(text, 1, 999)
 
 
 def seed_int(text: str) -> int:

@@ -236,3 +236,229 @@ def test_cluster_stage_skips_what_cannot_be_clustered(tmp_path):
     out, res = stage([{7: 10.0}, {7: 12.0}, {20: 5.0}, {20: 9.0}, {3: 1.0, 30: 1.0}])
     assert res == {"clustered": 5, "k_range": [2, 3]}  # 3 distinct profiles bound K
     assert (out / "cluster" / "groups.csv").is_file()
+
+
+# ----------------------------------------------------------------------------------------- report and results
+def _tiny_run(root, subjects=("s1", "s2")):
+    """A run folder as the stages leave it, hand-made: a FLAIR, lesion and regional map per subject (tiny
+    volumes) and the localize tables as rows (the stage's return value), in localize's own columns."""
+    import types
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnunet_wmhloc.layout import RunLayout
+    from nnunet_wmhloc.postprocessing.localize import LOAD_COLUMNS
+
+    run = RunLayout(root)
+    for d in (run.images, run.regional_maps, run.segmentations("lesion")):
+        d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    loads, lesions = [], []
+    for i, s in enumerate(subjects):
+        regions = np.zeros((6, 20, 20), np.uint8)
+        regions[2:4, 5:9, 5:9] = 3 + i
+        regions[2:4, 12:15, 5:8] = 20
+        lesion = (regions > 0).astype(np.uint8)
+        for arr, path in ((rng.normal(100, 20, regions.shape).astype(np.float32), run.images / f"{s}_flair_0000.nii.gz"),
+                          (regions, run.regional_maps / f"{s}.nii.gz"),
+                          (lesion, run.segmentations("lesion") / f"{s}.nii.gz")):
+            img = sitk.GetImageFromArray(arr)
+            img.SetSpacing((1.0, 1.0, 3.0))
+            sitk.WriteImage(img, str(path))
+        mm3 = {3 + i: 96.0, 20: 54.0}
+        row = {}
+        for c in LOAD_COLUMNS:
+            lab = int(c[1:3]) if c[:1] == "r" and c[1:3].isdigit() else None
+            if lab is None:
+                row[c] = 0
+            elif c.endswith("_share"):
+                row[c] = mm3.get(lab, 0.0) / 150.0
+            else:
+                row[c] = mm3.get(lab, 0.0)
+        row |= {"subject": s, "n_lesions": 2, "total_voxels": 50, "total_mm3": 150.0, "wm_mm3": 150.0,
+                "left_wm_mm3": 96.0, "right_wm_mm3": 54.0, "left_mm3": 96.0, "right_mm3": 54.0,
+                "voxel_volume_mm3": 3.0, "lesion_file": str(run.segmentations("lesion") / f"{s}.nii.gz"),
+                "region_file": str(run.regional_maps / f"{s}.nii.gz")}
+        loads.append(row)
+        lesions += [{"subject": s, "lesion_id": k, "voxels": 25, "volume_mm3": 75.0} for k in (1, 2)]
+    return run, types.SimpleNamespace(loads=loads, lesions=lesions)
+
+
+def _links(html: str) -> list[str]:
+    import re
+
+    return re.findall(r"(?:src|href)='([^']+)'", html)
+
+
+def test_report_from_template_on_hand_made_run(tmp_path):
+    """build_report renders the packaged template from the rows it is given: every subject's figure and the
+    cohort figure are written and linked, every link is a file of the report folder, nothing points online,
+    user text is escaped, and the cohort table is localize's table as given (not re-read from disk)."""
+    from nnunet_wmhloc.io import read_csv
+    from nnunet_wmhloc.pipeline.report import build_report
+
+    run, tables = _tiny_run(tmp_path / "run")
+    path = build_report(run.root, tables, title="Tiny <report>", images=run.images,
+                        settings={"folds": ["0", "1"], "device": "cpu"}, command="wmhloc_run -o 'a&b'",
+                        stages={"cluster": {"seconds": 1.5, "summary": {"skipped": "clustering skipped: 2 subject(s)"}}})
+    html = path.read_text(encoding="utf-8")
+    assert path == run.report_html and "<title>Tiny &lt;report&gt;</title>" in html and "a&amp;b" in html
+    assert "http://" not in html and "https://" not in html and "<script" not in html.lower()
+    links = _links(html)
+    imgs = [x for x in links if x.startswith("figures/")]
+    assert sorted(imgs) == ["figures/cohort_loads.png", "figures/subject_s1.png", "figures/subject_s2.png"]
+    for x in links:
+        assert x.startswith("#") or (path.parent / x).is_file(), x
+    assert "clustering skipped: 2 subject(s)" in html and "0 1" in html  # the cluster note, a list setting
+    assert "no reference segmentations: nothing evaluated" in html
+    copied = read_csv(path.parent / "tables" / "regional_loads.csv")
+    assert [r["subject"] for r in copied] == ["s1", "s2"] and float(copied[0]["total_mm3"]) == 150
+    assert not run.regional_loads.exists()  # the rows were given: nothing was read back
+    assert "2 lesions, total 150 mm³, WM 150 mm³; main regions:" in html
+
+
+def test_results_regional_loads_are_the_localize_table(tmp_path):
+    """results/regional_loads.csv is localize's table for the cohort's subjects, in localize's columns, written
+    from the rows the stage returned; lesions.csv the census rows of those subjects."""
+    import types
+
+    from nnunet_wmhloc.io import read_csv
+    from nnunet_wmhloc.pipeline.models import fusion_spec
+    from nnunet_wmhloc.pipeline.results import write_results
+    from nnunet_wmhloc.postprocessing.localize import LOAD_COLUMNS
+
+    run, tables = _tiny_run(tmp_path / "run")
+    for task in ("lesion", "region"):
+        seg = run.segmentations(task)
+        (seg / "probabilities").mkdir(parents=True, exist_ok=True)
+        for s in ("s1", "s2"):
+            src = run.segmentations("lesion") / f"{s}.nii.gz"
+            (seg / f"{s}.nii.gz").write_bytes(src.read_bytes())
+            (seg / "probabilities" / f"{s}.nii.gz").write_bytes(src.read_bytes())
+    subjects = [types.SimpleNamespace(subject=s, images={"flair": run.images / f"{s}_flair_0000.nii.gz"})
+                for s in ("s2", "s1", "s9")]  # s9: no loads, left out
+    fusion = {t: dict(fusion_spec("fused"), source="default") for t in ("lesion", "region")}
+    said = []
+    res = write_results(run.root, subjects, tables, layout="flat", fusion=fusion, source=str(tmp_path),
+                        say=said.append)
+    assert res == {"layout": "flat", "subjects": 2, "fallback_subjects": 0}
+    got = read_csv(run.results / "regional_loads.csv")
+    assert list(got[0]) == list(LOAD_COLUMNS)
+    assert [r["subject"] for r in got] == ["s2", "s1"]
+    assert float(got[1]["left_wm_mm3"]) == 96 and got[1]["lesion_file"] == tables.loads[0]["lesion_file"]
+    assert [r["subject"] for r in read_csv(run.results / "lesions.csv")] == ["s2", "s2", "s1", "s1"]
+    assert (run.results / "s1" / "s1_lesion_mask.nii.gz").is_file() and said[-1].startswith("results (flat): 2")
+
+
+def test_commands_come_from_the_entry_points():
+    """The command table is the package's console_scripts: each module imports and has a main."""
+    import importlib
+
+    from nnunet_wmhloc.cli import commands
+
+    table = commands()
+    assert {"wmhloc_run", "wmhloc_predict", "wmhloc_localize", "wmhloc_export_models"} <= set(table)
+    assert table["wmhloc_fuse"] == "nnunet_wmhloc.postprocessing.fuse"
+    for mod in table.values():
+        assert callable(importlib.import_module(mod).main), mod
+
+
+def test_stage_call_logs_output_and_propagates_errors(tmp_path):
+    """StageContext.call runs a plain function in-process: its header and printed output go into the stage's
+    log (not the terminal), its return value comes back, and its error stops the stage naming the log."""
+    from nnunet_wmhloc.pipeline.stages import StageContext
+
+    def work(x, *, y):
+        print(f"working {x} {y}")
+        return x + y
+
+    def broken(ctx):
+        ctx.call(["wmhloc_thing", "/in"], lambda: (_ for _ in ()).throw(WMHLocError("/in/a.nii.gz: truncated")))
+
+    (tmp_path / "logs").mkdir()
+    ctx = StageContext("s", tmp_path / "logs" / "s.log", {}, tmp_path, quiet=True)
+    assert ctx.call(["wmhloc_thing", "--x", 1], work, 1, y=2) == 3
+    log = (tmp_path / "logs" / "s.log").read_text()
+    assert "$ wmhloc_thing --x 1" in log and "working 1 2" in log and ctx.commands == ["wmhloc_thing --x 1"]
+    with pytest.raises(WMHLocError, match=r"stage 'b' failed: /in/a.nii.gz: truncated \(log: .*b.log\)"):
+        Runner(tmp_path / "r", [Stage("b", broken)], {}, quiet=True).run()
+
+
+def _png_has_content(path) -> bool:
+    import matplotlib.image as mpimg
+
+    a = mpimg.imread(str(path))
+    return a.ndim == 3 and a.shape[0] > 100 and a.shape[1] > 100 and float(a[..., :3].std()) > 0.02
+
+
+def test_browser_sees_hand_made_report_whole_and_catches_breakage(tmp_path):
+    """Headless Chromium (through Selenium and Debian's chromedriver, network cut off) on a report rendered
+    from hand-made tables: every <img> loads, nothing leaves the machine or fails, no console error, a
+    non-blank full-page screenshot. Then the same report with one figure deleted, one emptied and a CDN
+    stylesheet added: each is caught, and only those."""
+    import shutil
+
+    from browser import find_chromium, render
+
+    from nnunet_wmhloc.pipeline.report import build_report
+
+    if find_chromium() is None:
+        pytest.skip("chromium, chromium-driver or selenium missing (apt-get install chromium chromium-driver; "
+                    "pip install -e .[test])")
+    run, tables = _tiny_run(tmp_path / "run")
+    html = build_report(run.root, tables, title="Tiny report", images=run.images, settings={"device": "cpu"})
+    imgs = [x for x in _links(html.read_text(encoding="utf-8")) if x.startswith("figures/")]
+    seen = render(html, tmp_path / "shot.png")
+    assert seen["title"] == "Tiny report" and seen["text_length"] > 300
+    assert [i["src"] for i in seen["images"]] == imgs
+    assert all(i["complete"] and i["decoded"] and i["width"] > 0 for i in seen["images"])
+    assert seen["remote"] == [] and seen["failed"] == [] and seen["console_errors"] == []
+    assert seen["height"] > 1500 and _png_has_content(tmp_path / "shot.png")
+
+    rep = tmp_path / "broken"
+    shutil.copytree(html.parent, rep)
+    gone, empty = imgs[1], imgs[-1]
+    (rep / gone).unlink()
+    (rep / empty).write_bytes(b"")
+    cdn = "https://cdn.example.org/style.css"
+    text = (rep / "report.html").read_text(encoding="utf-8")
+    (rep / "report.html").write_text(text.replace("</head>", f"<link rel='stylesheet' href='{cdn}'></head>", 1),
+                                     encoding="utf-8")
+    seen = render(rep / "report.html", tmp_path / "broken.png")
+    assert sorted(i["src"] for i in seen["images"] if not (i["complete"] and i["decoded"] and i["width"] > 0)) \
+        == sorted([gone, empty])
+    assert seen["remote"] == [cdn]
+    assert sorted(u for u, _ in seen["failed"]) == sorted([cdn, (rep / gone).as_uri()])
+    assert len(seen["console_errors"]) >= 2
+
+
+def test_predict_convert_stage_calls_the_converter_on_the_loaded_cohort(tmp_path):
+    """wmhloc_predict's convert stage runs the converter function on the cohort loaded once by the plan:
+    the inference folder is written, the cohort's lesion masks are linked as references, the converter's
+    output is in the stage log; a cohort that does not load fails at the convert stage, naming the file."""
+    from test_hostile_outputs import fake_model
+    from test_hostile_tables import tiny_cohort
+
+    from nnunet_wmhloc.pipeline.predict import PredictPlan, build_parser
+
+    csv = tiny_cohort(tmp_path / "c", n=2)
+    models = [str(fake_model(tmp_path / "m" / t, n)) for t, n in (("l", 2), ("r", 37))]
+    a = build_parser().parse_args([str(csv), "-o", str(tmp_path / "p"), "--lesion-model", models[0],
+                                   "--region-model", models[1], "--device", "cpu"])
+    plan = PredictPlan(a, "wmhloc_predict ...")
+    assert [s.subject for s in plan.cohort.subjects] == ["s01", "s02"]
+    convert = [s for s in plan.stages() if s.name == "convert"]
+    res = Runner(plan.output, convert, plan.env, quiet=True).run()["convert"]["summary"]
+    assert res == {"cases": 2, "references": {"lesion": 2, "region": 0}}
+    assert sorted(p.name for p in plan.layout.images.glob("*_0000.nii.gz")) == ["s01_flair_0000.nii.gz",
+                                                                                 "s02_flair_0000.nii.gz"]
+    assert (plan.layout.references("lesion") / "s01.nii.gz").resolve().is_file()
+    assert "inference folder:" in plan.layout.log("convert").read_text()
+
+    (tmp_path / "c" / "bad.csv").write_text("subject,flair\ns01,missing.nii.gz\n")
+    a = build_parser().parse_args([str(tmp_path / "c" / "bad.csv"), "-o", str(tmp_path / "q"), "--lesion-model",
+                                   models[0], "--region-model", models[1], "--device", "cpu"])
+    plan = PredictPlan(a, "")
+    with pytest.raises(WMHLocError, match=r"stage 'convert' failed: .*missing.nii.gz"):
+        Runner(plan.output, [s for s in plan.stages() if s.name == "convert"], plan.env, quiet=True).run()

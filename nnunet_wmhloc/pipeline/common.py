@@ -16,14 +16,16 @@ from pathlib import Path
 
 from nnunet_wmhloc.env import nnunet_environ
 from nnunet_wmhloc.io import (WMHLocError, check_not_input, check_output, is_owned, make_owned_dir, mark_owned,
-                              read_csv,
-                              remove_owned)
+                              read_csv, remove_owned)
+from nnunet_wmhloc.layout import RunLayout
 from nnunet_wmhloc.vocab import split_case
 from nnunet_wmhloc.pipeline.budget import budget_environ
+from nnunet_wmhloc.pipeline.prediction import nifti_stems, predict_models  # noqa: F401  (run/predict use both)
 from nnunet_wmhloc.pipeline.stages import StageContext, clear_dir, cpu_count
 
 TASKS = ("lesion", "region")
 SETTINGS = (("FLAIR", "flair"), ("T1", "t1"), ("fused", None))
+REPORT_TITLE = "White-matter lesion localization report"
 
 
 def pipeline_environ(nnunet_root: Path | None, shim_folder: Path, *, device: str, threads: int | None,
@@ -48,21 +50,36 @@ def pipeline_environ(nnunet_root: Path | None, shim_folder: Path, *, device: str
     return env
 
 
-def check_pipeline_output(output: Path, cohort: Path | None = None, extra_inputs=()) -> None:
-    """wmhloc_run/wmhloc_predict resume into an existing output folder, but never into one they did not make
-    and never into (or around) their inputs: their stages replace images/, predictions/, evaluation/, ..."""
-    inputs = [p for p in extra_inputs if p is not None]
-    if cohort is not None:
+class Cohort:
+    """A cohort (BIDS root, CSV or challenge-layout folder) loaded once per run. A cohort that does not load
+    is not an error yet: the convert stage reports it (`subjects` raises), after the output checks."""
+
+    def __init__(self, source: Path):
         from nnunet_wmhloc.dataset_conversion.cohort import load_cohort
 
-        inputs.append(cohort)
+        self.source = Path(source)
         try:
-            subjects = load_cohort(cohort)
-        except WMHLocError:
-            subjects = []  # the convert stage reports the cohort's problem
-        for s in subjects:
-            inputs += [*s.images.values(), s.lesion, s.regions]
-    if output.is_dir() and (output / "stages").is_dir() and not is_owned(output):
+            self._subjects, self.error = load_cohort(self.source), None
+        except WMHLocError as e:
+            self._subjects, self.error = [], e
+
+    @property
+    def subjects(self) -> list:
+        if self.error is not None:
+            raise self.error
+        return self._subjects
+
+    def inputs(self) -> list[Path]:
+        from nnunet_wmhloc.pipeline.convert import cohort_inputs
+
+        return cohort_inputs(self.source, self._subjects)
+
+
+def check_pipeline_output(output: Path, cohort: Cohort | None = None, extra_inputs=()) -> None:
+    """wmhloc_run/wmhloc_predict resume into an existing output folder, but never into one they did not make
+    and never into (or around) their inputs: their stages replace images/, predictions/, evaluation/, ..."""
+    inputs = [p for p in extra_inputs if p is not None] + (cohort.inputs() if cohort is not None else [])
+    if output.is_dir() and RunLayout(output).stages.is_dir() and not is_owned(output):
         check_not_input(output, inputs)
         mark_owned(output)  # a run folder made before ownership markers existed
     check_output(output, overwrite=True, inputs=inputs, reuse=True)
@@ -78,128 +95,6 @@ def claim_output(output: Path) -> None:
 def default_processes(device: str) -> int:
     """Worker processes for nnU-Net preprocessing/export: nnU-Net's 3 on a GPU machine, 1-2 on a CPU."""
     return 3 if device != "cpu" else max(1, min(2, cpu_count() - 1))
-
-
-def nifti_stems(folder: Path) -> list[str]:
-    return sorted(p.name[:-len(".nii.gz")] for p in folder.glob("*.nii.gz") if not p.name.startswith("."))
-
-
-def predict_models(ctx: StageContext, images: Path | dict[str, Path], output: Path, models: dict[str, list[str]],
-                   *, scheduler: str | None = None) -> dict:
-    """Run one nnU-Net prediction command per task into <output>/predictions/<task>.
-
-    `models[task]` is the command (console script and arguments) without -i/-o; `images` the input folder,
-    or one per task (when a task predicts only some modalities). With `scheduler` (a Dask scheduler address)
-    the cases are sharded by subject over the cluster's workers instead."""
-    inputs = {t: (images[t] if isinstance(images, dict) else images) for t in models}
-    cases = {t: sorted(p.name for p in inputs[t].glob("*_0000.nii.gz")) for t in models}
-    for t, c in cases.items():
-        if not c:
-            raise WMHLocError(f"{inputs[t]}: no <case>_0000.nii.gz images to predict")
-    if scheduler:
-        return _predict_sharded(ctx, inputs, output, models, cases, scheduler)
-    out = {}
-    for task, cmd in models.items():
-        dst = clear_dir(output / "predictions" / task)
-        ctx.say(f"{task} model: predicting {len(cases[task])} cases -> {dst}")
-        ctx.nnunet([cmd[0], "-i", inputs[task], "-o", dst, *cmd[1:]])
-        got = nifti_stems(dst)
-        if len(got) != len(cases[task]):
-            raise WMHLocError(f"{dst}: {len(got)} segmentations for {len(cases[task])} input cases")
-        out[task] = len(got)
-    return {"cases": max(len(c) for c in cases.values()), "predicted": out}
-
-
-def predict_shard(job: dict) -> dict:
-    """One subject's cases through one model, as a Dask task: nnU-Net runs as a subprocess (so the daemonic
-    Dask worker may start it, and nnU-Net may start its own processes), into a staging folder; the results
-    are moved into the task's prediction folder, segmentations last, with a JSON record beside them."""
-    import subprocess
-    import sys
-    import time
-
-    from nnunet_wmhloc import io, parallel
-
-    dst, subject, task = Path(job["dst"]), job["subject"], job["task"]
-    cmd = [str(c) for c in job["cmd"]]
-    env = {**os.environ, **job["env"], "WMHLOC_PARENT_PID": str(os.getpid())}  # launch: die with the worker
-    t = time.time()
-    with parallel.staging(dst, f"{task}-{subject}") as tmp:
-        inp, out = tmp / "in", tmp / "out"
-        inp.mkdir()
-        for c in job["cases"]:
-            os.symlink(c, inp / Path(c).name)
-        log = tmp / f"{subject}.log"
-        with open(log, "w", encoding="utf-8") as f:
-            p = subprocess.run([sys.executable, "-m", "nnunet_wmhloc.pipeline.launch", cmd[0], "-i", str(inp),
-                                "-o", str(out), *cmd[1:]], env=env, stdout=f, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL)
-        logs = Path(job["logs"])
-        logs.mkdir(parents=True, exist_ok=True)
-        parallel.publish([log], logs)
-        rec = {"subject": subject, "task": task, "cases": [Path(c).name for c in job["cases"]],
-               "command": cmd[0], "seconds": round(time.time() - t, 1), **parallel.record_stamp()}
-        if p.returncode != 0:
-            from nnunet_wmhloc.pipeline.stages import _last_error_line
-
-            reason = (f"{subject} ({task}): {cmd[0]} exited with {p.returncode}: "
-                      f"{_last_error_line((logs / log.name).read_text(errors='replace')[-20000:])}")
-            return {**rec, "status": "failed", "reason": reason}
-        segs = sorted(out.glob("*.nii.gz"))
-        if len(segs) != len(job["cases"]):
-            return {**rec, "status": "failed",
-                    "reason": f"{subject} ({task}): {len(segs)} segmentations for {len(job['cases'])} cases"}
-        parallel.publish([f for f in sorted(out.iterdir()) if f not in segs] + segs, dst)
-    rec["status"] = "ok"
-    io.write_json(rec, Path(job["records"]) / f"{subject}.json", overwrite=True)
-    return rec
-
-
-def _predict_sharded(ctx: StageContext, inputs: dict[str, Path], output: Path, models: dict[str, list[str]],
-                     cases: dict[str, list[str]], scheduler: str) -> dict:
-    """predict_models on a Dask cluster: one task per subject and model (a model used on a GPU asks its worker
-    for the resource GPU=1); every subject done, or the stage fails naming the subjects and their reasons."""
-    from nnunet_wmhloc import parallel
-
-    by_subject: dict[str, dict[str, list[str]]] = {}
-    for task, cs in cases.items():
-        for c in cs:
-            by_subject.setdefault(task, {}).setdefault(split_case(c[:-len("_0000.nii.gz")])[0], []).append(
-                str((inputs[task] / c).resolve()))
-    env = {k: v for k, v in ctx.env.items() if os.environ.get(k) != v}  # only what the pipeline sets
-    jobs = []
-    for task, cmd in models.items():
-        dst = clear_dir(output / "predictions" / task)
-        records = clear_dir(output / "predictions" / "records" / task)
-        gpu = "-device" in cmd and str(cmd[cmd.index("-device") + 1]) == "cuda"
-        jobs += [{"subject": s, "task": task, "cmd": [str(x) for x in cmd], "cases": cs, "dst": str(dst),
-                  "env": env, "records": str(records), "logs": str(ctx.log_path.parent / "predict" / task),
-                  "gpu": gpu} for s, cs in sorted(by_subject[task].items())]
-    n_cases = max(len(c) for c in cases.values())
-    n_subjects = len({s for per in by_subject.values() for s in per})
-    ctx.say(f"predicting {n_cases} cases of {n_subjects} subjects with {len(models)} model(s) on the Dask "
-            f"cluster at {scheduler}: {len(jobs)} tasks")
-    with parallel.session(scheduler) as client:
-        recs = []
-        for gpu in (False, True):
-            part = [j for j in jobs if j["gpu"] == gpu]
-            recs += parallel.map_tasks(predict_shard, part, desc="predict", client=client,
-                                       resources={"GPU": 1} if gpu else None)
-    for task in models:
-        parallel.sweep(output / "predictions" / task)
-    failed = [r for r in recs if r.get("status") != "ok"]
-    for r in recs:
-        ctx.log(f"{r.get('subject')} {r.get('task', '')}: {r.get('status')} {r.get('reason', '')} "
-                f"(worker {r.get('worker', '?')})")
-    if failed:
-        raise WMHLocError(f"{len(failed)} of {len(recs)} prediction tasks failed: "
-                          + "; ".join(r["reason"] for r in failed[:5]) + (" ..." if len(failed) > 5 else ""))
-    out = {task: len(nifti_stems(output / "predictions" / task)) for task in models}
-    for task, n in out.items():
-        if n != len(cases[task]):
-            raise WMHLocError(f"{output / 'predictions' / task}: {n} segmentations for {len(cases[task])} input "
-                              "cases")
-    return {"cases": n_cases, "predicted": out, "workers": sorted({r["worker"] for r in recs})}
 
 
 def fuse_stage(ctx: StageContext, weights: dict[str, dict] | None = None) -> dict:
@@ -345,12 +240,35 @@ def evaluate_stage(ctx: StageContext, references: dict[str, Path | None], sites:
     return summary
 
 
+def localize_tables(ctx: StageContext):
+    """The localize stage's tables (`.loads`, `.lesions`: rows): what it returned in this process, else (the
+    stage was skipped on resume) read back from its CSVs."""
+    return ctx.made_or("localize", lambda: read_localize(ctx.layout.localize))
+
+
+def read_localize(folder: Path):
+    """localize's regional_loads.csv and lesions.csv as rows.
+    INTEGRATOR: a fallback until the "post" helper's postprocessing.localize.read_loads lands; then this
+    becomes `read_loads(folder / "regional_loads.csv")` (if that returns the LocalizeResult itself)."""
+    from types import SimpleNamespace
+
+    try:
+        from nnunet_wmhloc.postprocessing.localize import read_loads
+    except ImportError:
+        read_loads = read_csv
+    loads = read_loads(folder / "regional_loads.csv")
+    if hasattr(loads, "loads"):
+        return loads
+    lesions = folder / "lesions.csv"
+    return SimpleNamespace(loads=loads, lesions=read_csv(lesions) if lesions.is_file() else [])
+
+
 def read_markers(output: Path) -> dict:
     """{stage: done-marker} of the stages finished so far, in the order they finished."""
     import json
 
     out = []
-    for p in (output / "stages").glob("*.done"):
+    for p in RunLayout(output).stages.glob("*.done"):
         try:
             m = json.loads(p.read_text(encoding="utf-8"))
         except ValueError:

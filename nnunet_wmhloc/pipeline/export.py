@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nnunet_wmhloc import cli
 from nnunet_wmhloc.io import WMHLocError, read_csv
+from nnunet_wmhloc.layout import RunLayout
 from nnunet_wmhloc.pipeline import models as M
 
 
@@ -36,20 +37,20 @@ def build_parser():
 
 def _run_models(run: Path) -> tuple[dict, dict, dict, dict]:
     """Model folders, folds, recorded fusion and training-data description of a wmhloc_run output."""
-    models, folds = {}, {}
+    models, folds, layout = {}, {}, RunLayout(run)
     for t in M.TASKS:
-        marker = run / "stages" / f"train_{t}.done"
+        marker = layout.marker(f"train_{t}")
         if not marker.is_file():
             raise WMHLocError(f"{marker}: not found ({run} is not a wmhloc_run output with a trained {t} model)")
         m = json.loads(marker.read_text(encoding="utf-8"))
         models[t] = Path(m["summary"]["model"])
         folds[t] = [str(f) for f in m["settings"]["folds"]]
     fusion = {}
-    choice = run / "choice" / "fusion.json"
+    choice = layout.fusion_choice
     if choice.is_file():
         fusion = json.loads(choice.read_text(encoding="utf-8"))
     training = {"source": "wmhloc_run", "run": str(run.resolve())}
-    conv = run / "stages" / "convert.done"
+    conv = layout.marker("convert")
     if conv.is_file():
         training["datasets"] = json.loads(conv.read_text(encoding="utf-8")).get("summary", {})
     raw = models["lesion"].parents[2] / "nnUNet_raw" / models["lesion"].parent.name / "subjects.csv"
@@ -61,51 +62,67 @@ def _run_models(run: Path) -> tuple[dict, dict, dict, dict]:
     return models, folds, fusion, training
 
 
-def _main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    if a.run is not None and (a.lesion_model or a.region_model):
-        raise WMHLocError("give a run folder or --lesion-model/--region-model, not both")
-    if a.output.suffix.lower() != ".zip":
-        raise WMHLocError(f"{a.output}: the archive name must end in .zip")
-    if a.run is not None:
-        if not a.run.is_dir():
-            raise WMHLocError(f"{a.run}: run folder not found")
-        models, folds, fusion, training = _run_models(a.run)
-        if a.folds:
-            folds = {t: list(a.folds) for t in M.TASKS}
-    else:
-        if not (a.lesion_model and a.region_model):
-            raise WMHLocError("give a wmhloc_run folder, or both --lesion-model and --region-model")
-        from nnunet_wmhloc.pipeline.predict import model_folds
-
-        models = {"lesion": a.lesion_model, "region": a.region_model}
-        for t, m in models.items():
-            if not m.is_dir():
-                raise WMHLocError(f"{m}: {t} model folder not found")
-            M.model_identity(m)
-        folds = {t: model_folds(m, a.folds) for t, m in models.items()}
-        fusion, training = {}, {"source": "model folders"}
-    for t in M.TASKS:
-        M.model_identity(models[t])  # checked before anything slow
-    override = M.parse_fusion(a.fusion)
+def _fusion(models: dict, folds: dict, fusion: dict, override: dict, say) -> dict:
+    """Per task: --fusion, else the run's recorded choice, else chosen from the cross-validation
+    probabilities, else equal-weight fusion."""
     for t in M.TASKS:
         if t in override:
             fusion[t] = override[t]
         elif t not in fusion:
             if M.has_cv_probabilities(models[t], folds[t]):
-                fusion[t] = M.choose_fusion(models[t], folds[t], t, say=lambda s: print(s, file=sys.stderr))
+                fusion[t] = M.choose_fusion(models[t], folds[t], t, say=say)
             else:
                 fusion[t] = dict(M.fusion_spec("fused"), source="default",
                                  reason="no cross-validation probabilities (nnUNetv2_train --npz) to choose from")
-    from nnunet_wmhloc.env import nnunet_environ
-    from nnunet_wmhloc.pipeline.budget import budget_environ
+    return fusion
+
+
+def export(output: Path, *, run: Path | None = None, lesion_model: Path | None = None,
+           region_model: Path | None = None, folds: list[str] | None = None, fusion: list[str] | None = None,
+           overwrite: bool = False, say=print) -> dict:
+    """Write the archive `output` (.zip) of a wmhloc_run folder's models, or of two model folders; returns
+    its manifest. `fusion` as --fusion (None: the run's choice / chosen here)."""
     import tempfile
 
+    from nnunet_wmhloc.env import nnunet_environ
+    from nnunet_wmhloc.pipeline.budget import budget_environ
+    from nnunet_wmhloc.pipeline.predict import model_folds
+
+    if run is not None and (lesion_model or region_model):
+        raise WMHLocError("give a run folder or --lesion-model/--region-model, not both")
+    if Path(output).suffix.lower() != ".zip":
+        raise WMHLocError(f"{output}: the archive name must end in .zip")
+    if run is not None:
+        if not run.is_dir():
+            raise WMHLocError(f"{run}: run folder not found")
+        models, run_folds, chosen, training = _run_models(run)
+        run_folds = {t: list(folds) for t in M.TASKS} if folds else run_folds
+    else:
+        if not (lesion_model and region_model):
+            raise WMHLocError("give a wmhloc_run folder, or both --lesion-model and --region-model")
+        models = {"lesion": lesion_model, "region": region_model}
+        for t, m in models.items():
+            if not m.is_dir():
+                raise WMHLocError(f"{m}: {t} model folder not found")
+            M.model_identity(m)
+        run_folds = {t: model_folds(m, folds) for t, m in models.items()}
+        chosen, training = {}, {"source": "model folders"}
+    for t in M.TASKS:
+        M.model_identity(models[t])  # checked before anything slow
+    chosen = _fusion(models, run_folds, chosen, M.parse_fusion(fusion), say)
     with tempfile.TemporaryDirectory(prefix="wmhloc_shim_") as shim:
         env = budget_environ(nnunet_environ(None), shim)
-        manifest = M.export_models(models, folds, fusion, a.output, training=training, overwrite=a.overwrite,
-                                   env=env, say=lambda s: print(s, file=sys.stderr))
+        return M.export_models(models, run_folds, chosen, output, training=training, overwrite=overwrite, env=env,
+                               say=say)
+
+
+def _main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    manifest = export(a.output, run=a.run, lesion_model=a.lesion_model, region_model=a.region_model,
+                      folds=a.folds, fusion=a.fusion, overwrite=a.overwrite,
+                      say=lambda s: print(s, file=sys.stderr))
     size = a.output.stat().st_size / 2**20
+    fusion = manifest.get("fusion", {})
     print(f"wrote {a.output} ({size:.1f} MB): lesion {manifest['models']['lesion']['path']} "
           f"[{M.describe_fusion(fusion['lesion'])}], region {manifest['models']['region']['path']} "
           f"[{M.describe_fusion(fusion['region'])}]")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from nnunet_wmhloc import cli, parallel
 from nnunet_wmhloc.io import WMHLocError, is_number, read_json
+from nnunet_wmhloc.layout import RunLayout
 from nnunet_wmhloc.pipeline import common
 from nnunet_wmhloc.pipeline import models as M
 from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext, clear_dir
@@ -129,7 +130,7 @@ class PredictPlan:
             if a.lesion_model or a.region_model:
                 raise WMHLocError("--models replaces --lesion-model/--region-model: give one or the other")
             self.manifest = M.open_archive(a.models)  # checked before anything is written
-            self.models = {t: self.output / "models" / self.manifest["models"][t]["path"] for t in M.TASKS}
+            self.models = {t: RunLayout(self.output).models / self.manifest["models"][t]["path"] for t in M.TASKS}
             self.folds = {t: [str(f) for f in self.manifest["models"][t]["folds"]] for t in M.TASKS}
             if a.folds:
                 for t in M.TASKS:
@@ -149,12 +150,13 @@ class PredictPlan:
             self.folds = {t: model_folds(m, a.folds) for t, m in self.models.items()}
         self.fusion = self._fusion(a)
         a.device = cli.check_device(a.device)  # before any stage: a missing GPU fails now, not at stage 2
-        common.check_pipeline_output(a.output, a.cohort)
+        self.cohort = common.Cohort(a.cohort)  # loaded once: checks, convert, references and results use it
+        common.check_pipeline_output(a.output, self.cohort)
         self.processes = a.processes or common.default_processes(a.device)
-        self.env = common.pipeline_environ(None, self.output / "wmhloc_trainers", device=a.device,
-                                           threads=a.threads,
-                                           processes=self.processes)
-        self.images = self.output / "images"
+        self.env = common.pipeline_environ(None, RunLayout(self.output).trainers, device=a.device,
+                                           threads=a.threads, processes=self.processes)
+        self.layout = RunLayout(self.output)
+        self.images = self.layout.images
 
     def _fusion(self, a) -> dict[str, dict]:
         """Per task: --fusion, else the archive's choice, else equal-weight fusion."""
@@ -171,10 +173,10 @@ class PredictPlan:
         return out
 
     def extract(self, ctx: StageContext) -> dict:
-        M.extract_archive(self.a.models, self.manifest, self.output / "models")
+        M.extract_archive(self.a.models, self.manifest, self.layout.models)
         for t, folder in self.models.items():
             model_folds(folder, self.folds[t])
-        ctx.say(f"models from {self.a.models} -> {self.output / 'models'}")
+        ctx.say(f"models from {self.a.models} -> {self.layout.models}")
         return {"archive": str(self.a.models.resolve()), "id": self.manifest.get("id"),
                 "models": {t: self.manifest["models"][t]["path"] for t in M.TASKS}}
 
@@ -187,21 +189,20 @@ class PredictPlan:
                 "region fusion": M.describe_fusion(self.fusion["region"]) + f" ({self.fusion['region']['source']})"}
 
     def convert(self, ctx: StageContext) -> dict:
-        from nnunet_wmhloc.dataset_conversion.cohort import load_cohort
+        from nnunet_wmhloc.pipeline.convert import convert_cohort
 
-        args = [self.a.cohort, "--mode", "predict", "-o", self.images, "--overwrite"]
-        if self.a.register_t1:
-            args.append("--register-t1")
-        ctx.tool("wmhloc_convert_cohort", args)
+        subjects = self.cohort.subjects
+        ctx.call(["wmhloc_convert_cohort", self.a.cohort, "--mode", "predict", "-o", self.images],
+                 convert_cohort, subjects, source=self.a.cohort, mode="predict", output=self.images,
+                 register_t1=self.a.register_t1, overwrite=True)
         # masks listed in the cohort are references: linked under references/<task>/<subject>.nii.gz
         refs = {"lesion": 0, "region": 0}
         for task in refs:
-            clear_dir(self.output / "references" / task)
-        for s in load_cohort(self.a.cohort):
+            clear_dir(self.layout.references(task))
+        for s in subjects:
             for task, path in (("lesion", s.lesion), ("region", s.regions)):
                 if path is not None:
-                    d = self.output / "references" / task
-                    common._link(Path(path), d / f"{s.subject}.nii.gz")
+                    common._link(Path(path), self.layout.references(task) / f"{s.subject}.nii.gz")
                     refs[task] += 1
         return {"cases": len(list(self.images.glob("*_0000.nii.gz"))), "references": refs}
 
@@ -222,7 +223,7 @@ class PredictPlan:
                 for m in M.needed_modalities(self.fusion[task], mods)}
         if len(need) == sum(len(v) for v in have.values()):
             return self.images
-        d = clear_dir(self.output / "inputs" / task)
+        d = clear_dir(self.layout.inputs(task))
         for name in sorted(need):
             common._link(self.images / name, d / name)
         return d
@@ -244,27 +245,25 @@ class PredictPlan:
         return common.fuse_stage(ctx, {t: f["weights"] for t, f in self.fusion.items()})
 
     def results(self, ctx: StageContext) -> dict:
-        from nnunet_wmhloc.dataset_conversion.cohort import load_cohort
         from nnunet_wmhloc.pipeline.results import write_results
 
-        subjects = load_cohort(self.a.cohort)
         bids_in = self.a.cohort.is_dir() and any(self.a.cohort.glob("sub-*"))
         layout = self.a.layout if self.a.layout != "auto" else ("bids" if bids_in else "flat")
-        return write_results(self.output, subjects, layout=layout, fusion=self.fusion,
-                             source=str(self.a.cohort.resolve()), bids_root=self.a.cohort if bids_in else None,
-                             say=ctx.say)
+        return write_results(self.output, self.cohort.subjects, common.localize_tables(ctx), layout=layout,
+                             fusion=self.fusion, source=str(self.a.cohort.resolve()),
+                             bids_root=self.a.cohort if bids_in else None, say=ctx.say)
 
     def references(self) -> dict:
         out = {}
         for task in ("lesion", "region"):
-            d = self.output / "references" / task
+            d = self.layout.references(task)
             out[task] = d if d.is_dir() and common.nifti_stems(d) else None
         return out
 
     def report(self, ctx: StageContext) -> dict:
         from nnunet_wmhloc.pipeline.report import build_report
 
-        path = build_report(self.output, title="White-matter lesion localization report", settings=self.settings(),
+        path = build_report(self.output, common.localize_tables(ctx), title=common.REPORT_TITLE, settings=self.settings(),
                             images=self.images, stages=common.read_markers(self.output), command=self.command)
         ctx.say(f"report: {path}")
         return {"report": str(path)}
@@ -294,16 +293,21 @@ class PredictPlan:
         ]
 
 
-def _main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
+def predict_cohort(a, command: str = "") -> dict:
+    """wmhloc_predict for parsed options `a` (build_parser()'s); returns {stage: done-marker}."""
     if a.scheduler:
         parallel.require()
-    command = "wmhloc_predict " + shlex.join(sys.argv[1:] if argv is None else [str(x) for x in argv])
     plan = PredictPlan(a, command)
     plan.output.mkdir(parents=True, exist_ok=True)
-    results = Runner(plan.output, plan.stages(), plan.env, force=a.force, quiet=a.quiet).run()
+    return Runner(plan.output, plan.stages(), plan.env, force=a.force, quiet=a.quiet).run()
+
+
+def _main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    command = "wmhloc_predict " + shlex.join(sys.argv[1:] if argv is None else [str(x) for x in argv])
+    results = predict_cohort(a, command)
     if not a.quiet:
-        print(f"done: {results.get('report', {}).get('summary', {}).get('report') or plan.output}")
+        print(f"done: {results.get('report', {}).get('summary', {}).get('report') or a.output.resolve()}")
     return 0
 
 

@@ -10,7 +10,8 @@ regional_loads.csv, lesions.csv, subjects.csv           phenotype/wmhloc_{region
                                                         participants.tsv, dataset_description.json
 
 The probability map thresholded at 0.5 (p > 0.5) is the lesion mask (see wmhloc_fuse --probability-label).
-regional_loads: lesion volume (mm³) per region and its share of the subject's total lesion load; lesions:
+regional_loads: wmhloc_localize's table (lesion volume in mm³ per region and its share of the subject's
+lesion load); lesions:
 the 26-connected lesion census of wmhloc_localize. subjects: which modalities each task used, and whether a
 subject fell back from the chosen modality to the one it has.
 """
@@ -20,13 +21,12 @@ import re
 import shutil
 from pathlib import Path
 
-from nnunet_wmhloc.vocab import REGION_NAMES, region_column
 from nnunet_wmhloc.io import WMHLocError, atomic_dir, read_csv, write_csv, write_json
+from nnunet_wmhloc.layout import RunLayout
 from nnunet_wmhloc.pipeline.models import describe_fusion
-from nnunet_wmhloc.postprocessing.localize import LESION_COLUMNS
+from nnunet_wmhloc.postprocessing.localize import LESION_COLUMNS, LOAD_COLUMNS
+from nnunet_wmhloc.vocab import REGION_NAMES
 
-REGION_LABELS = tuple(range(1, 37))
-TOTALS = ("n_lesions", "total_mm3", "wm_mm3", "left_wm_mm3", "right_wm_mm3", "left_mm3", "right_mm3", "outside_mm3")
 BIDS_VERSION = "1.10.0"
 
 
@@ -44,23 +44,9 @@ def bids_entities(subject, used: set[str]) -> tuple[str, str | None]:
     return key
 
 
-def _fusion_rows(output: Path, task: str) -> dict[str, dict]:
-    p = output / "segmentations" / task / "fusion_log.csv"
+def _fusion_rows(layout: RunLayout, task: str) -> dict[str, dict]:
+    p = layout.fusion_log(task)
     return {r["subject"]: r for r in read_csv(p)} if p.is_file() else {}
-
-
-def load_rows(loads: list[dict]) -> list[dict]:
-    """localize's regional loads with each region's share of the subject's lesion load."""
-    out = []
-    for r in loads:
-        total = float(r["total_mm3"])
-        row = {k: r[k] for k in TOTALS}
-        for lab in REGION_LABELS:
-            c = region_column(lab)
-            row[f"{c}_mm3"] = r[c]
-            row[f"{c}_share"] = f"{float(r[c]) / total:.6g}" if total > 0 else "0"
-        out.append(row)
-    return out
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -77,23 +63,24 @@ def _reference(s, bids_root: Path | None) -> str:
     return flair.as_uri()
 
 
-def write_results(output: Path, subjects: list, *, layout: str, fusion: dict, source: str,
+def write_results(output: Path, subjects: list, tables, *, layout: str, fusion: dict, source: str,
                   bids_root: Path | None = None, say=print) -> dict:
+    """results/ of `subjects` (cohort order) from the localize stage's `tables` (.loads, .lesions rows):
+    regional_loads and lesions are those tables' rows for these subjects, in localize's columns."""
     from nnunet_wmhloc import __version__
 
-    seg = output / "segmentations"
-    loads = {r["subject"]: r for r in read_csv(output / "localize" / "regional_loads.csv")}
-    census = read_csv(output / "localize" / "lesions.csv")
-    logs = {t: _fusion_rows(output, t) for t in ("lesion", "region")}
+    run = RunLayout(output)
+    loads = {r["subject"]: r for r in tables.loads}
+    logs = {t: _fusion_rows(run, t) for t in ("lesion", "region")}
     subjects = [s for s in subjects if s.subject in loads]
     used: set = set()
     rows, load_table, lesion_table = [], [], []
-    with atomic_dir(output / "results", overwrite=True) as out:
+    with atomic_dir(run.results, overwrite=True) as out:
         for s in subjects:
-            files = {"mask": seg / "lesion" / f"{s.subject}.nii.gz",
-                     "prob": seg / "lesion" / "probabilities" / f"{s.subject}.nii.gz",
-                     "regions": seg / "region" / f"{s.subject}.nii.gz",
-                     "regional": output / "localize" / "regional_maps" / f"{s.subject}.nii.gz"}
+            files = {"mask": run.segmentations("lesion") / f"{s.subject}.nii.gz",
+                     "prob": run.segmentations("lesion") / "probabilities" / f"{s.subject}.nii.gz",
+                     "regions": run.segmentations("region") / f"{s.subject}.nii.gz",
+                     "regional": run.regional_maps / f"{s.subject}.nii.gz"}
             info = {"subject": s.subject}
             for t in ("lesion", "region"):
                 log = logs[t].get(s.subject, {})
@@ -123,21 +110,20 @@ def write_results(output: Path, subjects: list, *, layout: str, fusion: dict, so
             if layout == "bids":
                 _bids_sidecars(d, names, info, _reference(s, bids_root))
             rows.append(ids | {k: v for k, v in info.items() if k != "subject"})
-            load_table.append(ids | load_rows([loads[s.subject]])[0])
-            lesion_table += [ids | {k: v for k, v in r.items() if k != "subject"} for r in census
+            load_table.append(ids | {k: v for k, v in loads[s.subject].items() if k != "subject"})
+            lesion_table += [ids | {k: v for k, v in r.items() if k != "subject"} for r in tables.lesions
                              if r["subject"] == s.subject]
         if layout == "bids":
             _bids_tables(out, rows, load_table, lesion_table, source, __version__, bids_root)
         else:
             write_csv(rows, out / "subjects.csv")
-            write_csv(load_table, out / "regional_loads.csv")
-            write_csv(lesion_table, out / "lesions.csv",
-                      columns=LESION_COLUMNS)
+            write_csv(load_table, out / "regional_loads.csv", columns=LOAD_COLUMNS)
+            write_csv(lesion_table, out / "lesions.csv", columns=LESION_COLUMNS)
             write_csv([{"label": k, "name": REGION_NAMES[k]} for k in range(0, 37)], out / "region_labels.csv")
     fallback = [r for r in rows if r["note"]]
     for r in fallback:
         say(f"fallback: {r['note']}")
-    say(f"results ({layout}): {len(rows)} subjects -> {output / 'results'}")
+    say(f"results ({layout}): {len(rows)} subjects -> {run.results}")
     return {"layout": layout, "subjects": len(rows), "fallback_subjects": len(fallback)}
 
 

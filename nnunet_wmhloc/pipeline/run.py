@@ -21,7 +21,9 @@ from nnunet_wmhloc import cli, parallel
 from nnunet_wmhloc.io import WMHLocError, is_number
 from nnunet_wmhloc.pipeline import common
 from nnunet_wmhloc.pipeline.budget import BASES, budget_name, parse_budget
+from nnunet_wmhloc.layout import RunLayout
 from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext
+from nnunet_wmhloc.vocab import dataset_folders
 
 STAGES = ("synth", "convert", "preprocess", "train_lesion", "train_region", "choose", "predict", "fuse", "localize",
           "cluster", "evaluate", "report")
@@ -65,8 +67,8 @@ def build_parser():
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (created; re-runs resume it)")
     p.add_argument("--nnunet-root", type=Path,
                    help="folder holding nnUNet_raw, nnUNet_preprocessed, nnUNet_results (default <output>/nnunet)")
-    p.add_argument("--lesion-id", type=int, default=601, help="nnU-Net dataset id of the lesion task")
-    p.add_argument("--region-id", type=int, default=602, help="nnU-Net dataset id of the region task")
+    p.add_argument("--lesion-id", type=cli.dataset_id, default=601, help="nnU-Net dataset id of the lesion task")
+    p.add_argument("--region-id", type=cli.dataset_id, default=602, help="nnU-Net dataset id of the region task")
     t = p.add_argument_group("training")
     t.add_argument("-c", "--configuration", choices=("2d", "3d_fullres"), default=None,
                    help="nnU-Net configuration (default 3d_fullres; 2d with --quick)")
@@ -77,7 +79,7 @@ def build_parser():
                         "cpu with --demo)")
     t.add_argument("--trainer", default="nnUNetTrainerWMHLoc", help="lesion trainer (base name)")
     t.add_argument("--region-trainer", default=None, help="region trainer (default: --trainer)")
-    t.add_argument("--epochs", type=int, default=None,
+    t.add_argument("--epochs", type=cli.positive_int, default=None,
                    help="training budget: <trainer>_<E>epochs (nnU-Net default 1000 epochs x 250 iterations)")
     t.add_argument("--quick", action="store_true",
                    help=f"tiny CPU budget: {QUICK['configuration']}, fold {QUICK['folds'][0]}, {QUICK['epochs']} "
@@ -115,10 +117,12 @@ class RunPlan:
                            ("--atlas", a.atlas)):
             if path is not None and not Path(path).exists():
                 raise WMHLocError(f"{path}: not found ({flag})")
-        common.check_pipeline_output(a.output, a.cohort, [a.release, a.region_labels])
+        self.cohort = common.Cohort(a.cohort) if a.cohort is not None else None  # loaded once per run
+        common.check_pipeline_output(a.output, self.cohort, [a.release, a.region_labels])
         self.quick = a.quick or a.demo
         self.output = a.output.resolve()
-        self.root = (a.nnunet_root or self.output / "nnunet").resolve()
+        self.layout = RunLayout(self.output)
+        self.root = (a.nnunet_root or self.layout.nnunet).resolve()
         self.configuration = a.configuration or (QUICK["configuration"] if self.quick else "3d_fullres")
         self.folds = a.folds or (QUICK["folds"] if self.quick else ["0", "1", "2", "3", "4"])
         for f in self.folds:
@@ -127,17 +131,12 @@ class RunPlan:
         self.device = "cpu" if (a.demo and a.device is None) else cli.check_device(a.device)
         self.tta = not (a.disable_tta or self.quick)
         self.processes = a.processes or common.default_processes(self.device)
-        if a.epochs is not None and a.epochs < 1:
-            raise WMHLocError(f"--epochs {a.epochs}: must be at least 1")
         self.trainers = {"lesion": resolve_trainer(a.trainer, epochs=a.epochs, quick=self.quick),
                          "region": resolve_trainer(a.region_trainer or a.trainer, epochs=a.epochs, quick=self.quick,
                                                    task="region")}
         self.ids = {"lesion": a.lesion_id, "region": a.region_id}
         if a.lesion_id == a.region_id:
             raise WMHLocError(f"--lesion-id and --region-id are both {a.lesion_id}")
-        for flag, i in (("--lesion-id", a.lesion_id), ("--region-id", a.region_id)):
-            if not 1 <= i <= 999:
-                raise WMHLocError(f"{flag} {i}: nnU-Net dataset ids are 1..999")
         self.release = (self.output / "synthetic") if a.demo else (a.release.resolve() if a.release else None)
         self.region_labels = (self.release / "region_labels") if a.demo else a.region_labels
         common.claim_output(self.output)  # every option checked: now the first thing is created
@@ -151,7 +150,7 @@ class RunPlan:
     def dataset(self, task: str) -> Path:
         """The raw dataset folder of a task (found by id, as nnU-Net does)."""
         i = self.ids[task]
-        hits = sorted(self.raw.glob(f"Dataset{i:03d}_*")) if self.raw.is_dir() else []
+        hits = dataset_folders(self.raw, i)
         if len(hits) != 1:
             raise WMHLocError(f"{self.raw}: expected one Dataset{i:03d}_* folder for the {task} task, found "
                               f"{len(hits)} (convert data first: --release, --cohort or --demo)")
@@ -176,17 +175,20 @@ class RunPlan:
         return {"subjects": len(subs), "training": sum(s["split"] == "training" for s in subs)}
 
     def convert(self, ctx: StageContext) -> dict:
+        from nnunet_wmhloc.dataset_conversion.wmh2017 import convert as convert_release
+        from nnunet_wmhloc.pipeline.convert import convert_cohort, write_dataset_splits
+
         pre = self.env["nnUNet_preprocessed"]
         # datasets under <output> are ours to replace on a re-run; elsewhere an existing one is an error
-        own = ["--overwrite"] if self.output in self.root.parents or self.root == self.output else []
+        own = self.output in self.root.parents or self.root == self.output
+        ids = {"lesion_id": self.ids["lesion"], "region_id": self.ids["region"]}
         if self.release is not None:
-            ctx.tool("wmhloc_convert_wmh2017", [self.release, "--region-labels", self.region_labels, "-o", self.raw,
-                                                "--lesion-id", self.ids["lesion"], "--region-id", self.ids["region"],
-                                                "--split", self.a.split, "--preprocessed", pre, *own])
+            ctx.call(["wmhloc_convert_wmh2017", self.release, "--region-labels", self.region_labels],
+                     convert_release, str(self.release), output=str(self.raw), region_labels=str(self.region_labels),
+                     split=self.a.split, preprocessed=pre, overwrite=own, **ids)
         elif self.a.cohort is not None:
-            ctx.tool("wmhloc_convert_cohort", [self.a.cohort, "--mode", "train", "-o", self.raw,
-                                               "--lesion-id", self.ids["lesion"], "--region-id", self.ids["region"],
-                                               "--preprocessed", pre, *own])
+            ctx.call(["wmhloc_convert_cohort", self.a.cohort, "--mode", "train"], convert_cohort, self.cohort.subjects,
+                     source=self.a.cohort, mode="train", output=self.raw, preprocessed=pre, overwrite=own, **ids)
         else:
             ctx.say("no --release/--cohort/--demo: using the datasets already in " + str(self.raw))
         out = {}
@@ -196,11 +198,7 @@ class RunPlan:
                          "test_cases": len(common.nifti_stems(ds / "imagesTs")) if (ds / "imagesTs").is_dir() else 0}
             if not (Path(pre) / ds.name / "splits_final.json").is_file():
                 # datasets made by other tools: subject-grouped folds, so T1 and FLAIR never straddle folds
-                from nnunet_wmhloc.dataset_conversion import splits
-
-                ctx.log(f"$ wmhloc_splits -d {self.ids[task]}")
-                if splits.main(["-d", str(self.ids[task]), "--raw", str(self.raw), "--preprocessed", pre]) != 0:
-                    raise WMHLocError(f"{ds}: cannot write subject-grouped splits")
+                ctx.call(["wmhloc_splits", "-d", self.ids[task]], write_dataset_splits, ds, pre)
         return out
 
     def preprocess(self, ctx: StageContext) -> dict:
@@ -216,7 +214,7 @@ class RunPlan:
     def train(self, ctx: StageContext, task: str, forced: bool) -> dict:
         """Every fold, from scratch unless its checkpoint_final.pth is newer than the preprocessing (then
         it was trained on this very data: kept), or continued (--c) from checkpoint_latest.pth."""
-        prep_marker = self.output / "stages" / "preprocess.done"
+        prep_marker = self.layout.marker("preprocess")
         since = prep_marker.stat().st_mtime if prep_marker.is_file() else 0
         folder = self.model_folder(task)
         out = {"model": str(folder), "trainer": self.trainers[task], "folds": {}}
@@ -259,7 +257,7 @@ class RunPlan:
                                 self.trainers[task], "-device", self.device, "--val", "--npz"])
             out[task] = M.choose_fusion(folder, self.folds, task, labels_dir=self.dataset(task) / "labelsTr",
                                         say=ctx.say)
-        write_json(out, self.output / "choice" / "fusion.json", overwrite=True)
+        write_json(out, self.layout.fusion_choice, overwrite=True)
         return {t: {"choice": c["candidate"], "weights": c["weights"], "mean_dice": c["mean_dice"],
                     "subjects": c["subjects"]} for t, c in out.items()}
 
@@ -314,25 +312,29 @@ class RunPlan:
     def report(self, ctx: StageContext) -> dict:
         from nnunet_wmhloc.pipeline.report import build_report
 
-        path = build_report(self.output, title="White-matter lesion localization report", settings=self.settings(),
+        path = build_report(self.output, common.localize_tables(ctx), title=common.REPORT_TITLE, settings=self.settings(),
                             images=self.dataset("lesion") / "imagesTs", stages=common.read_markers(self.output),
                             command=self.command, progress=None)
         ctx.say(f"report: {path}")
         return {"report": str(path)}
 
 
-def _main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
+def run_pipeline(a, command: str = "") -> dict:
+    """The whole pipeline for parsed options `a` (build_parser()'s); returns {stage: done-marker}."""
     if a.scheduler:
         parallel.require()
     plan = RunPlan(a)
-    plan.command = "wmhloc_run " + shlex.join(sys.argv[1:] if argv is None else [str(x) for x in argv])
+    plan.command = command
     plan.output.mkdir(parents=True, exist_ok=True)
-    runner = Runner(plan.output, plan.stages(a.force), plan.env, force=a.force, quiet=a.quiet)
-    results = runner.run()
-    rep = results.get("report", {}).get("summary", {}).get("report")
+    return Runner(plan.output, plan.stages(a.force), plan.env, force=a.force, quiet=a.quiet).run()
+
+
+def _main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    command = "wmhloc_run " + shlex.join(sys.argv[1:] if argv is None else [str(x) for x in argv])
+    results = run_pipeline(a, command)
     if not a.quiet:
-        print(f"done: {rep or plan.output}")
+        print(f"done: {results.get('report', {}).get('summary', {}).get('report') or a.output.resolve()}")
     return 0
 
 

@@ -116,6 +116,18 @@ class StageContext:
             tail = self.log_path.read_text(encoding="utf-8", errors="replace")[-20000:]
             raise StageFailed(f"{args[0]} exited with {p.returncode}: {_last_error_line(tail)}")
 
+    def call(self, what: list, func: Callable, *args, **kwargs):
+        """Run one of our stage functions in-process: `what` (the equivalent command line) heads its part of
+        the log, and what it prints (progress bars too) goes into the log; returns what the function returns.
+        Its errors propagate: the runner names the stage and the log."""
+        self._header([str(w) for w in what])
+        t = time.time()
+        with open(self.log_path, "a", encoding="utf-8") as f, contextlib.redirect_stdout(f), \
+                contextlib.redirect_stderr(f):
+            out = func(*args, **kwargs)
+        self.log(f"# done after {time.time() - t:.1f} s")
+        return out
+
     def tool(self, name: str, args: list) -> None:
         """Run one of our commands in-process (its main(argv)), output into the log."""
         args = [str(a) for a in args]
@@ -148,12 +160,13 @@ class Runner:
         if force is not None and force not in [s.name for s in self.stages]:
             raise WMHLocError(f"--force {force}: this stage is not part of this run")
         self.force = force
-        self.marker_dir = self.output / "stages"
-        self.log_dir = self.output / "logs"
+        self.layout = RunLayout(self.output)
+        self.marker_dir = self.layout.stages
+        self.log_dir = self.layout.logs
         self.made: dict = {}  # what the stages that ran in this process returned, for the stages after them
 
     def marker(self, name: str) -> Path:
-        return self.marker_dir / f"{name}.done"
+        return self.layout.marker(name)
 
     def read_marker(self, name: str) -> dict | None:
         p = self.marker(name)
@@ -194,7 +207,7 @@ class Runner:
             redo = True  # everything after a stage that ran runs too
             for later in self.stages[i - 1:]:
                 self.marker(later.name).unlink(missing_ok=True)
-            log_path = self.log_dir / f"{st.name}.log"
+            log_path = self.layout.log(st.name)
             log_path.write_text(f"# stage {st.name} started {time.strftime('%Y-%m-%d %H:%M:%S')}\n",
                                 encoding="utf-8")
             self._print(f"[{i}/{len(self.stages)}] {st.name}: {st.description or 'running'} (log: {log_path})")
