@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnunet_wmhloc.vocab import region_column
 from nnunet_wmhloc.postprocessing import cluster
+from nnunet_wmhloc.postprocessing.loads import mm3_column
 
 # three location patterns (region labels 1..34): left parietal/cingulate, bilateral corona radiata,
 # right temporal/occipital
@@ -36,14 +36,14 @@ def _loads_csv(path: Path, n_per_group=(9, 7, 6), n_zero=2, seed=0, drop=None) -
         rows.append(("s%03d" % i, np.zeros(34)))
         truth["s%03d" % i] = 0
         i += 1
-    cols = ["subject", "total_mm3"] + [region_column(r) for r in range(1, 35)]
+    cols = ["subject", "total_mm3"] + [mm3_column(r) for r in range(1, 35)]
     cols = [c for c in cols if c != drop]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for s, v in rows:
             vals = {"subject": s, "total_mm3": v.sum() + 10.0}  # +10: lesions outside WM regions
-            vals.update({region_column(r): v[r - 1] for r in range(1, 35)})
+            vals.update({mm3_column(r): v[r - 1] for r in range(1, 35)})
             w.writerow([vals[c] for c in cols])
     return truth
 
@@ -133,7 +133,7 @@ def _snapshot(folder: Path) -> set:
 @pytest.mark.parametrize("argv_extra,expect,kw", [
     (["--k", "5"], "fewer than K+1=6", {"n_per_group": (2, 2, 1)}),
     (["--k-range", "7", "8"], "fewer than K+1", {"n_per_group": (2, 2, 2)}),  # no feasible K in the range
-    (["--k", "3"], "missing column(s) r12", {"drop": region_column(12)}),
+    (["--k", "3"], "missing column(s) r12", {"drop": mm3_column(12)}),
     (["--k", "3"], "with WM lesions, fewer than", {"n_per_group": (0, 0, 0), "n_zero": 4}),
     (["--k", "1"], "K must be at least 2", {}),
 ])
@@ -160,7 +160,7 @@ def test_bad_values(tmp_path, capsys):
 def test_k_range_skips_ks_the_data_cannot_support(tmp_path):
     """Every subject of a group has the same profile here: 3 distinct profiles. A K range keeps the feasible
     Ks (and says which it skipped); a fixed K=4 is refused."""
-    cols = ["subject", "total_mm3"] + [region_column(r) for r in range(1, 35)]
+    cols = ["subject", "total_mm3"] + [mm3_column(r) for r in range(1, 35)]
     with open(tmp_path / "loads.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)

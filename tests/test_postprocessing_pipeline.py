@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_wmhloc.vocab import region_column
+from nnunet_wmhloc.postprocessing.loads import mm3_column
 
 pytest.importorskip("torch")
 from test_postprocessing_fuse import _image, nnunet_predict_like  # noqa: E402
@@ -46,7 +46,7 @@ def test_fuse_localize_cluster(tmp_path):
         vv = np.prod(les_img.GetSpacing())
         assert les.any()
         for r in (1, 12, 29, 36):
-            assert float(rows[s][region_column(r)]) == pytest.approx(np.count_nonzero(les & (reg == r)) * vv,
+            assert float(rows[s][mm3_column(r)]) == pytest.approx(np.count_nonzero(les & (reg == r)) * vv,
                                                                     rel=1e-9, abs=1e-9)
     r = _cli("cluster", str(tmp_path / "loc" / "regional_loads.csv"), "-o", str(tmp_path / "cl"), "--k-range", "2", "3")
     with open(tmp_path / "cl" / "assignments.csv", newline="") as f:
