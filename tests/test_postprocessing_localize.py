@@ -222,3 +222,42 @@ def test_core_26_connectivity_and_bbox():
     res = localize.localize_arrays(les, reg, img)
     assert res["lesion_region_voxels"].sum(1).tolist() == [3, 1]
     np.testing.assert_allclose(res["centroids"][0], [2, 2, 2])
+
+
+def test_one_layout_and_the_function_result(tmp_path):
+    """The function returns the rows exactly as regional_loads.csv / lesions.csv read back; the table is the
+    one layout (LOAD_COLUMNS): per region its mm³ and its share of the subject's total lesion volume."""
+    from nnunet_wmhloc.io import read_csv
+    from nnunet_wmhloc.postprocessing.loads import LOAD_COLUMNS, read_localize, share_column
+
+    _synthetic(tmp_path)
+    ref = np.zeros((6, 16, 20), np.uint8)
+    ref[1:3, 5:7, 1:3] = 1
+    _write(ref, tmp_path / "ref" / "s01.nii.gz")
+    notes = []
+    res = localize.localize(tmp_path / "lesions", tmp_path / "regions", tmp_path / "out",
+                            reference_lesions=tmp_path / "ref", say=notes.append, progress=False)
+    out = tmp_path / "out"
+    assert (out / "regional_loads.csv").read_text().splitlines()[0] == ",".join(LOAD_COLUMNS)
+    assert res.loads == localize.read_loads(out / "regional_loads.csv") == read_csv(out / "regional_loads.csv")
+    assert res.lesions == read_csv(out / "lesions.csv") and len(res.lesions) == 3
+    (row,) = res.loads
+    assert float(row[share_column(3)]) == pytest.approx(8 / 19, rel=1e-5)
+    assert float(row[share_column(20)]) == pytest.approx(10 / 19, rel=1e-5)
+    assert sum(float(row[share_column(r)]) for r in range(1, 37)) == pytest.approx(18 / 19, rel=1e-5)  # 1 outside
+    assert res.reference.loads == read_csv(out / "reference" / "regional_loads.csv")
+    assert float(res.reference.loads[0][share_column(3)]) == 1.0
+    back = read_localize(out)  # what a resumed pipeline gets
+    assert (back.loads, back.lesions, back.log) == (res.loads, res.lesions, res.log)
+    assert (back.reference.loads, back.reference.lesions) == (res.reference.loads, res.reference.lesions)
+    assert notes == []  # nothing passed over: nothing said
+
+
+def test_zero_total_has_zero_shares(tmp_path):
+    from nnunet_wmhloc.postprocessing.loads import share_column
+
+    reg = np.full((4, 5, 6), 7, np.int16)
+    _write(reg, tmp_path / "r" / "s02.nii.gz", dtype=np.int16)
+    _write(np.zeros_like(reg), tmp_path / "l" / "s02.nii.gz")
+    res = localize.localize(tmp_path / "l", tmp_path / "r", tmp_path / "o", write_maps=False, progress=False)
+    assert all(res.loads[0][share_column(r)] == "0" for r in range(1, 37))
