@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Sequence
 
 from nnunet_wmhloc.io import WMHLocError, few, read_csv, read_json
+from nnunet_wmhloc.layout import LESIONS, REGIONAL_LOADS  # the file names, one place for them
 from nnunet_wmhloc.vocab import WM_REGIONS, region_column
 
 REGION_LABELS = tuple(range(1, 37))
-REGIONAL_LOADS = "regional_loads.csv"
-LESIONS = "lesions.csv"
 MAX_MM3 = 1e9  # a cubic metre: anything larger is a unit or export error
 
 
