@@ -2,7 +2,8 @@
 
 Input: regional_loads.csv from wmhloc_localize or wmhloc_predict's results/ (the layout of
 postprocessing/loads.py; needs `subject` and the 34 WM region columns `<region>_mm3`, e.g. r01_L_parietal_mm3;
-`total_mm3` is used for the load columns of the group table when present, otherwise the WM load). Only the 34 WM regions are clustered; 35/36 (rest of hemisphere) are not.
+`total_mm3` is used for the load columns of the group table when present, otherwise the WM load). Only the
+34 WM regions are clustered; 35/36 (rest of hemisphere) are not.
 
 Normalisation (--normalise), applied per subject over regions 1-34:
 - fraction (default): each region's share of the subject's WM lesion volume (a lesion distribution

@@ -216,8 +216,9 @@ def fuse_stage(ctx: StageContext, weights: dict[str, dict] | None = None) -> dic
             continue
         ctx.log(f"fuse {src} -> {dst}" + (f" (weights {w})" if w else ""))
         made[task] = fuse([src], dst, modalities=list(w) if w else ("flair", "t1"),
-                          weights=[float(v) for v in w.values()] if w else None, probability_label=1 if task == "lesion" else None,
-                          overwrite=True, say=ctx.log, progress=False)
+                          weights=[float(v) for v in w.values()] if w else None,
+                          probability_label=1 if task == "lesion" else None, overwrite=True, say=ctx.log,
+                          progress=False)
     return {"subjects": {task: len(r.subjects) for task, r in made.items()}}
 
 
