@@ -3,7 +3,7 @@
 Region maps: the authors' real 240x240x48 subject maps from ../shared/data/wmhlocalization when present
 (cycled), otherwise a synthetic 36-label partition. Lesions: smoothed-noise blobs inside the region maps'
 foreground (~10-30 mL per subject, a few dozen 26-connected lesions). Prints subjects/second for the whole
-command (read, check, label, write CSVs and maps) and for the in-memory computation alone.
+stage function (read, check, label, write CSVs and maps) and for the in-memory computation alone.
 
     python benchmarks/bench_localize.py [--n 170] [--no-maps]
 """
@@ -76,15 +76,10 @@ def main() -> int:
         t = time.perf_counter()
         make_data(root, args.n, rng)
         print(f"made {args.n} synthetic subjects in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        argv = ["--lesions", str(root / "lesions"), "--regions", str(root / "regions"), "-o", str(root / "out")]
-        if args.no_maps:
-            argv.append("--no-maps")
         t = time.perf_counter()
-        rc = localize.main(argv)
+        res = localize.localize(root / "lesions", root / "regions", root / "out", write_maps=not args.no_maps)
         dt = time.perf_counter() - t
-        if rc:
-            return rc
-        n_les = sum(1 for _ in open(root / "out" / "lesions.csv")) - 1
+        n_les = len(res.lesions)
         print(f"wmhloc_localize end to end: {args.n} subjects, {n_les} lesions in {dt:.2f} s = "
               f"{args.n / dt:.1f} subjects/s (maps {'off' if args.no_maps else 'on'})")
         # computation alone, data already in memory
@@ -93,9 +88,9 @@ def main() -> int:
         arrays = [(les, sitk.GetArrayFromImage(reg), reg) for les, reg in pairs]
         t = time.perf_counter()
         for les, reg, img in arrays:
-            localize.localize(les, reg, img)
+            localize.localize_arrays(les, reg, img)
         dt = time.perf_counter() - t
-        print(f"in-memory localize(): {len(arrays) / dt:.1f} subjects/s")
+        print(f"in-memory localize_arrays(): {len(arrays) / dt:.1f} subjects/s")
     return 0
 
 

@@ -1,8 +1,9 @@
 """wmhloc_cluster: group subjects by where their lesions are (k-means on regional lesion loads + silhouette).
 
-Input: regional_loads.csv from wmhloc_localize (needs `subject` and the 34 WM region columns
-`region_column(1..34)` in mm³; `total_mm3` is used for the load columns of the group table when present,
-otherwise the WM load). Only the 34 WM regions are clustered; 35/36 (rest of hemisphere) are not.
+Input: regional_loads.csv from wmhloc_localize or wmhloc_predict's results/ (the layout of
+postprocessing/loads.py; needs `subject` and the 34 WM region columns `<region>_mm3`, e.g. r01_L_parietal_mm3;
+`total_mm3` is used for the load columns of the group table when present, otherwise the WM load). Only the
+34 WM regions are clustered; 35/36 (rest of hemisphere) are not.
 
 Normalisation (--normalise), applied per subject over regions 1-34:
 - fraction (default): each region's share of the subject's WM lesion volume (a lesion distribution
@@ -30,57 +31,107 @@ cluster_log.json.
 """
 from __future__ import annotations
 
-import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.vocab import LEFT_REGIONS, REGION_NAMES, RIGHT_REGIONS, WM_REGIONS, region_column
-from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_output, check_path, read_csv, write_csv, write_json
+from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_output, check_path, write_csv, write_json
+from nnunet_wmhloc.postprocessing.cluster_figures import plot_atlas, plot_heatmap, plot_silhouette
+from nnunet_wmhloc.postprocessing.loads import WM_MM3_COLUMNS, read_loads
+from nnunet_wmhloc.vocab import LEFT_REGIONS, REGION_NAMES, RIGHT_REGIONS, WM_REGIONS
 
 NORMALISATIONS = ("fraction", "fraction-zscore", "log", "zscore", "raw")
 DEFAULT_NORMALISATION = "fraction"
-REGION_COLUMNS = [region_column(r) for r in WM_REGIONS]
-MAX_MM3 = 1e9  # a cubic metre: anything larger is a unit or export error
+REGION_COLUMNS = WM_MM3_COLUMNS  # the 34 WM regions, mm³
+REQUIRED = ["subject"] + REGION_COLUMNS
 _LEFT = np.array([r in LEFT_REGIONS for r in WM_REGIONS])
 _RIGHT = np.array([r in RIGHT_REGIONS for r in WM_REGIONS])
 
 
 # ----------------------------------------------------------------------------------------- data
-def load_table(path: Path) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-    """(subjects, loads (n, 34) mm³, total_mm3 or None) with every value checked."""
-    rows = read_csv(path, required=["subject"] + REGION_COLUMNS)
-    if not rows:
-        raise WMHLocError(f"{path}: no subject rows")
-    subjects, loads, totals = [], [], []
-    has_total = "total_mm3" in rows[0]
-    seen = set()
-    for i, row in enumerate(rows, start=2):  # line 1 is the header
-        s = (row.get("subject") or "").strip()
-        if not s:
-            raise WMHLocError(f"{path}: line {i}: empty subject")
-        if s in seen:
-            raise WMHLocError(f"{path}: line {i}: subject {s} appears twice")
-        seen.add(s)
-        vals = []
-        for c in REGION_COLUMNS + (["total_mm3"] if has_total else []):
-            try:
-                v = float(row[c])
-            except (TypeError, ValueError):
-                raise WMHLocError(f"{path}: line {i}: {c} = {row[c]!r} is not a number") from None
-            if not math.isfinite(v) or v < 0:
-                raise WMHLocError(f"{path}: line {i}: {c} = {row[c]} (volumes must be finite and >= 0)")
-            if v > MAX_MM3:  # sums of such values overflow to inf and every profile to NaN
-                raise WMHLocError(f"{path}: line {i}: {c} = {row[c]} mm³ is not a plausible lesion volume "
-                                  f"(at most {MAX_MM3:.0e} mm³)")
-            vals.append(v)
-        subjects.append(s)
-        loads.append(vals[:len(REGION_COLUMNS)])
-        if has_total:
-            totals.append(vals[-1])
-    return subjects, np.asarray(loads, float), (np.asarray(totals, float) if has_total else None)
+@dataclass
+class ClusterPlan:
+    """The clusterable data and the Ks to try, worked out once (the pipeline decides from it whether to cluster)."""
+    source: str               # where the loads came from (for messages and cluster_log.json)
+    subjects: list[str]
+    loads: np.ndarray         # (n, 34) WM region loads, mm³
+    total: np.ndarray         # total_mm3, else the WM load
+    has: np.ndarray           # subjects with WM lesion volume (the clustered ones)
+    x: np.ndarray             # their normalised profiles
+    normalise: str
+    ks: list[int]             # the Ks to fit (a fixed K even when infeasible: the fit says why)
+    feasible: bool            # at least one K these data support
+    n_distinct: int
+    fixed_k: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def clustered(self) -> int:
+        return int(self.has.sum())
+
+
+@dataclass
+class ClusterResult:
+    """What wmhloc_cluster made: the rows of its CSVs (strings, as they read back), K and its silhouette,
+    the figure files, the output folder and cluster_log.json."""
+    assignments: list[dict]
+    groups: list[dict]
+    profiles: list[dict]
+    silhouette: list[dict]
+    k: int
+    best_silhouette: float
+    figures: list[str]
+    output: Path
+    log: dict
+
+
+def _ks(k: int | None, k_range) -> list[int] | range:
+    if k is not None:
+        return [k]
+    kmin, kmax = k_range or (2, 8)
+    if kmin > kmax:
+        raise WMHLocError(f"--k-range {kmin} {kmax}: KMIN must not exceed KMAX")
+    if kmin < 2:
+        raise WMHLocError(f"--k-range {kmin} {kmax}: K must be at least 2")
+    return range(kmin, kmax + 1)  # a range, not a list: --k-range 2 2000000000 must not allocate
+
+
+def plan_clustering(loads, *, k: int | None = None, k_range: tuple[int, int] | None = None,
+                    normalise: str = DEFAULT_NORMALISATION, source: str | None = None) -> ClusterPlan:
+    """`loads`: a regional_loads.csv path or its rows (read_loads). One fixed `k`, or `k_range` (default 2..8)
+    cut to the Ks the data support (K < subjects with WM lesions, K <= distinct profiles)."""
+    if k is not None and k_range is not None:
+        raise WMHLocError("--k and --k-range: give one of them")
+    ks = _ks(k, k_range)
+    if isinstance(loads, (str, Path)):
+        source = str(loads) if source is None else source
+        loads = read_loads(loads, required=REQUIRED)
+    source = source or "regional loads"
+    if not loads:
+        raise WMHLocError(f"{source}: no subject rows")
+    subjects = [r["subject"].strip() for r in loads]
+    mat = np.array([[float(r[c]) for c in REGION_COLUMNS] for r in loads], float).reshape(len(loads), -1)
+    wm = mat.sum(1)
+    total = np.array([float(r["total_mm3"]) for r in loads]) if "total_mm3" in loads[0] else wm
+    has = wm > 0
+    x = normalise_loads(mat[has], normalise)
+    feasible, n_distinct = feasible_ks(x, ks)
+    notes = []
+    if k is None:
+        # a range is a search: drop the Ks these data cannot support (kmeans_scores still refuses a lone K)
+        if feasible and len(feasible) < len(ks):
+            skipped = [j for j in ks[:len(feasible) + 10] if j not in feasible]
+            shown = ", ".join(map(str, skipped)) + (f" ... {ks[-1]}" if len(ks) > len(feasible) + 10 else "")
+            notes.append(f"note: K={shown} skipped: {len(x)} subjects with WM lesions, {n_distinct} distinct "
+                         "load profiles")
+            ks = feasible
+        ks = list(ks[:max(1, len(x))])  # Ks of at least the number of subjects fail in kmeans_scores anyway
+    return ClusterPlan(source, subjects, mat, total, has, x, normalise, list(ks), bool(feasible), n_distinct,
+                       k is not None, notes)
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -96,7 +147,7 @@ def fractions(loads: np.ndarray) -> np.ndarray:
     return loads / wm
 
 
-def normalise(loads: np.ndarray, method: str) -> np.ndarray:
+def normalise_loads(loads: np.ndarray, method: str) -> np.ndarray:
     if method == "fraction":
         return fractions(loads)
     if method == "fraction-zscore":
@@ -124,7 +175,7 @@ def feasible_ks(x: np.ndarray, ks) -> tuple[list[int], int]:
         list(ks[:max(0, limit - ks.start + 1)]), n_distinct
 
 
-def cluster(x: np.ndarray, ks: list[int], *, seed: int, n_init: int, source) -> tuple[list[dict], dict]:
+def kmeans_scores(x: np.ndarray, ks: list[int], *, seed: int, n_init: int, source) -> tuple[list[dict], dict]:
     """Fit k-means for each K; return per-K scores and the fitted labels of every K."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
@@ -157,117 +208,6 @@ def _renumber(lab: np.ndarray, load: np.ndarray) -> np.ndarray:
     return new
 
 
-# ----------------------------------------------------------------------------------------- figures
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, out: Path, stem: str) -> list[str]:
-    names = []
-    for ext in ("png", "svg"):
-        fig.savefig(out / f"{stem}.{ext}", dpi=200, bbox_inches="tight")
-        names.append(f"{stem}.{ext}")
-    _plt().close(fig)
-    return names
-
-
-def plot_silhouette(scores, best_k, out: Path, norm: str):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.2, 3.0))
-    ks = [s["k"] for s in scores]
-    ax.plot(ks, [s["silhouette"] for s in scores], "o-", color="#1f4e79")
-    b = next(s for s in scores if s["k"] == best_k)
-    ax.plot([best_k], [b["silhouette"]], "o", ms=11, mfc="none", mec="#c0392b", mew=2, label=f"best K = {best_k}")
-    ax.set_xlabel("number of groups K")
-    ax.set_ylabel("mean silhouette")
-    ax.set_xticks(ks)
-    ax.set_title(f"k-means on regional loads ({norm})", fontsize=9)
-    ax.legend(frameon=False, fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, out, "silhouette")
-
-
-def plot_heatmap(profiles: np.ndarray, group_labels: list[str], out: Path):
-    plt = _plt()
-    k = profiles.shape[0]
-    fig, ax = plt.subplots(figsize=(2.8 + 0.75 * k, 9.0))
-    im = ax.imshow(profiles.T * 100, aspect="auto", cmap="YlOrRd", vmin=0)
-    ax.set_yticks(range(len(WM_REGIONS)))
-    ax.set_yticklabels([f"{r:2d} {REGION_NAMES[r]}" for r in WM_REGIONS], fontsize=7)
-    ax.set_xticks(range(k))
-    ax.set_xticklabels(group_labels, fontsize=8, rotation=30, ha="right")
-    if k <= 10:
-        vmax = profiles.max() * 100
-        for g in range(k):
-            for j in range(len(WM_REGIONS)):
-                v = profiles[g, j] * 100
-                ax.text(g, j, f"{v:.0f}", ha="center", va="center", fontsize=6,
-                        color="white" if v > 0.6 * vmax else "black")
-    ax.axhline(len(LEFT_REGIONS) - 0.5, color="k", lw=0.8)
-    cb = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
-    cb.set_label("share of WM lesion volume (%)")
-    ax.set_title("regional lesion frequency per group", fontsize=10)
-    return _save(fig, out, "heatmap")
-
-
-def plot_atlas(atlas_path: Path, profiles: np.ndarray, group_labels: list[str], out: Path, top: int):
-    """Axial and coronal atlas slices coloured by each group's mean regional share (radiological view)."""
-    import SimpleITK as sitk
-
-    from nnunet_wmhloc.io import read_image
-
-    src = read_image(atlas_path, what="atlas")
-    arr = sitk.GetArrayFromImage(src)
-    if arr.dtype.kind == "f":
-        arr = np.rint(arr)
-    if arr.min() < 0 or arr.max() > 36:
-        raise WMHLocError(f"{atlas_path}: atlas labels must be 0..36 (refined 36-label atlas), found "
-                          f"{int(arr.min())}..{int(arr.max())}")
-    if not np.isin(np.arange(1, 35), np.unique(arr)).any():
-        raise WMHLocError(f"{atlas_path}: atlas has none of the WM labels 1..34")
-    img = sitk.GetImageFromArray(arr.astype(np.int16))
-    img.CopyInformation(src)
-    img = sitk.DICOMOrient(img, "LPS")  # array (z, y, x): x -> left, y -> posterior, z -> superior
-    a = sitk.GetArrayFromImage(img)
-    sx, sy, sz = img.GetSpacing()
-    lut = np.zeros((len(profiles), 37))
-    lut[:, 1:35] = profiles
-    tot = lut.sum(0)[a]                               # all groups' shares painted on the atlas
-    z_ax = int(np.argmax(tot.sum((1, 2))))            # slices with the most group-weighted load
-    y_co = int(np.argmax(tot.sum((0, 2))))
-    del tot
-    vmax = float(profiles.max()) or 1.0
-    plt = _plt()
-    k = len(profiles)
-    fig, axes = plt.subplots(k, 2, figsize=(8.0, 3.0 * k + 0.8), squeeze=False)
-    brain = a > 0
-    for g in range(k):
-        for col, (v, b, asp, org, name) in enumerate(
-                [(lut[g][a[z_ax]], brain[z_ax], sy / sx, "upper", "axial"),
-                 (lut[g][a[:, y_co, :]], brain[:, y_co, :], sz / sx, "lower", "coronal")]):
-            ax = axes[g, col]
-            ax.imshow(np.where(b, 0.85, 1.0), cmap="gray", vmin=0, vmax=1, aspect=asp, origin=org)
-            im = ax.imshow(np.ma.masked_where(v <= 0, v * 100), cmap="YlOrRd", vmin=0, vmax=vmax * 100,
-                           aspect=asp, origin=org)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if g == 0:
-                ax.set_title(name, fontsize=9)
-        best = np.argsort(-profiles[g])[:top]
-        names = "\n".join(f"{REGION_NAMES[WM_REGIONS[j]]} {profiles[g, j] * 100:.0f}%" for j in best)
-        axes[g, 0].set_ylabel(group_labels[g], fontsize=9)
-        axes[g, 1].text(1.04, 0.5, names, transform=axes[g, 1].transAxes, fontsize=7, va="center")
-    fig.colorbar(im, ax=axes.ravel().tolist(), orientation="horizontal", fraction=0.03, pad=0.03,
-                 shrink=0.6, label="share of WM lesion volume (%)")
-    fig.text(0.01, 0.005, "radiological view: patient's left on the right", fontsize=7)
-    return _save(fig, out, "atlas_maps")
-
-
 # ----------------------------------------------------------------------------------------- tables
 def _main_regions(profile: np.ndarray, top: int) -> str:
     best = [j for j in np.argsort(-profile, kind="stable")[:top] if profile[j] > 0]
@@ -277,6 +217,110 @@ def _main_regions(profile: np.ndarray, top: int) -> str:
 def _side(loads: np.ndarray) -> np.ndarray:
     left, right = loads[:, _LEFT].sum(1), loads[:, _RIGHT].sum(1)
     return np.where(left > right, "left", np.where(right > left, "right", "balanced"))
+
+
+def _fmt(v) -> str:
+    """A float as write_csv writes it (6 significant digits, '' for NaN)."""
+    return f"{float(v):.6g}" if np.isfinite(v) else ""
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def cluster(loads, output, *, k: int | None = None, k_range: tuple[int, int] | None = None,
+            normalise: str = DEFAULT_NORMALISATION, zero_load: str = "group", seed: int = 0, n_init: int = 20,
+            top_regions: int = 3, atlas=None, overwrite: bool = False,
+            say: Callable[[str], None] = _stderr) -> ClusterResult:
+    """k-means on regional loads, K by silhouette; tables, figures and cluster_log.json written to `output`
+    atomically. `loads`: a regional_loads.csv path, its rows, or a ClusterPlan (whose Ks and normalisation
+    are then used as they are)."""
+    if zero_load not in ("group", "exclude"):
+        raise WMHLocError(f"--zero-load {zero_load}: must be 'group' or 'exclude'")
+    if n_init < 1 or top_regions < 1:
+        raise WMHLocError("--n-init and --top-regions must be at least 1")
+    if atlas:
+        check_path(atlas, what="atlas")
+    src = loads if isinstance(loads, (str, Path)) else getattr(loads, "source", None)
+    check_output(output, overwrite=overwrite, inputs=[src, atlas])
+    plan = loads if isinstance(loads, ClusterPlan) else plan_clustering(loads, k=k, k_range=k_range,
+                                                                          normalise=normalise)
+    subjects, has, x = plan.subjects, plan.has, plan.x
+    wm = plan.loads.sum(1)
+    zero = [s for s, h in zip(subjects, has) if not h]
+    if zero:
+        what = "group 0 'no WM lesions'" if zero_load == "group" else "excluded"
+        say(f"note: {len(zero)} subject(s) without WM lesion volume: {what} ({', '.join(zero[:5])}"
+            f"{', ...' if len(zero) > 5 else ''})")
+    for n in plan.notes:
+        say(n)
+    scores, labels = kmeans_scores(x, plan.ks, seed=seed, n_init=n_init, source=plan.source)
+    best = max(scores, key=lambda s: (s["silhouette"], -s["k"]))
+    k = best["k"]
+    lab = _renumber(labels[k], wm[has])
+    tables = _tables(plan, lab, k, zero_load=zero_load, top=top_regions)
+    sil_rows = [{"k": str(s["k"]), "silhouette": _fmt(s["silhouette"]), "inertia": _fmt(s["inertia"]),
+                 "chosen": "yes" if s["k"] == k else ""} for s in scores]
+    output = Path(output)
+    with atomic_dir(output, overwrite=overwrite) as out:
+        write_csv(tables["assignments"], out / "assignments.csv")
+        write_csv(sil_rows, out / "silhouette.csv")
+        write_csv(tables["groups"], out / "groups.csv")
+        write_csv(tables["profiles"], out / "group_profiles.csv")
+        figures = plot_silhouette(scores, k, out, plan.normalise)
+        figures += plot_heatmap(tables["profile_matrix"], tables["group_labels"], out)
+        if atlas:
+            figures += plot_atlas(Path(atlas), tables["profile_matrix"], tables["group_labels"], out, top_regions)
+        log = {"input": plan.source, "normalise": plan.normalise, "k_tried": plan.ks, "k_chosen": k,
+               "silhouette": scores, "seed": seed, "n_init": n_init, "subjects": len(subjects),
+               "clustered": plan.clustered, "zero_load": {"policy": zero_load, "subjects": zero},
+               "figures": figures}
+        write_json(log, out / "cluster_log.json")
+    return ClusterResult(tables["assignments"], tables["groups"], tables["profiles"], sil_rows, k,
+                         best["silhouette"], figures, output, log)
+
+
+def _tables(plan: ClusterPlan, lab: np.ndarray, k: int, *, zero_load: str, top: int) -> dict:
+    """assignments.csv, groups.csv (paper Table D.1) and group_profiles.csv rows for the chosen K."""
+    from sklearn.metrics import silhouette_samples
+
+    subjects, loads, total, has, x = plan.subjects, plan.loads, plan.total, plan.has, plan.x
+    wm = loads.sum(1)
+    sil = silhouette_samples(x, lab)
+    frac = fractions(loads[has])
+    group = np.zeros(len(subjects), int)
+    group[has] = lab
+    sample_sil = np.full(len(subjects), np.nan)
+    sample_sil[has] = sil
+    side = _side(loads)
+    frac_all = np.zeros_like(loads)
+    frac_all[has] = frac
+    keep = np.ones(len(subjects), bool) if zero_load == "group" else has
+    assignments = [{"subject": subjects[i], "group": str(group[i]),
+                    "group_name": f"group {group[i]}" if has[i] else "no WM lesions",
+                    "total_mm3": f"{total[i]:.6g}", "wm_mm3": f"{wm[i]:.6g}",
+                    "side": side[i] if has[i] else "", "silhouette": _fmt(sample_sil[i]),
+                    "main_regions": _main_regions(frac_all[i], top) if has[i] else ""}
+                   for i in np.flatnonzero(keep)]
+    profiles = np.stack([frac[lab == g].mean(0) for g in range(1, k + 1)])
+    groups = []
+    zero = not has.all()
+    for g in list(range(1, k + 1)) + ([0] if zero and zero_load == "group" else []):
+        m = (group == g) & (has if g else ~has)
+        t = total[m]
+        groups.append({"group": str(g), "name": f"group {g}" if g else "no WM lesions", "n_subjects": str(m.sum()),
+                       "mean_total_mm3": f"{t.mean():.6g}", "min_total_mm3": f"{t.min():.6g}",
+                       "max_total_mm3": f"{t.max():.6g}", "mean_wm_mm3": f"{wm[m].mean():.6g}",
+                       "main_regions": _main_regions(profiles[g - 1], top) if g else "",
+                       "n_mostly_left": str((side[m] == "left").sum()) if g else "0",
+                       "n_mostly_right": str((side[m] == "right").sum()) if g else "0",
+                       "n_balanced": str((side[m] == "balanced").sum()) if g else "0",
+                       "mean_silhouette": _fmt(sil[lab == g].mean()) if g else ""})
+    prof_rows = [{"region": str(r), "name": REGION_NAMES[r],
+                  **{f"group_{g}": f"{profiles[g - 1, j]:.6f}" for g in range(1, k + 1)}}
+                 for j, r in enumerate(WM_REGIONS)]
+    return {"assignments": assignments, "groups": groups, "profiles": prof_rows, "profile_matrix": profiles,
+            "group_labels": [f"G{g} (n={int((lab == g).sum())})" for g in range(1, k + 1)]}
 
 
 def _build_parser():
@@ -304,106 +348,10 @@ def _build_parser():
 
 
 def _main(argv=None) -> int:
-    args = _build_parser().parse_args(argv)
-    src = Path(args.loads)
-    if args.k is not None:
-        ks = [args.k]
-    else:
-        kmin, kmax = args.k_range or (2, 8)
-        if kmin > kmax:
-            raise WMHLocError(f"--k-range {kmin} {kmax}: KMIN must not exceed KMAX")
-        if kmin < 2:
-            raise WMHLocError(f"--k-range {kmin} {kmax}: K must be at least 2")
-        ks = range(kmin, kmax + 1)  # a range, not a list: --k-range 2 2000000000 must not allocate
-    if args.n_init < 1 or args.top_regions < 1:
-        raise WMHLocError("--n-init and --top-regions must be at least 1")
-    if args.atlas:
-        check_path(args.atlas, what="atlas")
-    check_output(args.output, overwrite=args.overwrite, inputs=[args.loads, args.atlas])
-
-    subjects, loads, totals = load_table(src)
-    wm = loads.sum(1)
-    total = totals if totals is not None else wm
-    has = wm > 0
-    zero = [s for s, h in zip(subjects, has) if not h]
-    if zero:
-        what = "group 0 'no WM lesions'" if args.zero_load == "group" else "excluded"
-        print(f"note: {len(zero)} subject(s) without WM lesion volume: {what} ({', '.join(zero[:5])}"
-              f"{', ...' if len(zero) > 5 else ''})", file=sys.stderr)
-    x = normalise(loads[has], args.normalise)
-    if args.k is None:
-        # a range is a search: drop the Ks these data cannot support (cluster() still refuses a lone K)
-        feasible, n_distinct = feasible_ks(x, ks)
-        if feasible and len(feasible) < len(ks):
-            skipped = [k for k in ks[:len(feasible) + 10] if k not in feasible]
-            shown = ", ".join(map(str, skipped)) + (f" ... {ks[-1]}" if len(ks) > len(feasible) + 10 else "")
-            print(f"note: K={shown} skipped: {len(x)} subjects with "
-                  f"WM lesions, {n_distinct} distinct load profiles", file=sys.stderr)
-            ks = feasible
-        ks = list(ks[:max(1, len(x))])  # Ks of at least the number of subjects fail in cluster() anyway
-    scores, labels = cluster(x, ks, seed=args.seed, n_init=args.n_init, source=src)
-    best = max(scores, key=lambda s: (s["silhouette"], -s["k"]))
-    k = best["k"]
-    lab = _renumber(labels[k], wm[has])
-
-    from sklearn.metrics import silhouette_samples
-
-    sil = silhouette_samples(x, lab)
-    frac = fractions(loads[has])
-    group = np.zeros(len(subjects), int)
-    group[has] = lab
-    sample_sil = np.full(len(subjects), np.nan)
-    sample_sil[has] = sil
-    side = _side(loads)
-    frac_all = np.zeros_like(loads)
-    frac_all[has] = frac
-
-    keep = np.ones(len(subjects), bool) if args.zero_load == "group" else has
-    assignments = []
-    for i in np.flatnonzero(keep):
-        assignments.append({
-            "subject": subjects[i], "group": int(group[i]),
-            "group_name": f"group {group[i]}" if has[i] else "no WM lesions",
-            "total_mm3": f"{total[i]:.6g}", "wm_mm3": f"{wm[i]:.6g}",
-            "side": side[i] if has[i] else "", "silhouette": sample_sil[i],
-            "main_regions": _main_regions(frac_all[i], args.top_regions) if has[i] else ""})
-
-    profiles = np.stack([frac[lab == g].mean(0) for g in range(1, k + 1)])
-    group_labels = [f"G{g} (n={int((lab == g).sum())})" for g in range(1, k + 1)]
-    table = []
-    groups_present = list(range(1, k + 1)) + ([0] if zero and args.zero_load == "group" else [])
-    for g in groups_present:
-        m = (group == g) & (has if g else ~has)
-        t = total[m]
-        table.append({"group": g, "name": f"group {g}" if g else "no WM lesions", "n_subjects": int(m.sum()),
-                      "mean_total_mm3": f"{t.mean():.6g}", "min_total_mm3": f"{t.min():.6g}",
-                      "max_total_mm3": f"{t.max():.6g}", "mean_wm_mm3": f"{wm[m].mean():.6g}",
-                      "main_regions": _main_regions(profiles[g - 1], args.top_regions) if g else "",
-                      "n_mostly_left": int((side[m] == "left").sum()) if g else 0,
-                      "n_mostly_right": int((side[m] == "right").sum()) if g else 0,
-                      "n_balanced": int((side[m] == "balanced").sum()) if g else 0,
-                      "mean_silhouette": float(sil[lab == g].mean()) if g else ""})
-    prof_rows = []
-    for j, r in enumerate(WM_REGIONS):
-        row = {"region": r, "name": REGION_NAMES[r]}
-        row.update({f"group_{g}": f"{profiles[g - 1, j]:.6f}" for g in range(1, k + 1)})
-        prof_rows.append(row)
-
-    with atomic_dir(args.output, overwrite=args.overwrite) as out:
-        write_csv(assignments, out / "assignments.csv")
-        write_csv([{**s, "chosen": "yes" if s["k"] == k else ""} for s in scores], out / "silhouette.csv")
-        write_csv(table, out / "groups.csv")
-        write_csv(prof_rows, out / "group_profiles.csv")
-        figures = plot_silhouette(scores, k, out, args.normalise)
-        figures += plot_heatmap(profiles, group_labels, out)
-        if args.atlas:
-            figures += plot_atlas(Path(args.atlas), profiles, group_labels, out, args.top_regions)
-        write_json({"input": str(src), "normalise": args.normalise, "k_tried": ks, "k_chosen": k,
-                    "silhouette": scores, "seed": args.seed, "n_init": args.n_init,
-                    "subjects": len(subjects), "clustered": int(has.sum()),
-                    "zero_load": {"policy": args.zero_load, "subjects": zero},
-                    "figures": figures}, out / "cluster_log.json")
-    print(f"K={k} (silhouette {best['silhouette']:.3f}) for {int(has.sum())} subjects -> {args.output}",
+    a = _build_parser().parse_args(argv)
+    res = cluster(a.loads, a.output, k=a.k, k_range=a.k_range, normalise=a.normalise, zero_load=a.zero_load,
+                  seed=a.seed, n_init=a.n_init, top_regions=a.top_regions, atlas=a.atlas, overwrite=a.overwrite)
+    print(f"K={res.k} (silhouette {res.best_silhouette:.3f}) for {res.log['clustered']} subjects -> {a.output}",
           file=sys.stderr)
     return 0
 

@@ -32,6 +32,9 @@ Output folder (created atomically, nothing is left on error):
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,6 +46,17 @@ from nnunet_wmhloc.postprocessing._nnunet_pred import CaseReader, scan_predictio
 LOG_COLUMNS = ["subject", "modalities_used", "weights", "fallback", "missing_modalities", "n_channels",
                "foreground_voxels", "disagreeing_voxels", "probability_adjusted_voxels", "files"]
 HALF_UP = np.nextafter(np.float32(0.5), np.float32(1))  # the smallest float32 above 0.5
+
+
+@dataclass
+class FuseResult:
+    """What wmhloc_fuse made: the subjects fused, the fusion_log.csv rows (strings, as they read back), the
+    output folder and fusion_log.json; `notes`: files skipped in the input folders."""
+    subjects: list[str]
+    log_rows: list[dict]
+    output: Path
+    log: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def fuse_subject(readers: list[CaseReader], weights: list[float], *, check: bool = True,
@@ -109,6 +123,130 @@ def consistent_probability(p: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray,
     return p, int(np.count_nonzero(low) + np.count_nonzero(high))
 
 
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _weights(modalities, weights) -> tuple[list[str], dict[str, float]]:
+    """The modalities (unique) and their weights scaled to at most 1 (sums cannot overflow)."""
+    mods = list(dict.fromkeys(modalities))
+    if len(mods) != len(modalities):
+        raise WMHLocError(f"--modalities: repeated modality in {list(modalities)}")
+    weights = list(weights) if weights is not None else [1.0] * len(mods)
+    if len(weights) != len(mods):
+        raise WMHLocError(f"--weights: {len(weights)} weights for {len(mods)} modalities")
+    if any(not np.isfinite(x) or x < 0 for x in weights) or not any(x > 0 for x in weights):
+        raise WMHLocError(f"--weights: weights must be numbers >= 0, at least one positive, got {weights}")
+    top = max(weights)
+    return mods, dict(zip(mods, (x / top for x in weights)))
+
+
+def _check_pair(a: CaseReader, b: CaseReader) -> None:
+    if a.seg_info["size"] != b.seg_info["size"] or not np.allclose(
+            np.r_[a.seg_info["spacing"], a.seg_info["origin"], a.seg_info["direction"]],
+            np.r_[b.seg_info["spacing"], b.seg_info["origin"], b.seg_info["direction"]], atol=1e-3):
+        raise WMHLocError(f"{b.case.seg}: geometry {b.seg_info['size']} differs from {a.case.seg} "
+                          f"{a.seg_info['size']} (same subject, different grids)")
+    if a.n_channels != b.n_channels:
+        raise WMHLocError(f"{b.case.npz}: {b.n_channels} probability channels, {a.case.npz.name} has "
+                          f"{a.n_channels} (different models?)")
+
+
+def _plan(cases, mods, wmap, *, require_all: bool, source) -> list[tuple[str, list[str], list[str], dict]]:
+    """(subject, modalities used, weighted ones missing, weights) per subject; every subject's headers are
+    validated before any heavy work, so a bad subject fails fast."""
+    plan = []
+    for subject in sorted(cases):
+        have = [m for m in mods if m in cases[subject]]
+        missing = [m for m in mods if m not in cases[subject]]
+        # weight-0 modalities stand in only for a subject without any weighted one
+        weighted = [m for m in have if wmap[m] > 0]
+        wm = wmap if weighted else {m: 1.0 for m in have}
+        have = weighted or have
+        if missing and require_all:
+            c = cases[subject][have[0]]
+            raise WMHLocError(f"{c.folder / (subject + '_' + missing[0] + '.npz')}: missing partner of {c.npz.name}"
+                              " (--require-all)")
+        readers = [CaseReader(cases[subject][m]) for m in have]
+        for r in readers[1:]:
+            _check_pair(readers[0], r)
+        for r in readers:
+            r.close()
+        plan.append((subject, have, [m for m in mods if m not in have and wmap[m] > 0], wm))
+    n_channels = {cases[s][h[0]].n_channels for s, h, _, _ in plan}
+    if max(n_channels) > 255:
+        raise WMHLocError(f"{source}: {max(n_channels)} classes do not fit the uint8 label maps")
+    if len(n_channels) > 1:
+        raise WMHLocError(f"{source}: subjects have different numbers of channels {sorted(n_channels)} "
+                          "(mixed lesion and region predictions?)")
+    return plan
+
+
+def _fuse_one(cases, subject, have, wm, out: Path, *, check: bool, probability_label) -> dict:
+    """Fuse and write one subject; its fusion_log.csv row (without the fallback columns)."""
+    readers = [CaseReader(cases[subject][m]) for m in have]
+    try:
+        res = fuse_subject(readers, [wm[m] for m in have], check=check, keep_channel=probability_label)
+    finally:
+        for r in readers:
+            r.close()
+    labels, disagree = res[0], res[1]
+    ref = sitk.ReadImage(str(readers[0].case.seg))
+    img = sitk.GetImageFromArray(labels)
+    img.CopyInformation(ref)
+    sitk.WriteImage(img, str(out / f"{subject}.nii.gz"), True)
+    adjusted = ""
+    if probability_label is not None:
+        prob, adjusted = consistent_probability(res[2], labels == probability_label)
+        pimg = sitk.GetImageFromArray(prob)
+        pimg.CopyInformation(ref)
+        sitk.WriteImage(pimg, str(out / "probabilities" / f"{subject}.nii.gz"), True)
+    wsum = sum(wm[m] for m in have)
+    return {"subject": subject, "modalities_used": " ".join(have),
+            "weights": " ".join(f"{wm[m] / wsum:.4g}" for m in have),
+            "n_channels": str(readers[0].n_channels), "foreground_voxels": str(np.count_nonzero(labels)),
+            "disagreeing_voxels": str(disagree) if len(have) > 1 else "",
+            "probability_adjusted_voxels": str(adjusted), "files": ";".join(str(r.case.npz) for r in readers)}
+
+
+def fuse(inputs, output, *, modalities=("flair", "t1"), weights=None, require_all: bool = False,
+         check: bool = True, probability_label: int | None = None, overwrite: bool = False,
+         say: Callable[[str], None] = _stderr, progress: bool = True) -> FuseResult:
+    """Fuse the nnU-Net probabilities of `inputs` (prediction folders) per subject into label maps (and the
+    probability of `probability_label`) in the folder `output`, written atomically; notes go to `say`."""
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    mods, wmap = _weights(modalities, weights)
+    check_output(output, overwrite=overwrite, inputs=inputs)
+    cases, notes = scan_prediction_folders(inputs, mods)
+    for n in notes:
+        say(f"note: {n}")
+    if not cases:
+        raise WMHLocError(f"{inputs[0]}: no cases of modalities {', '.join(mods)} in the input folder(s)")
+    plan = _plan(cases, mods, wmap, require_all=require_all, source=inputs[0])
+    n_classes = min(cases[s][h[0]].n_channels for s, h, _, _ in plan)
+    if probability_label is not None and not 0 < probability_label < n_classes:
+        raise WMHLocError(f"--probability-label {probability_label}: the models have labels 0..{n_classes - 1}")
+    rows = []
+    output = Path(output)
+    with atomic_dir(output, overwrite=overwrite) as out:
+        if probability_label is not None:
+            (out / "probabilities").mkdir()
+        for subject, have, missing, wm in cli.progress(plan, desc="fuse", total=len(plan),
+                                                       disable=None if progress else True):
+            if missing:
+                say(f"note: {subject}: no {', '.join(missing)} prediction, using {', '.join(have)} only")
+            row = _fuse_one(cases, subject, have, wm, out, check=check, probability_label=probability_label)
+            rows.append({**row, "fallback": "yes" if missing else "no", "missing_modalities": " ".join(missing)})
+        rows = [{c: r[c] for c in LOG_COLUMNS} for r in rows]
+        write_csv(rows, out / "fusion_log.csv", columns=LOG_COLUMNS)
+        log = {"inputs": [str(p) for p in inputs], "modalities": mods, "weights": wmap, "subjects": len(rows),
+               "fallback_subjects": [r["subject"] for r in rows if r["fallback"] == "yes"], "skipped": notes,
+               "label_dtype": "uint8", "checked_against_nnunet_segmentation": check,
+               "probability_label": probability_label}
+        write_json(log, out / "fusion_log.json")
+    return FuseResult([r["subject"] for r in rows], rows, output, log, notes)
+
+
 def _build_parser():
     p = cli.parser("wmhloc_fuse", __doc__.split("\n\n")[0] + " Writes one label map per subject in its "
                    "original geometry, plus fusion_log.csv/json.")
@@ -130,110 +268,11 @@ def _build_parser():
 
 
 def _main(argv=None) -> int:
-    args = _build_parser().parse_args(argv)
-    mods = list(dict.fromkeys(args.modalities))
-    if len(mods) != len(args.modalities):
-        raise WMHLocError(f"--modalities: repeated modality in {args.modalities}")
-    weights = args.weights if args.weights is not None else [1.0] * len(mods)
-    if len(weights) != len(mods):
-        raise WMHLocError(f"--weights: {len(weights)} weights for {len(mods)} modalities")
-    if any(not np.isfinite(x) or x < 0 for x in weights) or not any(x > 0 for x in weights):
-        raise WMHLocError(f"--weights: weights must be numbers >= 0, at least one positive, got {weights}")
-    top = max(weights)
-    wmap = dict(zip(mods, (x / top for x in weights)))  # scaled to at most 1: sums cannot overflow
-    check_output(args.output, overwrite=args.overwrite, inputs=args.inputs)
-
-    cases, notes = scan_prediction_folders(args.inputs, mods)
-    for n in notes:
-        print(f"note: {n}", file=sys.stderr)
-    if not cases:
-        raise WMHLocError(f"{args.inputs[0]}: no cases of modalities {', '.join(mods)} in the input folder(s)")
-
-    # validate every subject's headers before any heavy work, so a bad subject fails fast
-    plan = []
-    plan_weights: dict[str, dict] = {}
-    for subject in sorted(cases):
-        have = [m for m in mods if m in cases[subject]]
-        missing = [m for m in mods if m not in cases[subject]]
-        # weight-0 modalities stand in only for a subject without any weighted one
-        weighted = [m for m in have if wmap[m] > 0]
-        if weighted:
-            have = weighted
-        else:
-            wmap_subject = {m: 1.0 for m in have}
-            plan_weights[subject] = wmap_subject
-        if missing and args.require_all:
-            c = cases[subject][have[0]]
-            raise WMHLocError(f"{c.folder / (subject + '_' + missing[0] + '.npz')}: missing partner of {c.npz.name}"
-                              " (--require-all)")
-        readers = [CaseReader(cases[subject][m]) for m in have]
-        for r in readers[1:]:
-            a, b = readers[0], r
-            if a.seg_info["size"] != b.seg_info["size"] or not np.allclose(
-                    np.r_[a.seg_info["spacing"], a.seg_info["origin"], a.seg_info["direction"]],
-                    np.r_[b.seg_info["spacing"], b.seg_info["origin"], b.seg_info["direction"]], atol=1e-3):
-                raise WMHLocError(f"{b.case.seg}: geometry {b.seg_info['size']} differs from {a.case.seg} "
-                                  f"{a.seg_info['size']} (same subject, different grids)")
-            if a.n_channels != b.n_channels:
-                raise WMHLocError(f"{b.case.npz}: {b.n_channels} probability channels, {a.case.npz.name} has "
-                                  f"{a.n_channels} (different models?)")
-        for r in readers:
-            r.close()
-        missing = [m for m in mods if m not in have and wmap[m] > 0]
-        plan.append((subject, have, missing))
-    n_channels = {cases[s][h[0]].n_channels for s, h, _ in plan}
-    if max(n_channels) > 255:
-        raise WMHLocError(f"{args.inputs[0]}: {max(n_channels)} classes do not fit the uint8 label maps")
-    if len(n_channels) > 1:
-        raise WMHLocError(f"{args.inputs[0]}: subjects have different numbers of channels {sorted(n_channels)} "
-                          "(mixed lesion and region predictions?)")
-
-    if args.probability_label is not None and not 0 < args.probability_label < min(n_channels):
-        raise WMHLocError(f"--probability-label {args.probability_label}: the models have labels 0..{min(n_channels) - 1}")
-    rows = []
-    with atomic_dir(args.output, overwrite=args.overwrite) as out:
-        if args.probability_label is not None:
-            (out / "probabilities").mkdir()
-        for subject, have, missing in cli.progress(plan, desc="fuse", total=len(plan)):
-            if missing:
-                print(f"note: {subject}: no {', '.join(missing)} prediction, using {', '.join(have)} only",
-                      file=sys.stderr)
-            wm = plan_weights.get(subject, wmap)
-            readers = [CaseReader(cases[subject][m]) for m in have]
-            try:
-                res = fuse_subject(readers, [wm[m] for m in have], check=not args.no_check,
-                                   keep_channel=args.probability_label)
-            finally:
-                for r in readers:
-                    r.close()
-            labels, disagree = res[0], res[1]
-            ref = sitk.ReadImage(str(readers[0].case.seg))
-            img = sitk.GetImageFromArray(labels)
-            img.CopyInformation(ref)
-            sitk.WriteImage(img, str(out / f"{subject}.nii.gz"), True)
-            adjusted = ""
-            if args.probability_label is not None:
-                prob, adjusted = consistent_probability(res[2], labels == args.probability_label)
-                pimg = sitk.GetImageFromArray(prob)
-                pimg.CopyInformation(ref)
-                sitk.WriteImage(pimg, str(out / "probabilities" / f"{subject}.nii.gz"), True)
-            wsum = sum(wm[m] for m in have)
-            rows.append({"subject": subject, "modalities_used": " ".join(have),
-                         "weights": " ".join(f"{wm[m] / wsum:.4g}" for m in have),
-                         "fallback": "yes" if missing else "no", "missing_modalities": " ".join(missing),
-                         "n_channels": readers[0].n_channels,
-                         "foreground_voxels": int(np.count_nonzero(labels)),
-                         "disagreeing_voxels": disagree if len(have) > 1 else "",
-                         "probability_adjusted_voxels": adjusted,
-                         "files": ";".join(str(r.case.npz) for r in readers)})
-        write_csv(rows, out / "fusion_log.csv", columns=LOG_COLUMNS)
-        write_json({"inputs": [str(p) for p in args.inputs], "modalities": mods, "weights": wmap,
-                    "subjects": len(rows), "fallback_subjects": [r["subject"] for r in rows if r["fallback"] == "yes"],
-                    "skipped": notes, "label_dtype": "uint8",
-                    "checked_against_nnunet_segmentation": not args.no_check,
-                    "probability_label": args.probability_label}, out / "fusion_log.json")
-    nf = sum(r["fallback"] == "yes" for r in rows)
-    print(f"fused {len(rows)} subjects ({nf} with a single modality) -> {args.output}", file=sys.stderr)
+    a = _build_parser().parse_args(argv)
+    res = fuse(a.inputs, a.output, modalities=a.modalities, weights=a.weights, require_all=a.require_all,
+               check=not a.no_check, probability_label=a.probability_label, overwrite=a.overwrite)
+    nf = len(res.log["fallback_subjects"])
+    print(f"fused {len(res.subjects)} subjects ({nf} with a single modality) -> {a.output}", file=sys.stderr)
     return 0
 
 

@@ -10,8 +10,9 @@ Every lesion file needs a region map on the same grid; region maps without a les
 Outputs (folder created atomically; nothing is left behind on error):
 - `regional_maps/<subject>.nii.gz`: uint8, each lesion voxel carries its region label, 0 elsewhere
   (so lesion voxels outside every region are 0 too; they are counted in `outside_*`);
-- `regional_loads.csv`, one row per subject, volumes in mm³ = voxels × the product of the image spacing:
-  total_mm3, one column per region 1-36 named `region_column(label)` (e.g. r01_L_parietal), wm_mm3
+- `regional_loads.csv`, one row per subject, volumes in mm³ = voxels × the product of the image spacing, in
+  the one layout of postprocessing/loads.py (LOAD_COLUMNS): total_mm3, per region 1-36 `<region>_mm3` and
+  `<region>_share` (e.g. r01_L_parietal_mm3, r01_L_parietal_share: share of the total lesion volume), wm_mm3
   (regions 1-34), left_wm_mm3 / right_wm_mm3 (1-17 / 18-34), left_mm3 / right_mm3 (with 35 / 36),
   outside_voxels / outside_mm3 (lesion voxels in region 0), n_lesions;
 - `lesions.csv`, one row per 26-connected lesion: subject, lesion_id (scipy.ndimage.label raster order),
@@ -26,29 +27,26 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.vocab import (LEFT_REGIONS, REGION_NAMES, REST_LEFT, REST_RIGHT, RIGHT_REGIONS,
-                                         WM_REGIONS, region_column)
-from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_same_geometry, read_image, write_csv,
-                              write_json)
+from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_output, check_same_geometry, read_image, write_csv, \
+    write_json
 from nnunet_wmhloc.postprocessing._match import index_folder
+from nnunet_wmhloc.postprocessing.loads import (LESION_COLUMNS, LESIONS, LOAD_COLUMNS, REGION_LABELS,
+                                                REGIONAL_LOADS, LocalizeResult, mm3_column, read_loads,
+                                                read_localize, share_column)
+from nnunet_wmhloc.vocab import LEFT_REGIONS, REGION_NAMES, REST_LEFT, REST_RIGHT, RIGHT_REGIONS, WM_REGIONS
+
+__all__ = ["LESION_COLUMNS", "LOAD_COLUMNS", "LocalizeResult", "localize", "localize_arrays", "read_loads",
+           "read_localize", "main"]
 
 N_LABELS = 37  # 0..36
-REGION_LABELS = tuple(range(1, N_LABELS))
 STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
-
-LOAD_COLUMNS = (["subject", "n_lesions", "total_voxels", "total_mm3"]
-                + [region_column(r) for r in REGION_LABELS]
-                + ["wm_mm3", "left_wm_mm3", "right_wm_mm3", "left_mm3", "right_mm3", "outside_voxels",
-                   "outside_mm3", "voxel_volume_mm3", "lesion_file", "region_file"])
-LESION_COLUMNS = ["subject", "lesion_id", "voxels", "volume_mm3", "centroid_x_mm", "centroid_y_mm",
-                  "centroid_z_mm", "main_region", "main_region_name", "main_share", "outside_share",
-                  "n_regions", "regions"]
 
 
 def _num(v: float) -> str:
@@ -75,7 +73,7 @@ def read_label_array(path: Path, *, max_label: int, what: str) -> tuple[np.ndarr
     return arr.astype(np.uint8, copy=False), img
 
 
-def localize(lesion: np.ndarray, regions: np.ndarray, img: sitk.Image) -> dict:
+def localize_arrays(lesion: np.ndarray, regions: np.ndarray, img: sitk.Image) -> dict:
     """Core computation on (z, y, x) arrays: lesion boolean mask, regions 0..36, geometry from `img`.
 
     Returns region voxel counts, per-lesion voxel counts by region, world centroids and the regional map.
@@ -108,19 +106,23 @@ def localize(lesion: np.ndarray, regions: np.ndarray, img: sitk.Image) -> dict:
 
 def subject_rows(subject: str, res: dict, vvol: float, lesion_file: Path, region_file: Path
                  ) -> tuple[dict, list[dict]]:
+    """The subject's regional_loads row and lesions rows, every value a string as the CSV reads back."""
     rv = res["region_voxels"].astype(np.float64)
     mm = rv * vvol
     total = rv.sum()
-    row = {"subject": subject, "n_lesions": len(res["centroids"]), "total_voxels": int(total),
+    row = {"subject": subject, "n_lesions": str(len(res["centroids"])), "total_voxels": str(int(total)),
            "total_mm3": _num(total * vvol)}
+    total_mm3 = float(row["total_mm3"])
     for r in REGION_LABELS:
-        row[region_column(r)] = _num(mm[r])
+        row[mm3_column(r)] = _num(mm[r])
+        # from the written values, as results/regional_loads.csv computed it
+        row[share_column(r)] = f"{float(row[mm3_column(r)]) / total_mm3:.6g}" if total_mm3 > 0 else "0"
     row.update({"wm_mm3": _num(mm[list(WM_REGIONS)].sum()),
                 "left_wm_mm3": _num(mm[list(LEFT_REGIONS)].sum()),
                 "right_wm_mm3": _num(mm[list(RIGHT_REGIONS)].sum()),
                 "left_mm3": _num(mm[list(LEFT_REGIONS) + [REST_LEFT]].sum()),
                 "right_mm3": _num(mm[list(RIGHT_REGIONS) + [REST_RIGHT]].sum()),
-                "outside_voxels": int(rv[0]), "outside_mm3": _num(mm[0]), "voxel_volume_mm3": _num(vvol),
+                "outside_voxels": str(int(rv[0])), "outside_mm3": _num(mm[0]), "voxel_volume_mm3": _num(vvol),
                 "lesion_file": str(lesion_file), "region_file": str(region_file)})
     lesions = []
     for i, (counts, c) in enumerate(zip(res["lesion_region_voxels"], res["centroids"]), start=1):
@@ -128,25 +130,27 @@ def subject_rows(subject: str, res: dict, vvol: float, lesion_file: Path, region
         share = counts / n
         main = int(np.argmax(counts))
         touched = [r for r in np.argsort(-counts[1:], kind="stable") + 1 if counts[r] > 0]
-        lesions.append({"subject": subject, "lesion_id": i, "voxels": int(n), "volume_mm3": _num(n * vvol),
+        lesions.append({"subject": subject, "lesion_id": str(i), "voxels": str(int(n)), "volume_mm3": _num(n * vvol),
                         "centroid_x_mm": f"{c[0]:.3f}", "centroid_y_mm": f"{c[1]:.3f}",
-                        "centroid_z_mm": f"{c[2]:.3f}", "main_region": main,
+                        "centroid_z_mm": f"{c[2]:.3f}", "main_region": str(main),
                         "main_region_name": REGION_NAMES[main] if main else "outside regions",
                         "main_share": f"{share[main]:.4f}", "outside_share": f"{share[0]:.4f}",
-                        "n_regions": len(touched),
+                        "n_regions": str(len(touched)),
                         "regions": ";".join(f"r{r:02d}:{share[r]:.3f}" for r in touched)})
     return row, lesions
 
 
-def _run_set(pairs, out: Path, *, lesion_label: int, max_lesion_label: int, write_maps: bool, desc: str):
+def _run_set(pairs, out: Path, *, lesion_label: int, max_lesion_label: int, write_maps: bool, desc: str,
+             progress: bool):
     rows, lesions = [], []
     if write_maps:
         (out / "regional_maps").mkdir(parents=True, exist_ok=True)
-    for subject, les_path, reg_path in cli.progress(pairs, desc=desc, total=len(pairs)):
+    for subject, les_path, reg_path in cli.progress(pairs, desc=desc, total=len(pairs),
+                                                    disable=None if progress else True):
         les, les_img = read_label_array(les_path, max_label=max_lesion_label, what="lesion segmentation")
         reg, reg_img = read_label_array(reg_path, max_label=N_LABELS - 1, what="region segmentation")
         check_same_geometry(reg_img, reg_path, les_img, les_path)
-        res = localize(les == lesion_label, reg, reg_img)
+        res = localize_arrays(les == lesion_label, reg, reg_img)
         row, les_rows = subject_rows(subject, res, float(np.prod(reg_img.GetSpacing())), les_path, reg_path)
         rows.append(row)
         lesions.extend(les_rows)
@@ -154,8 +158,8 @@ def _run_set(pairs, out: Path, *, lesion_label: int, max_lesion_label: int, writ
             m = sitk.GetImageFromArray(res["map"])
             m.CopyInformation(reg_img)
             sitk.WriteImage(m, str(out / "regional_maps" / f"{subject}.nii.gz"), True)
-    write_csv(rows, out / "regional_loads.csv", columns=LOAD_COLUMNS)
-    write_csv(lesions, out / "lesions.csv", columns=LESION_COLUMNS)
+    write_csv(rows, out / REGIONAL_LOADS, columns=LOAD_COLUMNS)
+    write_csv(lesions, out / LESIONS, columns=LESION_COLUMNS)
     return rows, lesions
 
 
@@ -168,6 +172,55 @@ def _pair(lesion_dir, regions: dict, priority, what: str):
                               f"(expected {subject}.nii.gz, {subject}_flair.nii.gz or similar in the regions folder)")
         pairs.append((subject, lesions[subject], regions[subject]))
     return pairs, notes
+
+
+def _pairs_log(pairs) -> list[dict]:
+    return [{"subject": s, "lesion_file": str(a), "region_file": str(b)} for s, a, b in pairs]
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def localize(lesions, regions, output, *, reference_lesions=None, lesion_label: int = 1,
+             max_lesion_label: int = 2, modality_priority=("flair", "t1"), write_maps: bool = True,
+             overwrite: bool = False, say: Callable[[str], None] = _stderr, progress: bool = True
+             ) -> LocalizeResult:
+    """Regional loads, lesion census and regional maps of every lesion file in `lesions` (and of
+    `reference_lesions`, under reference/) over its region map in `regions`, written to the folder `output`
+    atomically. Notes (files passed over, unused region maps) go to `say`."""
+    if not 1 <= lesion_label <= max_lesion_label <= 255:
+        raise WMHLocError(f"--lesion-label {lesion_label}: must be in 1..--max-lesion-label "
+                          f"({max_lesion_label}, at most 255)")
+    check_output(output, overwrite=overwrite, inputs=[lesions, regions, reference_lesions])
+    priority = list(modality_priority)
+    region_files, reg_notes = index_folder(regions, priority, what="regions")
+    pairs, notes = _pair(lesions, region_files, priority, "lesions")
+    ref_pairs, ref_notes = ([], [])
+    if reference_lesions:
+        ref_pairs, ref_notes = _pair(reference_lesions, region_files, priority, "reference lesions")
+    for n in reg_notes + notes + ref_notes:
+        say(f"note: {n}")
+    used = {s for s, _, _ in pairs} | {s for s, _, _ in ref_pairs}
+    unused = sorted(set(region_files) - used)
+    if unused:
+        say(f"note: {len(unused)} region map(s) without lesion file, not used (e.g. {unused[0]})")
+    kw = {"lesion_label": lesion_label, "max_lesion_label": max_lesion_label, "write_maps": write_maps,
+          "progress": progress}
+    output = Path(output)
+    with atomic_dir(output, overwrite=overwrite) as out:
+        rows, found = _run_set(pairs, out, desc="localize", **kw)
+        log = {"lesions": str(lesions), "regions": str(regions), "lesion_label": lesion_label,
+               "subjects": len(rows), "lesions_found": len(found), "pairs": _pairs_log(pairs),
+               "notes": reg_notes + notes, "region_maps_without_lesions": unused}
+        ref = None
+        if ref_pairs:
+            ref_rows, ref_found = _run_set(ref_pairs, out / "reference", desc="reference", **kw)
+            log["reference"] = {"folder": str(reference_lesions), "subjects": len(ref_rows),
+                                "lesions_found": len(ref_found), "notes": ref_notes, "pairs": _pairs_log(ref_pairs)}
+            ref = LocalizeResult(ref_rows, ref_found, output / "reference", log=log["reference"])
+        write_json(log, out / "localize_log.json")
+    return LocalizeResult(rows, found, output, reference=ref, log=log)
 
 
 def _build_parser():
@@ -189,40 +242,11 @@ def _build_parser():
 
 
 def _main(argv=None) -> int:
-    args = _build_parser().parse_args(argv)
-    if not 1 <= args.lesion_label <= args.max_lesion_label <= 255:
-        raise WMHLocError(f"--lesion-label {args.lesion_label}: must be in 1..--max-lesion-label "
-                          f"({args.max_lesion_label}, at most 255)")
-    check_output(args.output, overwrite=args.overwrite,
-                 inputs=[args.lesions, args.regions, args.reference_lesions])
-    regions, reg_notes = index_folder(args.regions, args.modality_priority, what="regions")
-    pairs, notes = _pair(args.lesions, regions, args.modality_priority, "lesions")
-    ref_pairs, ref_notes = ([], [])
-    if args.reference_lesions:
-        ref_pairs, ref_notes = _pair(args.reference_lesions, regions, args.modality_priority, "reference lesions")
-    for n in reg_notes + notes + ref_notes:
-        print(f"note: {n}", file=sys.stderr)
-    used = {s for s, _, _ in pairs} | {s for s, _, _ in ref_pairs}
-    unused = sorted(set(regions) - used)
-    if unused:
-        print(f"note: {len(unused)} region map(s) without lesion file, not used (e.g. {unused[0]})",
-              file=sys.stderr)
-    kw = {"lesion_label": args.lesion_label, "max_lesion_label": args.max_lesion_label,
-          "write_maps": not args.no_maps}
-    with atomic_dir(args.output, overwrite=args.overwrite) as out:
-        rows, lesions = _run_set(pairs, out, desc="localize", **kw)
-        log = {"lesions": str(args.lesions), "regions": str(args.regions), "lesion_label": args.lesion_label,
-               "subjects": len(rows), "lesions_found": len(lesions),
-               "pairs": [{"subject": s, "lesion_file": str(a), "region_file": str(b)} for s, a, b in pairs],
-               "notes": reg_notes + notes, "region_maps_without_lesions": unused}
-        if ref_pairs:
-            ref_rows, ref_lesions = _run_set(ref_pairs, out / "reference", desc="reference", **kw)
-            log["reference"] = {"folder": str(args.reference_lesions), "subjects": len(ref_rows),
-                                "lesions_found": len(ref_lesions), "notes": ref_notes,
-                                "pairs": [{"subject": s, "lesion_file": str(a), "region_file": str(b)}
-                                          for s, a, b in ref_pairs]}
-        write_json(log, out / "localize_log.json")
-    print(f"localized {len(lesions)} lesions in {len(rows)} subjects -> {args.output}", file=sys.stderr)
+    a = _build_parser().parse_args(argv)
+    res = localize(a.lesions, a.regions, a.output, reference_lesions=a.reference_lesions,
+                   lesion_label=a.lesion_label, max_lesion_label=a.max_lesion_label,
+                   modality_priority=a.modality_priority, write_maps=not a.no_maps, overwrite=a.overwrite)
+    print(f"localized {len(res.lesions)} lesions in {len(res.loads)} subjects -> {a.output}", file=sys.stderr)
     return 0
 
 

@@ -213,8 +213,10 @@ def test_cluster_stage_skips_what_cannot_be_clustered(tmp_path):
     reported and skipped, not a failed run; different distributions are clustered by wmhloc_cluster."""
     import csv
 
-    from nnunet_wmhloc.vocab import WM_REGIONS, region_column
+    from nnunet_wmhloc.vocab import WM_REGIONS
     from nnunet_wmhloc.pipeline.common import cluster_stage
+    from nnunet_wmhloc.postprocessing.loads import LESION_COLUMNS, LOAD_COLUMNS
+    from nnunet_wmhloc.postprocessing.loads import mm3_column as region_column  # the one loads layout
     from nnunet_wmhloc.pipeline.stages import StageContext
 
     def stage(profiles):
@@ -223,11 +225,12 @@ def test_cluster_stage_skips_what_cannot_be_clustered(tmp_path):
         (out / "logs").mkdir()
         cols = [region_column(r) for r in WM_REGIONS]
         with open(out / "localize" / "regional_loads.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["subject", "total_mm3", "wm_mm3", *cols])
+            w = csv.DictWriter(f, fieldnames=LOAD_COLUMNS, restval="0")  # what localize writes
             w.writeheader()
             for i, p in enumerate(profiles):
                 row = dict.fromkeys(cols, 0.0) | {region_column(r): v for r, v in p.items()}
                 w.writerow(row | {"subject": f"s{i}", "total_mm3": sum(p.values()), "wm_mm3": sum(p.values())})
+        (out / "localize" / "lesions.csv").write_text(",".join(LESION_COLUMNS) + "\n")
         ctx = StageContext("cluster", out / "logs" / "cluster.log", {}, out, quiet=True)
         return out, cluster_stage(ctx, k_max=4)
 

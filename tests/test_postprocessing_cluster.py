@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnunet_wmhloc.vocab import region_column
 from nnunet_wmhloc.postprocessing import cluster
+from nnunet_wmhloc.postprocessing.loads import mm3_column
 
 # three location patterns (region labels 1..34): left parietal/cingulate, bilateral corona radiata,
 # right temporal/occipital
@@ -36,14 +36,14 @@ def _loads_csv(path: Path, n_per_group=(9, 7, 6), n_zero=2, seed=0, drop=None) -
         rows.append(("s%03d" % i, np.zeros(34)))
         truth["s%03d" % i] = 0
         i += 1
-    cols = ["subject", "total_mm3"] + [region_column(r) for r in range(1, 35)]
+    cols = ["subject", "total_mm3"] + [mm3_column(r) for r in range(1, 35)]
     cols = [c for c in cols if c != drop]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for s, v in rows:
             vals = {"subject": s, "total_mm3": v.sum() + 10.0}  # +10: lesions outside WM regions
-            vals.update({region_column(r): v[r - 1] for r in range(1, 35)})
+            vals.update({mm3_column(r): v[r - 1] for r in range(1, 35)})
             w.writerow([vals[c] for c in cols])
     return truth
 
@@ -133,7 +133,7 @@ def _snapshot(folder: Path) -> set:
 @pytest.mark.parametrize("argv_extra,expect,kw", [
     (["--k", "5"], "fewer than K+1=6", {"n_per_group": (2, 2, 1)}),
     (["--k-range", "7", "8"], "fewer than K+1", {"n_per_group": (2, 2, 2)}),  # no feasible K in the range
-    (["--k", "3"], "missing column(s) r12", {"drop": region_column(12)}),
+    (["--k", "3"], "missing column(s) r12", {"drop": mm3_column(12)}),
     (["--k", "3"], "with WM lesions, fewer than", {"n_per_group": (0, 0, 0), "n_zero": 4}),
     (["--k", "1"], "K must be at least 2", {}),
 ])
@@ -160,7 +160,7 @@ def test_bad_values(tmp_path, capsys):
 def test_k_range_skips_ks_the_data_cannot_support(tmp_path):
     """Every subject of a group has the same profile here: 3 distinct profiles. A K range keeps the feasible
     Ks (and says which it skipped); a fixed K=4 is refused."""
-    cols = ["subject", "total_mm3"] + [region_column(r) for r in range(1, 35)]
+    cols = ["subject", "total_mm3"] + [mm3_column(r) for r in range(1, 35)]
     with open(tmp_path / "loads.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
@@ -180,3 +180,56 @@ def test_k_range_skips_ks_the_data_cannot_support(tmp_path):
                         "-o", str(tmp_path / "out2"), "--k", "4"], capture_output=True, text=True)
     assert p.returncode == 1 and "only 3 distinct load profiles" in p.stderr
     assert not (tmp_path / "out2").exists()
+
+
+def test_another_layout_is_one_short_line(tmp_path, capsys):
+    """The columns of another layout (here the old `r01_L_parietal` without `_mm3`) are refused in one short
+    line naming a few of the missing columns, not every column of the table."""
+    from nnunet_wmhloc.vocab import region_column
+
+    _loads_csv(tmp_path / "loads.csv")
+    text = (tmp_path / "loads.csv").read_text().splitlines()
+    text[0] = ",".join(c[:-len("_mm3")] if c.startswith("r") else c for c in text[0].split(","))
+    (tmp_path / "old.csv").write_text("\n".join(text) + "\n")
+    assert cluster.main([str(tmp_path / "old.csv"), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and len(err[0]) < 300, err
+    assert f"missing column(s) {mm3_column(1)}, {mm3_column(2)}, {mm3_column(3)} and 31 more" in err[0]
+    assert region_column(4) not in err[0]  # the table's own columns are not listed
+    assert not (tmp_path / "out").exists()
+
+
+def test_function_and_cli_agree(tmp_path):
+    """cluster() in-process and the command give the same files; the result holds the rows as they read back."""
+    from nnunet_wmhloc.io import read_csv
+
+    _loads_csv(tmp_path / "loads.csv")
+    notes = []
+    res = cluster.cluster(tmp_path / "loads.csv", tmp_path / "fn", k_range=(2, 5), n_init=5, say=notes.append)
+    assert cluster.main([str(tmp_path / "loads.csv"), "-o", str(tmp_path / "cli"), "--k-range", "2", "5",
+                         "--n-init", "5"]) == 0
+    for name in ("assignments.csv", "groups.csv", "group_profiles.csv", "silhouette.csv", "cluster_log.json"):
+        assert (tmp_path / "fn" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes(), name
+    assert res.assignments == read_csv(tmp_path / "fn" / "assignments.csv")
+    assert res.groups == read_csv(tmp_path / "fn" / "groups.csv")
+    assert res.profiles == read_csv(tmp_path / "fn" / "group_profiles.csv")
+    assert res.silhouette == read_csv(tmp_path / "fn" / "silhouette.csv")
+    assert res.k == 3 and res.log["k_chosen"] == 3 and sorted(res.figures)[0] == "heatmap.png"
+    assert notes == ["note: 2 subject(s) without WM lesion volume: group 0 'no WM lesions' (s022, s023)"]
+    # the same from the rows and from a plan made once (what the pipeline does)
+    rows = read_csv(tmp_path / "loads.csv")
+    plan = cluster.plan_clustering(rows, k_range=(2, 5), source=str(tmp_path / "loads.csv"))
+    assert plan.ks == [2, 3, 4, 5] and plan.feasible and plan.clustered == 22
+    again = cluster.cluster(plan, tmp_path / "plan", n_init=5, say=notes.append)
+    assert again.assignments == res.assignments and again.log == res.log
+
+
+def test_plan_cuts_the_range_once(tmp_path):
+    """Two distinct profiles among four subjects: the plan keeps K=2 only and says which Ks it skipped."""
+    rows = [{"subject": f"s{i}", **{mm3_column(r): "0" for r in range(1, 35)}} for i in range(4)]
+    for i, row in enumerate(rows):
+        row[mm3_column(1 if i % 2 else 20)] = str(10.0 * (i + 1))
+    plan = cluster.plan_clustering(rows, k_range=(2, 8))
+    assert plan.ks == [2] and plan.feasible and plan.n_distinct == 2
+    assert plan.notes == ["note: K=3, 4, 5, 6, 7, 8 skipped: 4 subjects with WM lesions, 2 distinct load profiles"]
+    assert not cluster.plan_clustering(rows[:2], k_range=(2, 8)).feasible

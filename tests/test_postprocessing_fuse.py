@@ -305,3 +305,24 @@ def test_zero_weight_is_a_fallback(lesion_preds, tmp_path):
                                       sitk.GetArrayFromImage(sitk.ReadImage(str(root / f"{case}.nii.gz"))))
     assert fuse.main([str(root / "pred_flair"), "-o", str(tmp_path / "z"), "--modalities", "flair", "t1",
                       "--weights", "0", "0"]) == 1
+
+
+def test_function_returns_the_log_and_says_the_fallback(lesion_preds, tmp_path):
+    """fuse() in-process: its rows are fusion_log.csv as it reads back, its notes go to `say`, and the maps are
+    the command's."""
+    from nnunet_wmhloc.io import read_csv
+
+    root, _ = lesion_preds
+    notes = []
+    res = fuse.fuse([root / "pred_flair", root / "pred_t1"], tmp_path / "fn", weights=[2, 1], say=notes.append,
+                    progress=False)
+    assert res.subjects == ["wmh001", "wmh002", "wmh003"] and res.output == tmp_path / "fn"
+    assert res.log_rows == read_csv(tmp_path / "fn" / "fusion_log.csv")
+    assert res.log["fallback_subjects"] == ["wmh003"]
+    assert notes == ["note: wmh003: no t1 prediction, using flair only"]
+    assert fuse.main([str(root / "pred_flair"), str(root / "pred_t1"), "-o", str(tmp_path / "cli"),
+                      "--weights", "2", "1"]) == 0
+    assert (tmp_path / "cli" / "fusion_log.csv").read_bytes() == (tmp_path / "fn" / "fusion_log.csv").read_bytes()
+    for s in res.subjects:
+        a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / d / f"{s}.nii.gz"))) for d in ("fn", "cli"))
+        np.testing.assert_array_equal(a, b)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_wmhloc.vocab import region_column
 from nnunet_wmhloc.postprocessing import localize
+from nnunet_wmhloc.postprocessing.loads import mm3_column
 
 SPACING = (0.7, 1.3, 3.0)          # anisotropic: voxel = 2.73 mm³
 VV = 0.7 * 1.3 * 3.0   # NIfTI stores spacing as float32: compare to ~1e-7 relative
@@ -66,10 +66,10 @@ def test_volumes_and_census_hand_computed(tmp_path):
     assert int(row["n_lesions"]) == 3
     assert int(row["total_voxels"]) == 19
     assert float(row["total_mm3"]) == pytest.approx(19 * VV, rel=1e-6)
-    assert float(row[region_column(3)]) == pytest.approx(8 * VV, rel=1e-6)
-    assert float(row[region_column(20)]) == pytest.approx(10 * VV, rel=1e-6)
+    assert float(row[mm3_column(3)]) == pytest.approx(8 * VV, rel=1e-6)
+    assert float(row[mm3_column(20)]) == pytest.approx(10 * VV, rel=1e-6)
     others = [r for r in range(1, 37) if r not in (3, 20)]
-    assert all(float(row[region_column(r)]) == 0 for r in others)
+    assert all(float(row[mm3_column(r)]) == 0 for r in others)
     assert float(row["left_wm_mm3"]) == pytest.approx(8 * VV, rel=1e-6)
     assert float(row["right_wm_mm3"]) == pytest.approx(10 * VV, rel=1e-6)
     assert float(row["wm_mm3"]) == pytest.approx(18 * VV, rel=1e-6)
@@ -152,7 +152,7 @@ def test_real_region_maps(shared_data, tmp_path):
     for name in REAL:
         e = expected[name]
         for reg_label in range(1, 37):
-            assert float(rows[name][region_column(reg_label)]) == pytest.approx(e[reg_label], rel=1e-9)
+            assert float(rows[name][mm3_column(reg_label)]) == pytest.approx(e[reg_label], rel=1e-9)
         assert float(rows[name]["outside_mm3"]) == pytest.approx(e[0], rel=1e-9)
         assert float(rows[name]["total_mm3"]) == pytest.approx(sum(e.values()), rel=1e-6)
         centre, nvox = balls[name]
@@ -170,7 +170,7 @@ def test_reference_lesions(tmp_path):
     assert localize.main(["--lesions", str(tmp_path / "lesions"), "--regions", str(tmp_path / "regions"),
                           "-o", str(out), "--reference-lesions", str(tmp_path / "ref"), "--no-maps"]) == 0
     (row,) = _read_csv(out / "reference" / "regional_loads.csv")
-    assert float(row[region_column(3)]) == pytest.approx(8 * VV, rel=1e-6)
+    assert float(row[mm3_column(3)]) == pytest.approx(8 * VV, rel=1e-6)
     assert float(row["total_mm3"]) == pytest.approx(8 * VV, rel=1e-6)
     assert len(_read_csv(out / "reference" / "lesions.csv")) == 1
     assert not (out / "regional_maps").exists()
@@ -219,6 +219,45 @@ def test_core_26_connectivity_and_bbox():
     les[1, 5, 6] = True                                    # separate
     reg = np.full(les.shape, 5, np.uint8)
     img = sitk.Image(7, 6, 5, sitk.sitkUInt8)
-    res = localize.localize(les, reg, img)
+    res = localize.localize_arrays(les, reg, img)
     assert res["lesion_region_voxels"].sum(1).tolist() == [3, 1]
     np.testing.assert_allclose(res["centroids"][0], [2, 2, 2])
+
+
+def test_one_layout_and_the_function_result(tmp_path):
+    """The function returns the rows exactly as regional_loads.csv / lesions.csv read back; the table is the
+    one layout (LOAD_COLUMNS): per region its mm³ and its share of the subject's total lesion volume."""
+    from nnunet_wmhloc.io import read_csv
+    from nnunet_wmhloc.postprocessing.loads import LOAD_COLUMNS, read_localize, share_column
+
+    _synthetic(tmp_path)
+    ref = np.zeros((6, 16, 20), np.uint8)
+    ref[1:3, 5:7, 1:3] = 1
+    _write(ref, tmp_path / "ref" / "s01.nii.gz")
+    notes = []
+    res = localize.localize(tmp_path / "lesions", tmp_path / "regions", tmp_path / "out",
+                            reference_lesions=tmp_path / "ref", say=notes.append, progress=False)
+    out = tmp_path / "out"
+    assert (out / "regional_loads.csv").read_text().splitlines()[0] == ",".join(LOAD_COLUMNS)
+    assert res.loads == localize.read_loads(out / "regional_loads.csv") == read_csv(out / "regional_loads.csv")
+    assert res.lesions == read_csv(out / "lesions.csv") and len(res.lesions) == 3
+    (row,) = res.loads
+    assert float(row[share_column(3)]) == pytest.approx(8 / 19, rel=1e-5)
+    assert float(row[share_column(20)]) == pytest.approx(10 / 19, rel=1e-5)
+    assert sum(float(row[share_column(r)]) for r in range(1, 37)) == pytest.approx(18 / 19, rel=1e-5)  # 1 outside
+    assert res.reference.loads == read_csv(out / "reference" / "regional_loads.csv")
+    assert float(res.reference.loads[0][share_column(3)]) == 1.0
+    back = read_localize(out)  # what a resumed pipeline gets
+    assert (back.loads, back.lesions, back.log) == (res.loads, res.lesions, res.log)
+    assert (back.reference.loads, back.reference.lesions) == (res.reference.loads, res.reference.lesions)
+    assert notes == []  # nothing passed over: nothing said
+
+
+def test_zero_total_has_zero_shares(tmp_path):
+    from nnunet_wmhloc.postprocessing.loads import share_column
+
+    reg = np.full((4, 5, 6), 7, np.int16)
+    _write(reg, tmp_path / "r" / "s02.nii.gz", dtype=np.int16)
+    _write(np.zeros_like(reg), tmp_path / "l" / "s02.nii.gz")
+    res = localize.localize(tmp_path / "l", tmp_path / "r", tmp_path / "o", write_maps=False, progress=False)
+    assert all(res.loads[0][share_column(r)] == "0" for r in range(1, 37))

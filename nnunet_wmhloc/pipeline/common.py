@@ -99,30 +99,30 @@ def default_processes(device: str) -> int:
 
 def fuse_stage(ctx: StageContext, weights: dict[str, dict] | None = None) -> dict:
     """wmhloc_fuse per task (FLAIR and T1 weights per task, default equal); the lesion task also writes the
-    fused lesion probability map (segmentations/lesion/probabilities/)."""
-    out = {}
+    fused lesion probability map (segmentations/lesion/probabilities/). ctx.made["fuse"]: {task: FuseResult}."""
+    from nnunet_wmhloc.postprocessing.fuse import fuse
+
+    made = ctx.made["fuse"] = {}
     for task in TASKS:
-        src = ctx.output / "predictions" / task
-        dst = ctx.output / "segmentations" / task
-        if weights and task in weights and not any(src.glob("*.npz")):
-            out[task] = select_segmentations(ctx, src, dst, weights[task])
+        src, dst = ctx.layout.predictions(task), ctx.layout.segmentations(task)
+        w = (weights or {}).get(task)
+        if w and not any(src.glob("*.npz")):
+            made[task] = select_segmentations(ctx, src, dst, w)
             continue
-        args = [src, "-o", dst, "--overwrite"]
-        if weights and task in weights:
-            args += ["--modalities", *weights[task], "--weights", *weights[task].values()]
-        if task == "lesion":
-            args += ["--probability-label", 1]
-        ctx.tool("wmhloc_fuse", args)
-        out[task] = len(nifti_stems(dst))
-    return {"subjects": out}
+        ctx.log(f"fuse {src} -> {dst}" + (f" (weights {w})" if w else ""))
+        made[task] = fuse([src], dst, modalities=list(w) if w else ("flair", "t1"),
+                          weights=[float(v) for v in w.values()] if w else None,
+                          probability_label=1 if task == "lesion" else None, overwrite=True, say=ctx.log,
+                          progress=False)
+    return {"subjects": {task: len(r.subjects) for task, r in made.items()}}
 
 
-def select_segmentations(ctx: StageContext, src: Path, dst: Path, weights: dict) -> int:
+def select_segmentations(ctx: StageContext, src: Path, dst: Path, weights: dict):
     """A task predicted from one modality per subject without probabilities (nothing to average): each
     subject's map is nnU-Net's segmentation of the weighted modality, else of the one it has; logged in
-    wmhloc_fuse's fusion_log.csv format."""
+    wmhloc_fuse's fusion_log.csv format. Returns a FuseResult."""
     from nnunet_wmhloc.io import atomic_dir, write_csv
-    from nnunet_wmhloc.postprocessing.fuse import LOG_COLUMNS
+    from nnunet_wmhloc.postprocessing.fuse import LOG_COLUMNS, FuseResult
 
     cases: dict[str, dict[str, Path]] = {}
     for stem in nifti_stems(src):
@@ -138,46 +138,50 @@ def select_segmentations(ctx: StageContext, src: Path, dst: Path, weights: dict)
             rows.append({"subject": subject, "modalities_used": use, "weights": "1",
                          "fallback": "yes" if missing else "no", "missing_modalities": " ".join(missing),
                          "files": str(have[use])})
+        rows = [{c: r.get(c, "") for c in LOG_COLUMNS} for r in rows]
         write_csv(rows, tmp / "fusion_log.csv", columns=LOG_COLUMNS)
     ctx.say(f"{dst}: nnU-Net's segmentations of {len(rows)} subjects (one modality each, no fusion)")
-    return len(rows)
+    return FuseResult([r["subject"] for r in rows], rows, dst)
 
 
 def localize_stage(ctx: StageContext, reference_lesions: Path | None) -> dict:
-    args = ["--lesions", ctx.output / "segmentations" / "lesion", "--regions", ctx.output / "segmentations" / "region",
-            "-o", ctx.output / "localize", "--overwrite"]
-    if reference_lesions is not None:
-        args += ["--reference-lesions", reference_lesions]
-    ctx.tool("wmhloc_localize", args)
-    rows = read_rows(ctx.output / "localize" / "regional_loads.csv")
-    return {"subjects": len(rows), "with_wm_lesions": sum(float(r["wm_mm3"]) > 0 for r in rows),
+    """wmhloc_localize on the fused maps (and the reference lesions); ctx.made["localize"]: LocalizeResult."""
+    from nnunet_wmhloc.postprocessing.localize import localize
+
+    lay = ctx.layout
+    ctx.log(f"localize {lay.segmentations('lesion')} over {lay.segmentations('region')} -> {lay.localize}"
+            + (f" (reference {reference_lesions})" if reference_lesions is not None else ""))
+    res = ctx.made["localize"] = localize(lay.segmentations("lesion"), lay.segmentations("region"), lay.localize,
+                                          reference_lesions=reference_lesions, overwrite=True, say=ctx.log,
+                                          progress=False)
+    return {"subjects": len(res.loads), "with_wm_lesions": sum(float(r["wm_mm3"]) > 0 for r in res.loads),
             "reference": reference_lesions is not None}
 
 
 def cluster_stage(ctx: StageContext, *, k_max: int = 8, atlas: str | None = None) -> dict:
     """k-means on the predicted regional loads over the Ks the data support; skipped (and said so) when none
     is: fewer than 3 subjects with WM lesions (K >= 2 groups and a silhouette need K + 1), or one regional
-    distribution shared by all (e.g. a model that puts every lesion in one region) - a finding, not a failure."""
-    from nnunet_wmhloc.postprocessing.cluster import DEFAULT_NORMALISATION, feasible_ks, load_table, normalise
+    distribution shared by all (e.g. a model that puts every lesion in one region) - a finding, not a failure.
+    ctx.made["cluster"]: the ClusterResult, or None when skipped."""
+    from nnunet_wmhloc.postprocessing.cluster import cluster, plan_clustering
+    from nnunet_wmhloc.postprocessing.localize import read_localize
 
-    loads = ctx.output / "localize" / "regional_loads.csv"
-    _, wm, _ = load_table(loads)
-    lesioned = wm[wm.sum(1) > 0]
-    n = len(lesioned)
-    dst = ctx.output / "cluster"
-    ks = feasible_ks(normalise(lesioned, DEFAULT_NORMALISATION), range(2, max(2, k_max) + 1))[0] if n >= 3 else []
-    if not ks:
-        remove_owned(dst)
+    lay = ctx.layout
+    loads = ctx.made_or("localize", lambda: read_localize(lay.localize)).loads
+    plan = plan_clustering(loads, k_range=(2, max(2, k_max)), source=str(lay.regional_loads))
+    n = plan.clustered
+    if n < 3 or not plan.feasible:
+        remove_owned(lay.cluster)
+        ctx.made["cluster"] = None
         msg = (f"clustering skipped: {n} subject(s) with WM lesions, at least 3 needed" if n < 3 else
                f"clustering skipped: the {n} subjects with WM lesions all have the same regional distribution "
                "of lesions")
         ctx.say(msg)
         return {"skipped": msg}
-    args = [loads, "-o", dst, "--k-range", 2, max(ks), "--overwrite"]
-    if atlas:
-        args += ["--atlas", atlas]
-    ctx.tool("wmhloc_cluster", args)
-    return {"clustered": n, "k_range": [2, max(ks)]}
+    ctx.log(f"cluster {lay.regional_loads} -> {lay.cluster}, K = {plan.ks[0]}..{plan.ks[-1]}")
+    res = ctx.made["cluster"] = cluster(plan, lay.cluster, atlas=atlas, overwrite=True, say=ctx.log)
+    ctx.log(f"K={res.k} (silhouette {res.best_silhouette:.3f}) for {n} subjects")
+    return {"clustered": n, "k_range": [2, max(plan.ks)]}
 
 
 def _link(src: Path, dst: Path) -> None:
