@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nnunet_wmhloc.env import nnunet_environ
 from nnunet_wmhloc.io import (WMHLocError, check_not_input, check_output, is_owned, make_owned_dir, mark_owned,
-                              read_csv, remove_owned)
+                              remove_owned)
 from nnunet_wmhloc.layout import RunLayout
 from nnunet_wmhloc.vocab import split_case
 from nnunet_wmhloc.pipeline.budget import budget_environ
@@ -247,24 +247,9 @@ def evaluate_stage(ctx: StageContext, references: dict[str, Path | None], sites:
 def localize_tables(ctx: StageContext):
     """The localize stage's tables (`.loads`, `.lesions`: rows): what it returned in this process, else (the
     stage was skipped on resume) read back from its CSVs."""
+    from nnunet_wmhloc.postprocessing.loads import read_localize
+
     return ctx.made_or("localize", lambda: read_localize(ctx.layout.localize))
-
-
-def read_localize(folder: Path):
-    """localize's regional_loads.csv and lesions.csv as rows.
-    INTEGRATOR: a fallback until the "post" helper's postprocessing.localize.read_loads lands; then this
-    becomes `read_loads(folder / "regional_loads.csv")` (if that returns the LocalizeResult itself)."""
-    from types import SimpleNamespace
-
-    try:
-        from nnunet_wmhloc.postprocessing.localize import read_loads
-    except ImportError:
-        read_loads = read_csv
-    loads = read_loads(folder / "regional_loads.csv")
-    if hasattr(loads, "loads"):
-        return loads
-    lesions = folder / "lesions.csv"
-    return SimpleNamespace(loads=loads, lesions=read_csv(lesions) if lesions.is_file() else [])
 
 
 def read_markers(output: Path) -> dict:
@@ -279,7 +264,3 @@ def read_markers(output: Path) -> dict:
             continue
         out.append((p.stat().st_mtime, p.stem, m))
     return {name: m for _, name, m in sorted(out)}
-
-
-def read_rows(path: Path) -> list[dict]:
-    return read_csv(path)

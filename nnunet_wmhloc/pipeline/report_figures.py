@@ -7,17 +7,16 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_wmhloc.io import WMHLocError
-from nnunet_wmhloc.vocab import REGION_NAMES, REST_REGIONS, WM_REGIONS, region_column
+from nnunet_wmhloc.postprocessing.loads import mm3_column
+from nnunet_wmhloc.vocab import REGION_NAMES, REST_REGIONS, WM_REGIONS
 
 N_LABELS = 37
 REPORT_REGIONS = list(WM_REGIONS) + list(REST_REGIONS)
 
 
 def region_mm3(row: dict, label: int) -> float:
-    """A region's lesion volume in a localize row: column `<region>_mm3` (the one regional_loads layout).
-    INTEGRATOR: the bare `<region>` column is the layout before it; drop that fallback once it has landed."""
-    c = region_column(label)
-    return float(row.get(f"{c}_mm3", row.get(c)) or 0)
+    """A region's lesion volume in a localize row (the one regional_loads layout)."""
+    return float(row.get(mm3_column(label)) or 0)
 
 
 # ----------------------------------------------------------------------------------------- colours

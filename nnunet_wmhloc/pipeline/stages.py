@@ -10,7 +10,6 @@ with one line naming the stage, the reason and the log.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import shlex
@@ -25,16 +24,7 @@ from typing import Callable
 from nnunet_wmhloc.io import WMHLocError, is_owned, make_owned_dir, mark_owned, write_json
 from nnunet_wmhloc.layout import RunLayout
 
-# our commands run in-process (no interpreter start-up per step); nnU-Net's run as subprocesses
-TOOLS = {
-    "wmhloc_convert_wmh2017": "nnunet_wmhloc.dataset_conversion.wmh2017",
-    "wmhloc_convert_cohort": "nnunet_wmhloc.dataset_conversion.cohort",
-    "wmhloc_fuse": "nnunet_wmhloc.postprocessing.fuse",
-    "wmhloc_localize": "nnunet_wmhloc.postprocessing.localize",
-    "wmhloc_cluster": "nnunet_wmhloc.postprocessing.cluster",
-    "wmhloc_evaluate": "nnunet_wmhloc.evaluation.evaluate",
-    "wmhloc_compare": "nnunet_wmhloc.evaluation.compare",
-}
+# nnU-Net's commands run as subprocesses (StageContext.nnunet); ours are plain functions the stages call
 
 
 class StageFailed(Exception):
@@ -127,24 +117,6 @@ class StageContext:
             out = func(*args, **kwargs)
         self.log(f"# done after {time.time() - t:.1f} s")
         return out
-
-    def tool(self, name: str, args: list) -> None:
-        """Run one of our commands in-process (its main(argv)), output into the log."""
-        args = [str(a) for a in args]
-        self._header([name, *args])
-        mod = importlib.import_module(TOOLS[name])
-        t = time.time()
-        with open(self.log_path, "a", encoding="utf-8") as f, contextlib.redirect_stdout(f), \
-                contextlib.redirect_stderr(f):
-            try:
-                code = mod.main(args)
-            except Exception:  # a bug, not bad input: keep the traceback in the log
-                traceback.print_exc(file=f)
-                code = "crash"
-        self.log(f"# exit {code} after {time.time() - t:.1f} s")
-        if code != 0:
-            tail = self.log_path.read_text(encoding="utf-8", errors="replace")[-20000:]
-            raise StageFailed(f"{name} failed: {_last_error_line(tail)}")
 
 
 class Runner:
