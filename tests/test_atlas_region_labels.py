@@ -242,7 +242,7 @@ def test_same_input_same_output_bit_for_bit(small_brain, shared_data, tmp_path):
 
 
 def test_interrupted_run_leaves_nothing_and_rerun_works(small_brain, shared_data, tmp_path, monkeypatch, capsys):
-    from nnunet_wmhloc.atlas import region_labels
+    from nnunet_wmhloc.atlas import label_outputs, region_labels
     out = tmp_path / "sub.nii.gz"
     argv = ["--t1", str(small_brain), "--atlas-dir", str(shared_data / "eve_atlas"), "-o", str(out)]
 
@@ -250,7 +250,7 @@ def test_interrupted_run_leaves_nothing_and_rerun_works(small_brain, shared_data
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(region_labels, "qc_png", interrupted)
+        m.setattr(label_outputs, "qc_png", interrupted)
         assert region_labels.main(argv) == 130  # cli.run: "error: interrupted"
     assert not any(tmp_path.iterdir())  # no .tfm, no temporary folder
     assert region_labels.main(argv) == 0
