@@ -14,7 +14,7 @@ from nnunet_wmhloc.io import WMHLocError, few, is_number
 from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, DatasetJob,
                                                      build_datasets, raw_root_from)
 from nnunet_wmhloc.dataset_conversion.subjects import IMAGE_FILES, LESION_FILE, Subject, subject_folders
-from nnunet_wmhloc.vocab import MODALITIES, subject_id, subject_of_file
+from nnunet_wmhloc.vocab import MODALITIES, dataset_folder_name, subject_id, subject_of_file
 
 SPLIT_FOLDERS = {"training": "train", "test": "test"}
 # training/GE3T is the Amsterdam GE 3T scanner; the test release nests all three Amsterdam scanners
@@ -83,6 +83,8 @@ def convert(release: str, *, output: str | None = None, lesion_id: int = 601, re
     {task: {folder, train_cases, test_cases, subjects (rows of its subjects.csv), splits}}; the region entry
     also lists the subjects without a map ('missing')."""
     raw_root = raw_root_from(output)
+    for i, n in ((lesion_id, lesion_name), (region_id, region_name)):
+        dataset_folder_name(i, n)  # bad ids and names fail before the release is walked
     subjects = find_subjects(release, modalities)
     if split == "paper":  # the paper trained on the 110 test subjects and tested on the 60 training ones
         for s in subjects:
