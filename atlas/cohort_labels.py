@@ -58,7 +58,9 @@ def _worker(job: dict) -> dict:
         o = label_subject(job["t1"], atlas, flair_path=job["flair"], wm_path=job["wm_mask"],
                           deformable=job["deformable"], skull_stripped=job["skull_stripped"])
         o.quality.update(parallel.record_stamp())
-        write_outcome(o, Path(job["output"]), job["replace"])  # one unit; a killed task's staging is swept
+        # checked again here, not only before the cohort: a retried task finds what a killed attempt moved
+        replace = check_outputs(Path(job["output"]), job["overwrite"])
+        write_outcome(o, Path(job["output"]), replace)  # one unit; a killed task's staging is swept
         row.update(status="ok", output=job["output"], wm_ml=o.quality["wm_ml"],
                    wm_dice=o.quality["wm_dice_atlas_vs_subject"], wm_labelled=o.quality["subject_wm_labelled"],
                    seconds=o.quality["seconds"], wm_brain_ratio=o.quality["wm_brain_ratio"],
@@ -97,13 +99,11 @@ def region_labels_cohort(source, atlas_dir, output, *, workers: int = 1, schedul
             raise WMHLocError(f"{out_dir}: exists and is not a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
         _atlas.load_atlas(atlas_dir)  # fail fast on a bad atlas, before any work
-        jobs = []
-        for s in subjects:
-            dst = out_dir / f"{s.subject}.nii.gz"
-            jobs.append({"subject": s.subject, "t1": s.images["t1"], "flair": s.images.get("flair"),
-                         "wm_mask": s.wm_mask, "atlas_dir": str(atlas_dir), "output": str(dst),
-                         "replace": check_outputs(dst, overwrite), "deformable": deformable,
-                         "skull_stripped": skull_stripped})
+        jobs = [{"subject": s.subject, "t1": s.images["t1"], "flair": s.images.get("flair"), "wm_mask": s.wm_mask,
+                 "atlas_dir": str(atlas_dir), "output": str(out_dir / f"{s.subject}.nii.gz"), "overwrite": overwrite,
+                 "deformable": deformable, "skull_stripped": skull_stripped} for s in subjects]
+        for j in jobs:  # every subject's outputs, before any work
+            check_outputs(Path(j["output"]), overwrite)
         rows = _run(jobs, workers, client)
     parallel.sweep(out_dir)
     io.write_csv(rows, out_dir / SUMMARY, columns=SUMMARY_COLUMNS, overwrite=True)
