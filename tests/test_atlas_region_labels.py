@@ -1,7 +1,10 @@
 """wmhloc_region_labels end to end on a challenge-like synthetic subject, and its failure modes."""
+import contextlib
 import csv
+import io
 import json
 import subprocess
+import types
 
 import numpy as np
 import pytest
@@ -33,9 +36,23 @@ def subject(atlas_dir, tmp_path_factory):
     return d
 
 
-def run(*args):
+def run_cli(*args):
+    """The console script in a subprocess (end to end)."""
     return subprocess.run(["wmhloc_region_labels", *map(str, args)], capture_output=True, text=True,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "2"})
+
+
+def run(*args):
+    """The command's main in this process (no interpreter start-up per call); stderr as the user sees it."""
+    from nnunet_wmhloc.atlas import region_labels
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = region_labels.main([str(a) for a in args])
+        except SystemExit as e:  # argparse
+            code = e.code
+    return types.SimpleNamespace(returncode=code, stderr=err.getvalue())
 
 
 def region_dice(pred, truth, domain):
@@ -49,7 +66,7 @@ def region_dice(pred, truth, domain):
 
 def test_synthetic_subject_end_to_end(subject, atlas_dir, tmp_path):
     out = tmp_path / "sub_regions.nii.gz"
-    r = run("--t1", subject / "T1.nii.gz", "--atlas-dir", atlas_dir, "--output", out)
+    r = run_cli("--t1", subject / "T1.nii.gz", "--atlas-dir", atlas_dir, "--output", out)
     assert r.returncode == 0, r.stderr
     t1 = sitk.ReadImage(str(subject / "T1.nii.gz"))
     lab_img = sitk.ReadImage(str(out))
@@ -146,7 +163,7 @@ def test_cohort_csv_reports_failures_and_keeps_the_good(subject, atlas_dir, tmp_
     csv_path = tmp_path / "cohort.csv"
     csv_path.write_text(f"subject,t1\nsynA,{subject / 'T1.nii.gz'}\nghost,{tmp_path / 'nope.nii.gz'}\n")
     out = tmp_path / "labels"
-    r = run("--input", csv_path, "--atlas-dir", atlas_dir, "--output", out, "--workers", "1")
+    r = run_cli("--input", csv_path, "--atlas-dir", atlas_dir, "--output", out, "--workers", "1")
     assert r.returncode == 1 and "nope.nii.gz: T1 not found" in r.stderr
     assert (out / "synA.nii.gz").is_file() and (out / "synA.tfm").is_file()
     assert not (out / "ghost.nii.gz").exists()
