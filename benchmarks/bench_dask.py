@@ -32,7 +32,7 @@ def main() -> None:
     from distributed import Client, LocalCluster
 
     from nnunet_wmhloc.atlas import _atlas, _synthetic
-    from nnunet_wmhloc.atlas.region_labels import main as region_labels
+    from nnunet_wmhloc.atlas.cohort_labels import region_labels_cohort
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_dask_"))
     atlas = _atlas.load_atlas(a.atlas_dir)
@@ -41,22 +41,21 @@ def main() -> None:
         sitk.WriteImage(_synthetic.make_subject(atlas, seed=100 + k).t1, str(tmp / "in" / f"s{k}" / "T1.nii.gz"))
     print(f"{a.subjects} subjects, {os.cpu_count()} CPU cores, 1 ITK thread per task")
 
-    def timed(name: str, extra: list[str], r: int) -> None:
+    def timed(name: str, scheduler: str | None, r: int) -> None:
         load = os.getloadavg()[0]
         t = time.time()
-        code = region_labels(["--input", str(tmp / "in"), "--atlas-dir", str(a.atlas_dir), "-o",
-                              str(tmp / f"{name}_{r}"), *extra])
+        code = 1 if region_labels_cohort(tmp / "in", a.atlas_dir, tmp / f"{name}_{r}", scheduler=scheduler).failed else 0
         dt = time.time() - t
         print(f"{name:>16}: {a.subjects / dt * 60:6.2f} subjects/min ({dt:.1f} s; load average "
               f"{load:.1f} -> {os.getloadavg()[0]:.1f}){'' if code == 0 else ' FAILED'}", flush=True)
 
     for r in range(a.repeat):
-        timed("local", [], r)
+        timed("local", None, r)
         for n in a.workers:
             with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                               dashboard_address=None) as cluster, Client(cluster) as client:
                 client.wait_for_workers(n)
-                timed(f"dask_{n}_worker{'s' if n > 1 else ''}", ["--scheduler", cluster.scheduler_address], r)
+                timed(f"dask_{n}_worker{'s' if n > 1 else ''}", cluster.scheduler_address, r)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from nnunet_wmhloc.atlas import _atlas, _synthetic
 from nnunet_wmhloc.atlas.merge_table import merge_type2
-from nnunet_wmhloc.atlas.region_labels import label_subject
+from nnunet_wmhloc.atlas.subject_labels import label_subject
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ def main() -> None:
                           ("Rorden", "betsct1_unsmooth.nii.gz", "JHU_MNI_SS_WMPM_Type-II_to_Rorden_brain.nii.gz")]:
         ref = merge_type2(sitk.GetArrayFromImage(sitk.ReadImage(str(ext / lab))))
         table[name] = run_case(name, atlas, ext / t1, ref, methods, Path(a.tmp))
-    print(f"Synthetic challenge-like subjects (240x240x48 at 0.96x0.96x3 mm, skull, bias ±20%, noise 3%):")
+    print("Synthetic challenge-like subjects (240x240x48 at 0.96x0.96x3 mm, skull, bias ±20%, noise 3%):")
     syn = []
     for seed in range(a.synthetic):
         s = _synthetic.make_subject(atlas, seed=100 + seed)

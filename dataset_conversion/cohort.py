@@ -8,137 +8,28 @@ BIDS: sub-*/[ses-*/]anat/*_FLAIR.nii.gz and *_T1w.nii.gz; lesion masks under der
 <sub>[_<ses>]*_label-WMH_mask.nii.gz (or _label-lesion_mask), region maps *_label-WMregions_dseg.nii.gz.
 CSV: columns subject, flair, t1 (may be empty), and optional lesion, regions, site, split (train or test: test
 subjects go to imagesTs/labelsTs and may lack masks); relative paths are relative to the CSV's folder.
-Folder in the challenge's layout: any <...>/<subject>/pre/FLAIR.nii.gz below it, with pre/T1.nii.gz and
-wmh.nii.gz (lesion mask) when present; the subject's parent folder is its site.
+Folder in the challenge's layout: any <...>/<subject>/pre/FLAIR.nii.gz (or <subject>/FLAIR.nii.gz) below it,
+with pre/T1.nii.gz and wmh.nii.gz (lesion mask) when present; the subject's parent folder is its site.
+A folder of flat <subject>_flair[_0000].nii.gz (+ <subject>_t1[_0000].nii.gz) files is a cohort too.
+(One walker for every command: dataset_conversion/subjects.py.)
 FLAIR-only subjects give one case. A T1 not on the FLAIR's grid is an error unless --register-t1.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_path, check_same_geometry, read_csv,
-                              read_image, write_csv)
-from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, DatasetJob, Subject,
+from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_output, check_same_geometry, read_image, write_csv
+from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, DatasetJob,
                                                      build_datasets, load_subject, raw_root_from, subject_row,
                                                      write_cases)
-from nnunet_wmhloc.vocab import dataset_folder_name, subject_id
-
-LESION_PATTERNS = ("*_label-WMH_mask.nii.gz", "*_label-lesion_mask.nii.gz")
-REGION_PATTERNS = ("*_label-WMregions_dseg.nii.gz",)
-CSV_FILE_KINDS = {"flair": "FLAIR image", "t1": "T1 image", "lesion": "lesion mask", "regions": "region map"}
-
-
-# ------------------------------------------------------------------------------------------ inputs
-def _one(paths: list[Path], what: str, where: Path) -> Path | None:
-    if len(paths) > 1:
-        raise WMHLocError(f"{where}: {len(paths)} {what} files ({', '.join(p.name for p in paths[:3])}); "
-                          f"expected one")
-    return paths[0] if paths else None
-
-
-def from_bids(root: Path) -> list[Subject]:
-    anat_dirs = sorted(list(root.glob("sub-*/anat")) + list(root.glob("sub-*/ses-*/anat")))
-    if not anat_dirs:
-        raise WMHLocError(f"{root}: no sub-*/[ses-*/]anat folders (not a BIDS root?)")
-    deriv = root / "derivatives"
-    subjects = []
-    for anat in anat_dirs:
-        parts = anat.relative_to(root).parts
-        prefix = "_".join(parts[:-1])  # sub-01 or sub-01_ses-1
-        flair = _one(sorted(anat.glob(f"{prefix}*_FLAIR.nii.gz")), "FLAIR", anat)
-        if flair is None:
-            raise WMHLocError(f"{anat}: no *_FLAIR.nii.gz (every subject needs a FLAIR)")
-        t1 = _one(sorted(anat.glob(f"{prefix}*_T1w.nii.gz")), "T1w", anat)
-        images = {"flair": flair} | ({"t1": t1} if t1 else {})
-        lesion = regions = None
-        if deriv.is_dir():
-            lesion = _one(sorted(p for pat in LESION_PATTERNS for p in deriv.rglob(f"{prefix}{pat[1:]}")),
-                          "lesion mask", deriv)
-            regions = _one(sorted(p for pat in REGION_PATTERNS for p in deriv.rglob(f"{prefix}{pat[1:]}")),
-                           "region map", deriv)
-        subjects.append(Subject(subject=subject_id(prefix.replace("_", "-"), str(anat)), images=images, lesion=lesion,
-                                regions=regions, site=root.name))
-    return subjects
-
-
-def from_challenge_layout(root: Path) -> list[Subject]:
-    """Subjects as the challenge ships them: <subject>/pre/FLAIR.nii.gz [+ pre/T1.nii.gz, wmh.nii.gz]."""
-    subjects = []
-    for flair in sorted(root.rglob("pre/FLAIR.nii.gz")):
-        folder = flair.parent.parent
-        t1, lesion = folder / "pre" / "T1.nii.gz", folder / "wmh.nii.gz"
-        images = {"flair": flair} | ({"t1": t1} if t1.is_file() else {})
-        site = folder.parent.name if folder.parent != root else root.name
-        subjects.append(Subject(subject=subject_id(folder.name, str(folder)), images=images,
-                                lesion=lesion if lesion.is_file() else None, regions=None, site=site))
-    if not subjects:
-        raise WMHLocError(f"{root}: no sub-*/[ses-*/]anat folders (BIDS) and no <subject>/pre/FLAIR.nii.gz "
-                          "(challenge layout)")
-    return subjects
-
-
-def from_csv(path: Path) -> list[Subject]:
-    rows = read_csv(path, required=("subject", "flair"))
-    if not rows:
-        raise WMHLocError(f"{path}: no rows")
-    base = path.parent
-
-    subjects, lines = [], {}
-    for i, r in enumerate(rows, start=2):  # ids first: a duplicate is named before any missing file
-        where = f"{path}: line {i}"
-        if not (r.get("subject") or "").strip() or not (r.get("flair") or "").strip():
-            raise WMHLocError(f"{where}: subject and flair are required")
-        sid = subject_id(r["subject"].strip(), where)
-        if sid in lines:
-            raise WMHLocError(f"{where}: duplicate subject id {sid} (also line {lines[sid]})")
-        lines[sid] = i
-    for i, r in enumerate(rows, start=2):
-        where = f"{path}: line {i}"
-
-        def resolve(col):
-            v = (r.get(col) or "").strip()
-            if not v:
-                return None
-            f = Path(v) if Path(v).is_absolute() else base / v
-            try:
-                check_path(f, what=CSV_FILE_KINDS[col])
-            except WMHLocError as e:
-                raise WMHLocError(f"{where}: {e}") from None
-            return f
-
-        images = {"flair": resolve("flair")}
-        if resolve("t1"):
-            images["t1"] = resolve("t1")
-        split = (r.get("split") or "train").strip().lower()
-        if split not in ("train", "test"):
-            raise WMHLocError(f"{where}: split '{split}' is neither train nor test")
-        subjects.append(Subject(subject=subject_id(r["subject"].strip()), images=images,
-                                lesion=resolve("lesion"), regions=resolve("regions"),
-                                site=(r.get("site") or "").strip(), split=split))
-    return subjects
-
-
-def load_cohort(source: str | os.PathLike) -> list[Subject]:
-    source = Path(source)
-    if not source.exists():
-        raise WMHLocError(f"{source}: not found")
-    if source.is_file() and source.suffix.lower() == ".csv":
-        subjects = from_csv(source)
-    elif source.is_dir():
-        subjects = from_bids(source) if any(source.glob("sub-*")) else from_challenge_layout(source)
-    else:
-        raise WMHLocError(f"{source}: neither a folder (BIDS or challenge layout) nor a .csv manifest")
-    seen = {}
-    for s in subjects:
-        if s.subject in seen:
-            raise WMHLocError(f"{source}: duplicate subject id {s.subject}")
-        seen[s.subject] = s
-    return subjects
+from nnunet_wmhloc.dataset_conversion.subjects import Subject, from_bids, from_csv, load_cohort  # noqa: F401
+from nnunet_wmhloc.vocab import dataset_folder_name
 
 
 # ------------------------------------------------------------------------------- T1 -> FLAIR space
@@ -185,7 +76,11 @@ def _t1_to_flair(s: Subject, register: bool, tmp: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ outputs
 def write_inference_folder(subjects: list[Subject], output: Path, overwrite: bool) -> int:
-    """<subject>_<modality>_0000.nii.gz for nnUNetv2_predict, plus subjects.csv."""
+    """<subject>_<modality>_0000.nii.gz for nnUNetv2_predict, plus subjects.csv; returns the number of cases."""
+    return _write_inference_folder(subjects, output, overwrite)[0]
+
+
+def _write_inference_folder(subjects: list[Subject], output: Path, overwrite: bool) -> tuple[int, list[dict]]:
     n = 0
     rows = []
     with atomic_dir(output, overwrite=overwrite) as tmp:
@@ -195,10 +90,70 @@ def write_inference_folder(subjects: list[Subject], output: Path, overwrite: boo
             n += len(cases)
             rows.append(subject_row(s, loaded, "predict", len(cases)))
         write_csv(rows, tmp / "subjects.csv", columns=list(dict.fromkeys(k for r in rows for k in r)))
-    return n
+    return n, rows
 
 
-def _main(argv=None) -> int:
+@dataclass
+class CohortConversion:
+    """What convert_cohort made: a training conversion fills `datasets` (task -> build_datasets' dict: folder,
+    train_cases, test_cases, subjects rows, splits); an inference one `inference`, `cases` and `rows`."""
+    mode: str  # "train" | "predict"
+    subjects: list[Subject]
+    datasets: dict = field(default_factory=dict)
+    inference: Path | None = None
+    cases: int = 0
+    rows: list = field(default_factory=list)
+
+
+def choose_mode(subjects: list[Subject], mode: str = "auto") -> str:
+    """auto: 'train' when every training subject has a lesion mask, 'predict' when none does."""
+    if mode != "auto":
+        return mode
+    train = [s for s in subjects if s.split == "train"]
+    with_mask = [s for s in train if s.lesion is not None]
+    if with_mask and len(with_mask) != len(train):
+        missing = next(s for s in train if s.lesion is None)
+        raise WMHLocError(f"{missing.images['flair']}: subject {missing.subject} has no lesion mask while "
+                          f"{len(with_mask)} others do (use --mode predict, or add the mask)")
+    return "train" if with_mask else "predict"
+
+
+def convert_cohort(source: str | os.PathLike, *, output: str | os.PathLike | None = None, mode: str = "auto",
+                   lesion_id: int = 611, region_id: int = 612, name: str = "Cohort", register_t1: bool = False,
+                   preprocessed: str | None = None, overwrite: bool = False,
+                   subjects: list[Subject] | None = None) -> CohortConversion:
+    """wmhloc_convert_cohort: nnU-Net training datasets (lesion, and region when 2+ training subjects have
+    region maps) or an inference folder (`output`, required then). `subjects`: the cohort already loaded from
+    `source` (it is loaded otherwise)."""
+    subjects = load_cohort(source) if subjects is None else subjects
+    mode = choose_mode(subjects, mode)
+    if mode == "predict" and not output:
+        raise WMHLocError("inference mode needs --output (the folder to create)")
+    inputs = [source] + [f for s in subjects for f in s.files()]
+    if mode == "predict":
+        check_output(output, overwrite=overwrite, inputs=inputs)
+    else:
+        for i, n in ((lesion_id, f"{name}Lesion"), (region_id, f"{name}Region")):
+            dataset_folder_name(i, n)  # a bad id or name fails now, not after the T1 registrations
+    out = CohortConversion(mode, subjects)
+    with tempfile.TemporaryDirectory(prefix="wmhloc_t1reg_") as tmp:
+        for s in cli.progress(subjects, desc="T1 -> FLAIR check"):
+            _t1_to_flair(s, register_t1, Path(tmp))
+        if mode == "predict":
+            out.inference = Path(output)
+            out.cases, out.rows = _write_inference_folder(subjects, out.inference, overwrite)
+            return out
+        jobs = [DatasetJob("lesion", subjects, lesion_id, f"{name}Lesion", LESION_DESCRIPTION)]
+        with_regions = [s for s in subjects if s.regions is not None]
+        if sum(s.split == "train" for s in with_regions) >= 2:
+            jobs.append(DatasetJob("region", with_regions, region_id, f"{name}Region", REGION_DESCRIPTION))
+        built = build_datasets(jobs, raw_root_from(output), preprocessed=preprocessed, overwrite=overwrite,
+                               inputs=inputs)
+    out.datasets = {j.task: b for j, b in zip(jobs, built)}
+    return out
+
+
+def _parser():
     p = cli.parser("wmhloc_convert_cohort", __doc__.split("\n\n")[0])
     p.add_argument("source", help="BIDS root folder or CSV manifest (subject, flair, t1, lesion, regions)")
     p.add_argument("--output", "-o", help="training: nnU-Net raw folder (default $nnUNet_raw); "
@@ -213,46 +168,23 @@ def _main(argv=None) -> int:
     p.add_argument("--preprocessed", default=os.environ.get("nnUNet_preprocessed"),
                    help="where splits_final.json goes (default: $nnUNet_preprocessed)")
     p.add_argument("--overwrite", action="store_true", help="replace existing datasets, splits or inference folder")
-    a = p.parse_args(argv)
+    return p
 
-    subjects = load_cohort(a.source)
-    train = [s for s in subjects if s.split == "train"]
-    with_mask = [s for s in train if s.lesion is not None]
-    mode = a.mode
-    if mode == "auto":
-        if with_mask and len(with_mask) != len(train):
-            missing = next(s for s in train if s.lesion is None)
-            raise WMHLocError(f"{missing.images['flair']}: subject {missing.subject} has no lesion mask while "
-                              f"{len(with_mask)} others do (use --mode predict, or add the mask)")
-        mode = "train" if with_mask else "predict"
-    if mode == "predict" and not a.output:
-        raise WMHLocError("inference mode needs --output (the folder to create)")
-    inputs = [a.source] + [f for s in subjects for f in (*s.images.values(), s.lesion, s.regions)]
-    if mode == "predict":
-        check_output(a.output, overwrite=a.overwrite, inputs=inputs)
-    else:
-        for i, n in ((a.lesion_id, f"{a.name}Lesion"), (a.region_id, f"{a.name}Region")):
-            dataset_folder_name(i, n)  # a bad id or name fails now, not after the T1 registrations
-    with tempfile.TemporaryDirectory(prefix="wmhloc_t1reg_") as tmp:
-        for s in cli.progress(subjects, desc="T1 -> FLAIR check"):
-            _t1_to_flair(s, a.register_t1, Path(tmp))
-        if mode == "predict":
-            n = write_inference_folder(subjects, Path(a.output), a.overwrite)
-            print(f"inference folder: {a.output} ({n} cases from {len(subjects)} subjects)")
-            return 0
-        raw_root = raw_root_from(a.output)
-        jobs = [DatasetJob("lesion", subjects, a.lesion_id, f"{a.name}Lesion", LESION_DESCRIPTION)]
-        with_regions = [s for s in subjects if s.regions is not None]
-        if sum(s.split == "train" for s in with_regions) >= 2:
-            jobs.append(DatasetJob("region", with_regions, a.region_id, f"{a.name}Region", REGION_DESCRIPTION))
-        built = build_datasets(jobs, raw_root, preprocessed=a.preprocessed, overwrite=a.overwrite, inputs=inputs)
-        les = built[0]
-        print(f"lesion dataset: {les['folder']} ({les['train_cases']} training cases, "
-              f"{les['test_cases']} test cases)")
-        if len(built) > 1:
-            print(f"region dataset: {built[1]['folder']} ({built[1]['train_cases']} training cases)")
-        elif with_regions:
-            print("only one subject has a region map: region dataset not built")
+
+def _main(argv=None) -> int:
+    a = _parser().parse_args(argv)
+    c = convert_cohort(a.source, output=a.output, mode=a.mode, lesion_id=a.lesion_id, region_id=a.region_id,
+                       name=a.name, register_t1=a.register_t1, preprocessed=a.preprocessed, overwrite=a.overwrite)
+    if c.mode == "predict":
+        print(f"inference folder: {c.inference} ({c.cases} cases from {len(c.subjects)} subjects)")
+        return 0
+    les = c.datasets["lesion"]
+    print(f"lesion dataset: {les['folder']} ({les['train_cases']} training cases, {les['test_cases']} test cases)")
+    if "region" in c.datasets:
+        print(f"region dataset: {c.datasets['region']['folder']} ({c.datasets['region']['train_cases']} "
+              "training cases)")
+    elif any(s.regions is not None for s in c.subjects):
+        print("only one subject has a region map: region dataset not built")
     return 0
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from nnunet_wmhloc import cli
+from nnunet_wmhloc.dataset_conversion.subjects import Subject
 from nnunet_wmhloc.vocab import (ALL_LABELS, LESION_ALLOWED, LESION_LABELS, LR_PAIRS, LR_PAIRS_KEY, REST_REGIONS,
                                  case_name, dataset_folder_name, dataset_folders, region_column, split_case)
 from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_same_geometry, read_image,
@@ -22,19 +23,6 @@ CHANNEL_NAMES = {"0": "MRI"}
 IMAGE_READER = "SimpleITKIOWithReorient"
 N_FOLDS = 5
 SPLIT_SEED = 12345  # nnU-Net's own seed for its random folds
-
-
-@dataclass
-class Subject:
-    """One subject's files; `images` maps modality ('flair', 't1') to a path; label maps may be absent."""
-    subject: str
-    images: dict
-    lesion: Path | None = None
-    regions: Path | None = None
-    site: str = ""
-    scanner: str = ""
-    split: str = "train"  # "train" | "test"
-    info: dict = field(default_factory=dict)
 
 
 def check_dataset_id_free(raw_root: Path, dataset_id: int, folder_name: str) -> None:
@@ -218,7 +206,9 @@ def build_datasets(jobs: list[DatasetJob], raw_root: Path, *, preprocessed: str 
                    inputs=()) -> list[dict]:
     """Write the datasets of one conversion as a unit: every check first (ids, names, existing outputs and
     splits, training subjects), then every dataset is built in a temporary folder, then all are moved into
-    place and their splits written. A bad map, an id clash or Ctrl-C/SIGTERM leaves no half conversion."""
+    place and their splits written. A bad map, an id clash or Ctrl-C/SIGTERM leaves no half conversion.
+    Returns per job {folder, train_cases, test_cases, subjects (the rows of its subjects.csv), splits (the
+    splits_final.json written to `preprocessed`, or None)}."""
     plans, seen = [], {}
     for j in jobs:
         folder_name = dataset_folder_name(j.dataset_id, j.name)
@@ -243,7 +233,7 @@ def build_datasets(jobs: list[DatasetJob], raw_root: Path, *, preprocessed: str 
         for (j, folder_name, train_cases, splits), tmp in zip(plans, tmps):
             rows = _fill_dataset(tmp, j, train_cases, splits)
             results.append({"folder": raw_root / folder_name, "train_cases": len(train_cases),
-                            "test_cases": sum(r["cases"] for r in rows if r["split"] != "train")})
+                            "test_cases": sum(r["cases"] for r in rows if r["split"] != "train"), "subjects": rows})
     for (j, folder_name, _, splits), r in zip(plans, results):
         r["splits"] = write_splits(folder_name, splits, preprocessed, overwrite)
     return results

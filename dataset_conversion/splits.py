@@ -5,18 +5,35 @@ converted by other tools): T1 and FLAIR cases of one subject must never fall in 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_wmhloc import cli
 from nnunet_wmhloc.io import WMHLocError, list_inputs, strip_nifti
 from nnunet_wmhloc.dataset_conversion.common import N_FOLDS, grouped_splits, write_splits
+from nnunet_wmhloc.vocab import find_dataset
 
 
-def find_dataset(raw_root: Path, dataset_id: int) -> Path:
-    hits = sorted(raw_root.glob(f"Dataset{dataset_id:03d}_*")) if raw_root.is_dir() else []
-    if len(hits) != 1:
-        raise WMHLocError(f"{raw_root}: expected one Dataset{dataset_id:03d}_* folder, found {len(hits)}")
-    return hits[0]
+@dataclass
+class Splits:
+    """What make_splits wrote: the dataset folder, its training cases, the folds and where they went."""
+    dataset: Path
+    cases: list
+    splits: list
+    target: Path
+
+
+def make_splits(raw: str | os.PathLike, dataset_id: int, preprocessed: str | os.PathLike, *,
+                folds: int = N_FOLDS, overwrite: bool = False) -> Splits:
+    """Subject-grouped folds of the labelsTr cases of Dataset<id>_* under `raw`, written to
+    <preprocessed>/<dataset>/splits_final.json (a different existing split is kept unless `overwrite`)."""
+    ds = find_dataset(Path(raw), dataset_id)
+    labels = ds / "labelsTr"
+    cases = [strip_nifti(f) for f in list_inputs(labels, (".nii.gz",), what="labelsTr")] if labels.is_dir() else []
+    if not cases:
+        raise WMHLocError(f"{labels}: no training labels")
+    splits = grouped_splits(cases, folds)
+    return Splits(ds, cases, splits, write_splits(ds.name, splits, preprocessed, overwrite))
 
 
 def _main(argv=None) -> int:
@@ -28,18 +45,10 @@ def _main(argv=None) -> int:
     p.add_argument("--folds", type=int, default=N_FOLDS, help="number of cross-validation folds (at least 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a different existing split")
     a = p.parse_args(argv)
-    if a.folds < 2:
-        raise WMHLocError(f"--folds {a.folds}: cross-validation needs at least 2 folds")
     if not a.raw or not a.preprocessed:
         raise WMHLocError("set nnUNet_raw and nnUNet_preprocessed (or give --raw and --preprocessed)")
-    ds = find_dataset(Path(a.raw), a.dataset_id)
-    labels = ds / "labelsTr"
-    cases = [strip_nifti(f) for f in list_inputs(labels, (".nii.gz",), what="labelsTr")] if labels.is_dir() else []
-    if not cases:
-        raise WMHLocError(f"{labels}: no training labels")
-    splits = grouped_splits(cases, a.folds)
-    target = write_splits(ds.name, splits, a.preprocessed, a.overwrite)
-    print(f"wrote {len(splits)} subject-grouped folds for {len(cases)} cases to {target}")
+    s = make_splits(a.raw, a.dataset_id, a.preprocessed, folds=a.folds, overwrite=a.overwrite)
+    print(f"wrote {len(s.splits)} subject-grouped folds for {len(s.cases)} cases to {s.target}")
     return 0
 
 

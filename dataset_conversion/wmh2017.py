@@ -10,10 +10,11 @@ import os
 from pathlib import Path
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.io import WMHLocError, is_number
-from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, DatasetJob, Subject,
+from nnunet_wmhloc.io import WMHLocError, few, is_number
+from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, DatasetJob,
                                                      build_datasets, raw_root_from)
-from nnunet_wmhloc.vocab import MODALITIES, dataset_folder_name, subject_id
+from nnunet_wmhloc.dataset_conversion.subjects import IMAGE_FILES, LESION_FILE, Subject, subject_folders
+from nnunet_wmhloc.vocab import MODALITIES, dataset_folder_name, subject_id, subject_of_file
 
 SPLIT_FOLDERS = {"training": "train", "test": "test"}
 # training/GE3T is the Amsterdam GE 3T scanner; the test release nests all three Amsterdam scanners
@@ -21,21 +22,22 @@ _SITE_OF_SCANNER = {"GE3T": "Amsterdam", "GE1T5": "Amsterdam", "Philips_VU .PETM
 
 
 def find_subjects(root: str | os.PathLike, modalities=MODALITIES) -> list[Subject]:
-    """Every folder holding wmh.nii.gz, pre/FLAIR.nii.gz and pre/T1.nii.gz below `root`."""
+    """Every subject folder below `root` (subjects.subject_folders: wmh.nii.gz, pre/FLAIR.nii.gz, pre/T1.nii.gz);
+    each must hold all three."""
     root = Path(root)
     if not root.is_dir():
         raise WMHLocError(f"{root}: challenge release folder not found")
     subjects, seen = [], {}
-    for wmh in sorted(root.rglob("wmh.nii.gz")):
-        folder = wmh.parent
+    for folder in subject_folders(root):
         parts = folder.relative_to(root).parts
         split_idx = next((i for i, p in enumerate(parts) if p.lower() in SPLIT_FOLDERS), None)
         if split_idx is None:
             raise WMHLocError(f"{folder}: not below a 'training' or 'test' folder; cannot tell its split")
-        images = {"flair": folder / "pre" / "FLAIR.nii.gz", "t1": folder / "pre" / "T1.nii.gz"}
-        for mod in modalities:
-            if not images[mod].is_file():
-                raise WMHLocError(f"{images[mod]}: missing (every challenge subject has pre/FLAIR and pre/T1)")
+        wmh = folder / LESION_FILE
+        images = {m: folder / "pre" / IMAGE_FILES[m] for m in MODALITIES}
+        for f in [images[m] for m in modalities] + [wmh]:
+            if not f.is_file():
+                raise WMHLocError(f"{f}: missing (every challenge subject has pre/FLAIR, pre/T1 and wmh.nii.gz)")
         site_parts = parts[split_idx + 1:-1]
         scanner = site_parts[-1] if site_parts else ""
         site = site_parts[0] if len(site_parts) > 1 else _SITE_OF_SCANNER.get(scanner, scanner)
@@ -52,19 +54,24 @@ def find_subjects(root: str | os.PathLike, modalities=MODALITIES) -> list[Subjec
 
 
 def find_region_maps(folder: str | os.PathLike) -> dict[str, Path]:
-    """WMH_<id>.nii.gz anywhere below `folder` (the authors' WMH_refined_labels/{Train,Test})."""
+    """Region maps anywhere below `folder`, by subject id (vocab.subject_of_file): the authors' WMH_<id>.nii.gz
+    (WMH_refined_labels/{Train,Test}) and wmhloc_region_labels' <subject>.nii.gz alike; two maps of one
+    subject are an error."""
     folder = Path(folder)
     if not folder.is_dir():
         raise WMHLocError(f"{folder}: region label folder not found")
     maps: dict[str, Path] = {}
-    for p in sorted(folder.rglob("WMH_*.nii.gz")):
-        raw = p.name[len("WMH_"):-len(".nii.gz")]
-        sid = subject_id(raw, str(p))
+    for p in sorted(folder.rglob("*.nii.gz")):
+        if p.name.startswith("."):
+            continue
+        sid = subject_of_file(p)
+        if sid is None:
+            continue  # e.g. wmhloc_region_labels' <subject>_brainmask.nii.gz beside the maps
         if sid in maps:
-            raise WMHLocError(f"{p}: second region map for subject {raw} (also {maps[sid]})")
+            raise WMHLocError(f"{p}: second region map for subject {sid} (also {maps[sid]})")
         maps[sid] = p
     if not maps:
-        raise WMHLocError(f"{folder}: no WMH_<id>.nii.gz region maps found")
+        raise WMHLocError(f"{folder}: no region maps found (WMH_<id>.nii.gz or <subject>.nii.gz)")
     return maps
 
 
@@ -72,9 +79,12 @@ def convert(release: str, *, output: str | None = None, lesion_id: int = 601, re
             lesion_name: str = "WMHLesion", region_name: str = "WMHRegion", region_labels: str | None = None,
             split: str = "challenge", modalities=MODALITIES, preprocessed: str | None = None,
             overwrite: bool = False, log=print) -> dict:
+    """wmhloc_convert_wmh2017: the lesion dataset (and the region dataset with `region_labels`). Returns
+    {task: {folder, train_cases, test_cases, subjects (rows of its subjects.csv), splits}}; the region entry
+    also lists the subjects without a map ('missing')."""
     raw_root = raw_root_from(output)
     for i, n in ((lesion_id, lesion_name), (region_id, region_name)):
-        dataset_folder_name(i, n)  # bad ids and names fail before any reading
+        dataset_folder_name(i, n)  # bad ids and names fail before the release is walked
     subjects = find_subjects(release, modalities)
     if split == "paper":  # the paper trained on the 110 test subjects and tested on the 60 training ones
         for s in subjects:
@@ -98,7 +108,7 @@ def convert(release: str, *, output: str | None = None, lesion_id: int = 601, re
     if region_labels:
         if missing:
             log(f"no region map for {len(missing)} subject(s), left out of the region dataset only: "
-                f"{', '.join(missing)}")
+                f"{few(missing)}")
         out["region"]["missing"] = missing
         log(f"region dataset: {out['region']['folder']} ({out['region']['train_cases']} training cases, "
             f"{out['region']['test_cases']} test cases)")
@@ -111,7 +121,10 @@ def convert(release: str, *, output: str | None = None, lesion_id: int = 601, re
     return out
 
 
-def _main(argv=None) -> int:
+convert_wmh2017 = convert  # the name the pipeline and the README use
+
+
+def _parser():
     p = cli.parser("wmhloc_convert_wmh2017", __doc__.split("\n\n")[0])
     p.add_argument("release", help="root of the challenge release (holding training/ and test/)")
     p.add_argument("--output", "-o", help="nnU-Net raw folder (default: $nnUNet_raw)")
@@ -119,8 +132,9 @@ def _main(argv=None) -> int:
     p.add_argument("--region-id", type=int, default=602, help="dataset id of the region dataset")
     p.add_argument("--lesion-name", default="WMHLesion", help="name of the lesion dataset (DatasetXXX_<name>)")
     p.add_argument("--region-name", default="WMHRegion", help="name of the region dataset (DatasetXXX_<name>)")
-    p.add_argument("--region-labels", help="folder searched recursively for WMH_<id>.nii.gz region maps "
-                   "(e.g. the authors' WMH_refined_labels); without it no region dataset is built")
+    p.add_argument("--region-labels", help="folder searched recursively for region maps named by subject: "
+                   "WMH_<id>.nii.gz (the authors' WMH_refined_labels) or <subject>.nii.gz (wmhloc_region_labels "
+                   "--input <release>); without it no region dataset is built")
     p.add_argument("--split", choices=("challenge", "paper"), default="challenge",
                    help="challenge: train on the challenge's training subjects; paper: swapped, as the paper did")
     p.add_argument("--modalities", nargs="+", choices=MODALITIES, default=list(MODALITIES),
@@ -128,7 +142,11 @@ def _main(argv=None) -> int:
     p.add_argument("--preprocessed", default=os.environ.get("nnUNet_preprocessed"),
                    help="where splits_final.json goes (default: $nnUNet_preprocessed)")
     p.add_argument("--overwrite", action="store_true", help="replace existing datasets and splits")
-    a = p.parse_args(argv)
+    return p
+
+
+def _main(argv=None) -> int:
+    a = _parser().parse_args(argv)
     convert(a.release, output=a.output, lesion_id=a.lesion_id, region_id=a.region_id, lesion_name=a.lesion_name,
             region_name=a.region_name, region_labels=a.region_labels, split=a.split, modalities=a.modalities,
             preprocessed=a.preprocessed, overwrite=a.overwrite)

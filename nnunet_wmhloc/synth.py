@@ -219,11 +219,9 @@ def _main(argv=None) -> int:
     p.add_argument("--output", "-o", required=True, help="folder to create (the release root)")
     p.add_argument("--seed", type=cli.seed_int, default=0, help="random seed; same seed, same cohort")
     p.add_argument("--per-site", type=cli.positive_int, default=2, help="training subjects per training site (3 sites)")
-    p.add_argument("--test-per-site", type=cli.nonnegative_int, default=1, help="test subjects per test site (5 sites)")
+    p.add_argument("--test-per-site", type=cli.positive_int, default=1, help="test subjects per test site (5 sites)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     a = p.parse_args(argv)
-    if a.per_site < 1 or a.test_per_site < 1:
-        p.error("--per-site and --test-per-site must be at least 1")
     subs = make_cohort(a.output, seed=a.seed, per_site=a.per_site, test_per_site=a.test_per_site,
                        overwrite=a.overwrite)
     n_tr = sum(s["split"] == "training" for s in subs)

@@ -1,7 +1,10 @@
 """wmhloc_region_labels end to end on a challenge-like synthetic subject, and its failure modes."""
+import contextlib
 import csv
+import io
 import json
 import subprocess
+import types
 
 import numpy as np
 import pytest
@@ -33,9 +36,23 @@ def subject(atlas_dir, tmp_path_factory):
     return d
 
 
-def run(*args):
+def run_cli(*args):
+    """The console script in a subprocess (end to end)."""
     return subprocess.run(["wmhloc_region_labels", *map(str, args)], capture_output=True, text=True,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "2"})
+
+
+def run(*args):
+    """The command's main in this process (no interpreter start-up per call); stderr as the user sees it."""
+    from nnunet_wmhloc.atlas import region_labels
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = region_labels.main([str(a) for a in args])
+        except SystemExit as e:  # argparse
+            code = e.code
+    return types.SimpleNamespace(returncode=code, stderr=err.getvalue())
 
 
 def region_dice(pred, truth, domain):
@@ -49,7 +66,7 @@ def region_dice(pred, truth, domain):
 
 def test_synthetic_subject_end_to_end(subject, atlas_dir, tmp_path):
     out = tmp_path / "sub_regions.nii.gz"
-    r = run("--t1", subject / "T1.nii.gz", "--atlas-dir", atlas_dir, "--output", out)
+    r = run_cli("--t1", subject / "T1.nii.gz", "--atlas-dir", atlas_dir, "--output", out)
     assert r.returncode == 0, r.stderr
     t1 = sitk.ReadImage(str(subject / "T1.nii.gz"))
     lab_img = sitk.ReadImage(str(out))
@@ -146,7 +163,7 @@ def test_cohort_csv_reports_failures_and_keeps_the_good(subject, atlas_dir, tmp_
     csv_path = tmp_path / "cohort.csv"
     csv_path.write_text(f"subject,t1\nsynA,{subject / 'T1.nii.gz'}\nghost,{tmp_path / 'nope.nii.gz'}\n")
     out = tmp_path / "labels"
-    r = run("--input", csv_path, "--atlas-dir", atlas_dir, "--output", out, "--workers", "1")
+    r = run_cli("--input", csv_path, "--atlas-dir", atlas_dir, "--output", out, "--workers", "1")
     assert r.returncode == 1 and "nope.nii.gz: T1 not found" in r.stderr
     assert (out / "synA.nii.gz").is_file() and (out / "synA.tfm").is_file()
     assert not (out / "ghost.nii.gz").exists()
@@ -242,7 +259,7 @@ def test_same_input_same_output_bit_for_bit(small_brain, shared_data, tmp_path):
 
 
 def test_interrupted_run_leaves_nothing_and_rerun_works(small_brain, shared_data, tmp_path, monkeypatch, capsys):
-    from nnunet_wmhloc.atlas import region_labels
+    from nnunet_wmhloc.atlas import label_outputs, region_labels
     out = tmp_path / "sub.nii.gz"
     argv = ["--t1", str(small_brain), "--atlas-dir", str(shared_data / "eve_atlas"), "-o", str(out)]
 
@@ -250,7 +267,7 @@ def test_interrupted_run_leaves_nothing_and_rerun_works(small_brain, shared_data
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(region_labels, "qc_png", interrupted)
+        m.setattr(label_outputs, "qc_png", interrupted)
         assert region_labels.main(argv) == 130  # cli.run: "error: interrupted"
     assert not any(tmp_path.iterdir())  # no .tfm, no temporary folder
     assert region_labels.main(argv) == 0
@@ -269,7 +286,6 @@ def test_interrupted_run_leaves_nothing_and_rerun_works(small_brain, shared_data
 
 def test_wm_brain_ratio_warning(small_brain, shared_data, tmp_path):
     """A --wm-mask that swallows the GM too: the record and the command warn."""
-    from nnunet_wmhloc.atlas import region_labels
     t1 = sitk.ReadImage(str(small_brain))
     wm = sitk.BinaryDilate(array_to_image(_wm(t1).astype(np.uint8), t1), [2, 2, 2])
     sitk.WriteImage(wm, str(tmp_path / "wm.nii.gz"))
@@ -279,3 +295,64 @@ def test_wm_brain_ratio_warning(small_brain, shared_data, tmp_path):
     q = json.loads((tmp_path / "w.json").read_text())
     assert q["wm_brain_ratio"] > 0.5 and "WM/brain volume ratio" in q["warnings"][0]
     assert "warning:" in r.stderr and "WM/brain volume ratio" in r.stderr
+
+
+# ------------------------------- a challenge tree: region labels feed the converter directly (issue 19)
+def _challenge_tree(t1_path, root, ids=(("training", "1"), ("training", "3"), ("test", "5"))):
+    """A release in the challenge's layout (<split>/Utrecht/<id>/pre/{T1,FLAIR}.nii.gz, wmh.nii.gz, and the
+    unprocessed orig/ beside pre/) made of one real brain shifted a little per subject."""
+    img = sitk.ReadImage(str(t1_path))
+    for k, (split, sid) in enumerate(ids):
+        d = root / split / "Utrecht" / sid
+        (d / "pre").mkdir(parents=True)
+        (d / "orig").mkdir()
+        moved = sitk.Image(img)
+        moved.SetOrigin([o + 2.0 * k for o in img.GetOrigin()])
+        for name in ("T1", "FLAIR"):
+            sitk.WriteImage(moved, str(d / "pre" / f"{name}.nii.gz"))
+        sitk.WriteImage(sitk.BinShrink(moved, [2, 2, 2]), str(d / "orig" / "T1.nii.gz"))  # another grid
+        wmh = np.zeros(sitk.GetArrayViewFromImage(img).shape, np.uint8)
+        wmh[40:44, 50:54, 40:44] = 1
+        sitk.WriteImage(array_to_image(wmh, moved), str(d / "wmh.nii.gz"))
+    return root
+
+
+def test_region_labels_of_a_release_feed_the_converter(small_brain, shared_data, tmp_path):
+    """wmhloc_region_labels --input <release> names its maps by the one subject id (1 -> wmh001), and
+    wmhloc_convert_wmh2017 --region-labels <that folder> builds the region dataset from them."""
+    from nnunet_wmhloc.atlas.cohort_labels import region_labels_cohort
+    from nnunet_wmhloc.dataset_conversion.wmh2017 import convert
+
+    rel = _challenge_tree(small_brain, tmp_path / "release")
+    labels = region_labels_cohort(rel, shared_data / "eve_atlas", tmp_path / "labels")
+    assert labels.failed == [] and sorted(labels.outputs) == ["wmh001", "wmh003", "wmh005"]
+    assert sorted(p.name for p in (tmp_path / "labels").glob("*.nii.gz")) == \
+        ["wmh001.nii.gz", "wmh003.nii.gz", "wmh005.nii.gz"]
+    rows = {r["subject"]: r for r in csv.DictReader(open(labels.summary))}
+    assert rows["wmh003"]["t1"] == str(rel / "training/Utrecht/3/pre/T1.nii.gz")  # pre/, never orig/
+    out = convert(rel, output=tmp_path / "raw", region_labels=tmp_path / "labels", preprocessed=tmp_path / "pre",
+                  log=lambda *a: None)
+    reg = out["region"]
+    assert reg["missing"] == [] and reg["train_cases"] == 4 and reg["test_cases"] == 2
+    assert sorted(r["subject"] for r in reg["subjects"]) == ["wmh001", "wmh003", "wmh005"]
+    for sid, sub in (("wmh001", "labelsTr"), ("wmh005", "labelsTs")):
+        ours = sitk.GetArrayFromImage(sitk.ReadImage(str(reg["folder"] / sub / f"{sid}_t1.nii.gz")))
+        assert (ours > 0).sum() > 10_000
+        np.testing.assert_array_equal(ours, sitk.GetArrayFromImage(sitk.ReadImage(str(labels.outputs[sid]))))
+    assert (tmp_path / "pre" / reg["folder"].name / "splits_final.json").is_file()
+
+
+def test_region_maps_found_by_subject_id(tmp_path):
+    """The authors' WMH_12, a bare 12 and our wmh012 are one subject; two maps of one subject are an error."""
+    from nnunet_wmhloc.dataset_conversion.wmh2017 import find_region_maps
+    from nnunet_wmhloc.io import WMHLocError
+
+    for name in ("Train/WMH_12.nii.gz", "Test/7.nii.gz", "x/wmh020.nii.gz", "x/wmh020_brainmask.nii.gz"):
+        (tmp_path / "m" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "m" / name).write_bytes(b"")
+    maps = find_region_maps(tmp_path / "m")
+    assert {k: v.name for k, v in maps.items()} == {"wmh012": "WMH_12.nii.gz", "wmh007": "7.nii.gz",
+                                                    "wmh020": "wmh020.nii.gz"}
+    (tmp_path / "m" / "x" / "wmh012.nii.gz").write_bytes(b"")
+    with pytest.raises(WMHLocError, match="second region map for subject wmh012"):
+        find_region_maps(tmp_path / "m")

@@ -172,3 +172,53 @@ def test_challenge_layout_folder(synth_release, tmp_path):
     (tmp_path / "empty" / "x").mkdir(parents=True)
     p = run_cmd(["wmhloc_convert_cohort", tmp_path / "empty", "-o", tmp_path / "o"], check=False)
     assert p.returncode == 1 and "challenge layout" in p.stderr and not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------- the one cohort walker (issue 19)
+def _touch(root, *names):
+    for n in names:
+        (root / n).parent.mkdir(parents=True, exist_ok=True)
+        (root / n).write_bytes(b"")
+    return root
+
+
+def test_one_walker_for_region_labels_and_converters(tmp_path):
+    """What region labelling accepted (CSV subject,t1[,flair,wm_mask]; <id>/T1.nii.gz; <id>/pre/T1.nii.gz;
+    <id>_t1[_0000].nii.gz) it now reads through the converters' walker, with the one subject-id rule."""
+    from nnunet_wmhloc.atlas.cohort_labels import cohort_subjects
+    from nnunet_wmhloc.dataset_conversion.subjects import load_cohort
+    from nnunet_wmhloc.io import WMHLocError
+
+    # the challenge layout: numbers become wmh<NNN>, orig/ beside pre/ is not a subject, FLAIR beside the T1
+    ch = _touch(tmp_path / "ch", "Utrecht/12/pre/T1.nii.gz", "Utrecht/12/pre/FLAIR.nii.gz",
+                "Utrecht/12/orig/T1.nii.gz", "Utrecht/12/wmh.nii.gz", "GE3T/100/pre/T1.nii.gz")
+    subs = {s.subject: s for s in cohort_subjects(ch)}
+    assert sorted(subs) == ["wmh012", "wmh100"]
+    assert subs["wmh012"].images == {"flair": ch / "Utrecht/12/pre/FLAIR.nii.gz", "t1": ch / "Utrecht/12/pre/T1.nii.gz"}
+    assert subs["wmh100"].images == {"t1": ch / "GE3T/100/pre/T1.nii.gz"} and subs["wmh100"].site == "GE3T"
+    with pytest.raises(WMHLocError, match="100: no pre/FLAIR.nii.gz or FLAIR.nii.gz"):
+        load_cohort(ch)  # the converters need a FLAIR for every subject: none drops out silently
+    # plain subject folders
+    plain = _touch(tmp_path / "plain", "s1/T1.nii.gz", "s1/FLAIR.nii.gz", "s2/T1.nii.gz")
+    assert [(s.subject, sorted(s.images)) for s in cohort_subjects(plain)] == [("s1", ["flair", "t1"]), ("s2", ["t1"])]
+    # flat files, with or without nnU-Net's _0000; the converters read the same folder
+    flat = _touch(tmp_path / "flat", "a1_t1_0000.nii.gz", "a1_flair_0000.nii.gz", "b2_T1.nii.gz", "notes.nii.gz")
+    assert [(s.subject, sorted(s.images)) for s in cohort_subjects(flat)] == [("a1", ["flair", "t1"]), ("b2", ["t1"])]
+    with pytest.raises(WMHLocError, match="subject b2 has no <id>_flair.nii.gz"):
+        load_cohort(flat)
+    assert [s.subject for s in load_cohort(_touch(tmp_path / "f2", "a1_flair_0000.nii.gz"))] == ["a1"]
+    # a BIDS root with T1w only: region labelling reads it, the converters ask for the FLAIR
+    bids = _touch(tmp_path / "bids", "sub-01/anat/sub-01_T1w.nii.gz")
+    assert [s.subject for s in cohort_subjects(bids)] == ["sub-01"]
+    with pytest.raises(WMHLocError, match="no \\*_FLAIR.nii.gz"):
+        load_cohort(bids)
+    # a CSV: a missing T1 fails its subject later (region labelling), not the cohort; ids by the one rule
+    (tmp_path / "c.csv").write_text("subject,t1,wm_mask\n7,nope.nii.gz,wm.nii.gz\nWMH_8,x.nii.gz,\n")
+    subs = cohort_subjects(tmp_path / "c.csv")
+    assert [s.subject for s in subs] == ["wmh007", "wmh008"]
+    assert subs[0].images == {"t1": tmp_path / "nope.nii.gz"} and subs[0].wm_mask == tmp_path / "wm.nii.gz"
+    (tmp_path / "d.csv").write_text("subject,t1\n7,a.nii.gz\nwmh007,b.nii.gz\n")
+    with pytest.raises(WMHLocError, match="line 3: duplicate subject id wmh007 \\(also line 2\\)"):
+        cohort_subjects(tmp_path / "d.csv")
+    with pytest.raises(WMHLocError, match="no sub-\\*/\\[ses-\\*/\\]anat folders \\(BIDS\\)"):
+        cohort_subjects(_touch(tmp_path / "none", "x/readme.txt"))

@@ -1,4 +1,6 @@
 """wmhloc_synth, wmhloc_convert_wmh2017, wmhloc_splits: layout, labels, folds, nnU-Net acceptance, bad input."""
+import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -153,11 +155,15 @@ def _copy_release(src: Path, dst: Path, only=("training/Utrecht", "training/Sing
 
 
 def _fails(args, tmp_path, needle):
-    p = run_cmd(["wmhloc_convert_wmh2017", *args, "-o", tmp_path / "raw", "--preprocessed", tmp_path / "pre"],
-                check=False)
-    assert p.returncode != 0, p.stdout
-    err = p.stderr.strip().splitlines()[-1]
-    assert err.startswith("error:") and needle in err, p.stderr
+    """wmhloc_convert_wmh2017's main in this process: exit code and the last stderr line."""
+    from nnunet_wmhloc.dataset_conversion import wmh2017
+
+    out, errs = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(errs):
+        code = wmh2017.main([str(a) for a in (*args, "-o", tmp_path / "raw", "--preprocessed", tmp_path / "pre")])
+    assert code != 0, out.getvalue()
+    err = errs.getvalue().strip().splitlines()[-1]
+    assert err.startswith("error:") and needle in err, errs.getvalue()
     assert not list((tmp_path / "raw").glob("Dataset*")) if (tmp_path / "raw").exists() else True
     return err
 
