@@ -16,6 +16,7 @@ FLAIR-only subjects give one case. A T1 not on the FLAIR's grid is an error unle
 """
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -125,7 +126,8 @@ def convert_cohort(source: str | os.PathLike, *, output: str | os.PathLike | Non
     """wmhloc_convert_cohort: nnU-Net training datasets (lesion, and region when 2+ training subjects have
     region maps) or an inference folder (`output`, required then). `subjects`: the cohort already loaded from
     `source` (it is loaded otherwise)."""
-    subjects = load_cohort(source) if subjects is None else subjects
+    # registering a T1 repoints its subject at a temporary file: the caller's list stays as it was
+    subjects = load_cohort(source) if subjects is None else copy.deepcopy(subjects)
     mode = choose_mode(subjects, mode)
     if mode == "predict" and not output:
         raise WMHLocError("inference mode needs --output (the folder to create)")

@@ -70,9 +70,8 @@ class Cohort:
         return self._subjects
 
     def inputs(self) -> list[Path]:
-        from nnunet_wmhloc.pipeline.convert import cohort_inputs
-
-        return cohort_inputs(self.source, self._subjects)
+        """Every file the cohort names, and the cohort itself: what no output may replace."""
+        return [self.source] + [f for s in self._subjects for f in s.files()]
 
 
 def check_pipeline_output(output: Path, cohort: Cohort | None = None, extra_inputs=()) -> None:

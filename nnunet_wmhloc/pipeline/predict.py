@@ -189,11 +189,11 @@ class PredictPlan:
                 "region fusion": M.describe_fusion(self.fusion["region"]) + f" ({self.fusion['region']['source']})"}
 
     def convert(self, ctx: StageContext) -> dict:
-        from nnunet_wmhloc.pipeline.convert import convert_cohort
+        from nnunet_wmhloc.dataset_conversion.cohort import convert_cohort
 
         subjects = self.cohort.subjects
         ctx.call(["wmhloc_convert_cohort", self.a.cohort, "--mode", "predict", "-o", self.images],
-                 convert_cohort, subjects, source=self.a.cohort, mode="predict", output=self.images,
+                 convert_cohort, self.a.cohort, subjects=subjects, mode="predict", output=self.images,
                  register_t1=self.a.register_t1, overwrite=True)
         # masks listed in the cohort are references: linked under references/<task>/<subject>.nii.gz
         refs = {"lesion": 0, "region": 0}

@@ -175,8 +175,9 @@ class RunPlan:
         return {"subjects": len(subs), "training": sum(s["split"] == "training" for s in subs)}
 
     def convert(self, ctx: StageContext) -> dict:
+        from nnunet_wmhloc.dataset_conversion.cohort import convert_cohort
+        from nnunet_wmhloc.dataset_conversion.splits import make_splits
         from nnunet_wmhloc.dataset_conversion.wmh2017 import convert as convert_release
-        from nnunet_wmhloc.pipeline.convert import convert_cohort, write_dataset_splits
 
         pre = self.env["nnUNet_preprocessed"]
         # datasets under <output> are ours to replace on a re-run; elsewhere an existing one is an error
@@ -187,8 +188,9 @@ class RunPlan:
                      convert_release, str(self.release), output=str(self.raw), region_labels=str(self.region_labels),
                      split=self.a.split, preprocessed=pre, overwrite=own, **ids)
         elif self.a.cohort is not None:
-            ctx.call(["wmhloc_convert_cohort", self.a.cohort, "--mode", "train"], convert_cohort, self.cohort.subjects,
-                     source=self.a.cohort, mode="train", output=self.raw, preprocessed=pre, overwrite=own, **ids)
+            ctx.call(["wmhloc_convert_cohort", self.a.cohort, "--mode", "train"], convert_cohort, self.a.cohort,
+                     subjects=self.cohort.subjects, mode="train", output=self.raw, preprocessed=pre, overwrite=own,
+                     **ids)
         else:
             ctx.say("no --release/--cohort/--demo: using the datasets already in " + str(self.raw))
         out = {}
@@ -198,7 +200,7 @@ class RunPlan:
                          "test_cases": len(common.nifti_stems(ds / "imagesTs")) if (ds / "imagesTs").is_dir() else 0}
             if not (Path(pre) / ds.name / "splits_final.json").is_file():
                 # datasets made by other tools: subject-grouped folds, so T1 and FLAIR never straddle folds
-                ctx.call(["wmhloc_splits", "-d", self.ids[task]], write_dataset_splits, ds, pre)
+                ctx.call(["wmhloc_splits", "-d", self.ids[task]], make_splits, self.raw, self.ids[task], pre)
         return out
 
     def preprocess(self, ctx: StageContext) -> dict:
