@@ -105,6 +105,20 @@ class CohortConversion:
     cases: int = 0
     rows: list = field(default_factory=list)
 
+    def lines(self) -> list[str]:
+        """What the command prints (and a pipeline stage logs)."""
+        if self.mode == "predict":
+            return [f"inference folder: {self.inference} ({self.cases} cases from {len(self.subjects)} subjects)"]
+        les = self.datasets["lesion"]
+        out = [f"lesion dataset: {les['folder']} ({les['train_cases']} training cases, {les['test_cases']} test "
+               "cases)"]
+        if "region" in self.datasets:
+            out.append(f"region dataset: {self.datasets['region']['folder']} "
+                       f"({self.datasets['region']['train_cases']} training cases)")
+        elif any(s.regions is not None for s in self.subjects):
+            out.append("only one subject has a region map: region dataset not built")
+        return out
+
 
 def choose_mode(subjects: list[Subject], mode: str = "auto") -> str:
     """auto: 'train' when every training subject has a lesion mask, 'predict' when none does."""
@@ -177,16 +191,7 @@ def _main(argv=None) -> int:
     a = _parser().parse_args(argv)
     c = convert_cohort(a.source, output=a.output, mode=a.mode, lesion_id=a.lesion_id, region_id=a.region_id,
                        name=a.name, register_t1=a.register_t1, preprocessed=a.preprocessed, overwrite=a.overwrite)
-    if c.mode == "predict":
-        print(f"inference folder: {c.inference} ({c.cases} cases from {len(c.subjects)} subjects)")
-        return 0
-    les = c.datasets["lesion"]
-    print(f"lesion dataset: {les['folder']} ({les['train_cases']} training cases, {les['test_cases']} test cases)")
-    if "region" in c.datasets:
-        print(f"region dataset: {c.datasets['region']['folder']} ({c.datasets['region']['train_cases']} "
-              "training cases)")
-    elif any(s.regions is not None for s in c.subjects):
-        print("only one subject has a region map: region dataset not built")
+    print("\n".join(c.lines()))
     return 0
 
 

@@ -192,9 +192,10 @@ class PredictPlan:
         from nnunet_wmhloc.dataset_conversion.cohort import convert_cohort
 
         subjects = self.cohort.subjects
-        ctx.call(["wmhloc_convert_cohort", self.a.cohort, "--mode", "predict", "-o", self.images],
-                 convert_cohort, self.a.cohort, subjects=subjects, mode="predict", output=self.images,
-                 register_t1=self.a.register_t1, overwrite=True)
+        done = ctx.call(["wmhloc_convert_cohort", self.a.cohort, "--mode", "predict", "-o", self.images],
+                        convert_cohort, self.a.cohort, subjects=subjects, mode="predict", output=self.images,
+                        register_t1=self.a.register_t1, overwrite=True)
+        ctx.log("\n".join(done.lines()))
         # masks listed in the cohort are references: linked under references/<task>/<subject>.nii.gz
         refs = {"lesion": 0, "region": 0}
         for task in refs:

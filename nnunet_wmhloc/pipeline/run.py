@@ -188,9 +188,10 @@ class RunPlan:
                      convert_release, str(self.release), output=str(self.raw), region_labels=str(self.region_labels),
                      split=self.a.split, preprocessed=pre, overwrite=own, **ids)
         elif self.a.cohort is not None:
-            ctx.call(["wmhloc_convert_cohort", self.a.cohort, "--mode", "train"], convert_cohort, self.a.cohort,
-                     subjects=self.cohort.subjects, mode="train", output=self.raw, preprocessed=pre, overwrite=own,
-                     **ids)
+            done = ctx.call(["wmhloc_convert_cohort", self.a.cohort, "--mode", "train"], convert_cohort,
+                            self.a.cohort, subjects=self.cohort.subjects, mode="train", output=self.raw,
+                            preprocessed=pre, overwrite=own, **ids)
+            ctx.log("\n".join(done.lines()))
         else:
             ctx.say("no --release/--cohort/--demo: using the datasets already in " + str(self.raw))
         out = {}
