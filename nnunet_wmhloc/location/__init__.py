@@ -14,7 +14,9 @@ from nnunet_wmhloc.location.classes import (LOBES, LOCATION_CODES, LOCATIONS, PV
 from nnunet_wmhloc.location.context import LocationContext, location_context, ventricle_mask
 from nnunet_wmhloc.location.priors import AtlasPriors, atlas_priors
 from nnunet_wmhloc.location.space import atlas_point, frequency_map, frequency_maps, inverse, to_atlas
+from nnunet_wmhloc.location.subject import Located, Registered, locate, register_subject
 
 __all__ = ["LOBES", "LOCATION_CODES", "LOCATIONS", "PV_DISTANCE_MM", "classify_lesions", "components", "lobe_of",
            "location_map", "subject_loads", "LocationContext", "location_context", "ventricle_mask",
-           "AtlasPriors", "atlas_priors", "atlas_point", "frequency_map", "frequency_maps", "inverse", "to_atlas"]
+           "AtlasPriors", "atlas_priors", "atlas_point", "frequency_map", "frequency_maps", "inverse", "to_atlas",
+           "Located", "Registered", "locate", "register_subject"]

@@ -6,8 +6,9 @@ subject's own tissue classes (`atlas._subject.segment`: 1 CSF, 2 GM, 3 WM):
   (elderly ventricles are larger than Eve's; beyond a few mm the growth would leak into sulcal CSF),
   keeping the components that meet the prior. When the subject's CSF covers less than MIN_CSF_SHARE of the
   prior (no usable CSF class), the carried prior itself is the mask.
-- cortex: the subject's GM outside the carried deep grey matter (dilated by DEEP_GM_MARGIN_MM), outside
-  the infratentorial compartment, farther than CORTEX_VENTRICLE_MM from the ventricles (the partial-volume
+- cortex: the subject's GM outside the carried deep grey matter (dilated by DEEP_GM_MARGIN_MM), farther
+  than CORTEX_INFRA_MM from the infratentorial compartment (cerebellar cortex the carried labels miss by a
+  few mm is not juxtacortical territory), farther than CORTEX_VENTRICLE_MM from the ventricles (the partial-volume
   rim of the ventricle wall looks like GM on T1) and in components of at least CORTEX_MIN_MM3 (the cortical
   ribbon is one large component; specks and lesion rims are not cortex).
 - infratentorial: the carried brainstem and cerebellum labels inside the brain.
@@ -27,6 +28,7 @@ GROW_MM = 6.0
 MIN_CSF_SHARE = 0.25
 DEEP_GM_MARGIN_MM = 3.0
 CORTEX_VENTRICLE_MM = 4.0
+CORTEX_INFRA_MM = 3.0
 CORTEX_MIN_MM3 = 1000.0
 CONTEXT_CODES = {"ventricles": 1, "cortex": 2, "infratentorial": 3}
 
@@ -148,6 +150,7 @@ def location_context(tissue: sitk.Image, brain: sitk.Image, transform: sitk.Tran
     deep = carry(priors.deep_gm, crop, transform, soft=False)
     gm = (t == 2) & b & ~infra & ~vent
     gm &= _ball_dist(deep, sp) > DEEP_GM_MARGIN_MM
+    gm &= _ball_dist(infra, sp) > CORTEX_INFRA_MM
     vdist = _ball_dist(vent, sp).astype(np.float32)
     gm &= vdist > CORTEX_VENTRICLE_MM
     lab, n = ndi.label(gm, np.ones((3, 3, 3)))
