@@ -98,3 +98,20 @@ def test_atlas_regions_agree_with_the_syn_labels(mni, eve):
     assert same >= 0.8
     lobes = {L.lobe_of(int(r)) for r in np.unique(mni["merged"][les])}
     assert len(lobes) >= 3 and None not in lobes
+
+
+def test_priors_from_a_built_atlas_folder(eve, tmp_path):
+    """A built atlas folder has no type-II map: the priors come from the Eve folder its manifest names,
+    and a folder whose Eve folder is gone is refused in one line naming it."""
+    atlas, prov = _atlas.build_from_eve(eve["dir"])
+    built = tmp_path / "atlas"
+    built.mkdir()
+    _atlas.write_atlas(atlas, prov, built)
+    pri = L.atlas_priors(built)
+    assert np.array_equal(sitk.GetArrayViewFromImage(pri.ventricles),
+                          sitk.GetArrayViewFromImage(eve["priors"].ventricles))
+    assert pri.source.endswith(_atlas.EVE_TYPE2)
+    manifest = built / _atlas.MANIFEST
+    manifest.write_text(manifest.read_text().replace(prov["eve_dir"], str(tmp_path / "gone")))
+    with pytest.raises(L.priors.WMHLocError, match="type-II"):
+        L.atlas_priors(built)

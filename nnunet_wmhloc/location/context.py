@@ -63,8 +63,7 @@ class LocationContext:
             if not self.ventricles.any():
                 self._dist = np.full(self.ventricles.shape, np.inf, np.float32)
             else:
-                self._dist = ndi.distance_transform_edt(~self.ventricles,
-                                                        sampling=spacing_zyx(self.grid)).astype(np.float32)
+                self._dist = _ball_dist(self.ventricles, spacing_zyx(self.grid))
         return self._dist
 
     def label_map(self) -> sitk.Image:
@@ -98,7 +97,23 @@ def on_grid(img: sitk.Image, grid: sitk.Image) -> np.ndarray:
 
 
 def _ball_dist(mask: np.ndarray, sp) -> np.ndarray:
-    return ndi.distance_transform_edt(~mask, sampling=sp) if mask.any() else np.full(mask.shape, np.inf)
+    """Distance in mm to the nearest voxel of `mask` (inf when empty): ITK's Maurer distance map, several
+    times faster than scipy's EDT on a brain-sized box."""
+    if not mask.any():
+        return np.full(mask.shape, np.inf, np.float32)
+    img = sitk.GetImageFromArray(mask.astype(np.uint8))
+    img.SetSpacing(tuple(reversed(sp)))
+    d = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+    return np.maximum(sitk.GetArrayFromImage(d), 0.0).astype(np.float32)
+
+
+def _within(mask: np.ndarray, sp, mm: float) -> np.ndarray:
+    """Voxels at most `mm` from `mask`, computed in the mask's bounding box plus `mm` only."""
+    out = np.zeros(mask.shape, bool)
+    if mask.any():
+        box = _box(mask, sp, mm)
+        out[box] = _ball_dist(mask[box], sp) <= mm
+    return out
 
 
 def ventricle_mask(tissue: np.ndarray, prior: np.ndarray, sp, *, lesion: np.ndarray | None = None,
@@ -111,7 +126,7 @@ def ventricle_mask(tissue: np.ndarray, prior: np.ndarray, sp, *, lesion: np.ndar
         return np.zeros_like(prior)
     if (csf & prior).sum() < MIN_CSF_SHARE * prior.sum():
         return prior & ~lesion if lesion is not None else prior.copy()
-    cand = csf & (_ball_dist(prior, sp) <= grow_mm)
+    cand = csf & _within(prior, sp, grow_mm)
     lab, n = ndi.label(cand, np.ones((3, 3, 3)))
     hit = np.unique(lab[prior & cand])
     return np.isin(lab, hit[hit > 0])
@@ -149,9 +164,9 @@ def location_context(tissue: sitk.Image, brain: sitk.Image, transform: sitk.Tran
     vent = ventricle_mask(t, carry(priors.ventricles, crop, transform), sp, lesion=les, grow_mm=grow_mm) & b
     deep = carry(priors.deep_gm, crop, transform, soft=False)
     gm = (t == 2) & b & ~infra & ~vent
-    gm &= _ball_dist(deep, sp) > DEEP_GM_MARGIN_MM
-    gm &= _ball_dist(infra, sp) > CORTEX_INFRA_MM
-    vdist = _ball_dist(vent, sp).astype(np.float32)
+    gm &= ~_within(deep, sp, DEEP_GM_MARGIN_MM)
+    gm &= ~_within(infra, sp, CORTEX_INFRA_MM)
+    vdist = _ball_dist(vent, sp)
     gm &= vdist > CORTEX_VENTRICLE_MM
     lab, n = ndi.label(gm, np.ones((3, 3, 3)))
     if n:

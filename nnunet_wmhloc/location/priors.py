@@ -93,9 +93,8 @@ def ventricle_prior(type2: np.ndarray, tissue: np.ndarray, spacing_zyx) -> np.nd
 
 
 @lru_cache(maxsize=4)
-def _load(atlas_dir: str) -> AtlasPriors:
+def _load(atlas_dir: str, t2_path: Path) -> AtlasPriors:
     atlas = _atlas.load_atlas(atlas_dir)
-    t2_path = _type2_path(Path(atlas_dir))
     type2, t2_img = io.read_labels(t2_path, allowed=range(0, 131), what="type-II label map")
     io.check_same_geometry(atlas.tissue, atlas_dir, t2_img, t2_path)
     tissue = sitk.GetArrayViewFromImage(atlas.tissue)
@@ -110,4 +109,5 @@ def _load(atlas_dir: str) -> AtlasPriors:
 
 def atlas_priors(atlas_dir: str | Path) -> AtlasPriors:
     """The location priors of an atlas folder (built atlas or raw Eve folder); cached per folder."""
-    return _load(str(Path(atlas_dir).resolve()))
+    atlas_dir = Path(atlas_dir).resolve()
+    return _load(str(atlas_dir), _type2_path(atlas_dir))
