@@ -47,7 +47,8 @@ def main() -> int:
     eve = a.shared / "eve_atlas"
     c0, w0 = time.process_time(), time.time()
     atlas, priors = _atlas.load_atlas(eve), L.atlas_priors(eve)
-    print(f"atlas + location priors: {time.time() - w0:.1f} s wall, {time.process_time() - c0:.1f} s CPU (once per run)")
+    print(f"atlas + location priors: {time.time() - w0:.1f} s wall, {time.process_time() - c0:.1f} s CPU "
+          f"(once per run)")
     print(f"{'subject':24s} {'wall s':>7s} {'CPU s':>6s} {'register':>8s} {'context':>7s} {'classes':>7s} "
           f"{'atlas':>6s} lesions")
     for name, t1, lesion in subjects(a.shared):
