@@ -13,6 +13,7 @@ SUBPACKAGES = [
     "nnunet_wmhloc.nnunet_ext",
     "nnunet_wmhloc.evaluation",
     "nnunet_wmhloc.pipeline",
+    "nnunet_wmhloc.location",
 ]
 
 CONSOLE_SCRIPTS = {

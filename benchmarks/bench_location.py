@@ -1,0 +1,66 @@
+"""Seconds per subject of the model-free location path (issue 20): T1 → tissue classes → atlas
+registration → location context → lesion classes and loads → lesion mask on the atlas grid. Prints
+figures; no pass/fail. Subjects: nilearn's ICBM152 2009a on its 1 mm grid and on a tilted 1x1x3 mm
+axial grid, and the MNI152 brain, each with lesions planted as in tests/location_common.py. CPU time is
+printed beside wall time: on a shared machine the wall time depends on the load.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_location.py [--shared ../shared/data] [--repeat 1]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_wmhloc import location as L
+from nnunet_wmhloc.atlas import _atlas
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+import location_common as C  # noqa: E402
+
+
+def subjects(shared: Path):
+    icbm = C.icbm152()
+    ref = C.icbm_reference(icbm, shared)
+    labels, _ = C.plant(ref, np.random.default_rng(20))
+    t1 = C.darken(icbm["t1"], labels, ref["gm"])
+    yield "icbm152 1mm", t1, C.as_image((labels > 0).astype(np.uint8), t1)
+    g = C.tilted_axial_grid(t1)
+    m = C.resample(C.as_image((labels > 0).astype(np.float32), t1), g) > 0.5
+    yield "icbm152 1x1x3 tilted", C.resample(t1, g), sitk.Cast(m, sitk.sitkUInt8)
+    mni = sitk.ReadImage(str(shared / "external_reference" / "MNI152_T1_1mm_brain.nii.gz"), sitk.sitkFloat32)
+    # the same lesions by world coordinates (both templates are in MNI space)
+    yield "mni152 1mm", mni, sitk.Cast(C.resample(C.as_image((labels > 0).astype(np.float32), t1), mni) > 0.5,
+                                       sitk.sitkUInt8)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--repeat", type=int, default=1)
+    a = p.parse_args()
+    eve = a.shared / "eve_atlas"
+    c0, w0 = time.process_time(), time.time()
+    atlas, priors = _atlas.load_atlas(eve), L.atlas_priors(eve)
+    print(f"atlas + location priors: {time.time() - w0:.1f} s wall, {time.process_time() - c0:.1f} s CPU "
+          f"(once per run)")
+    print(f"{'subject':24s} {'wall s':>7s} {'CPU s':>6s} {'register':>8s} {'context':>7s} {'classes':>7s} "
+          f"{'atlas':>6s} lesions")
+    for name, t1, lesion in subjects(a.shared):
+        for _ in range(a.repeat):
+            c0, w0 = time.process_time(), time.time()
+            reg = L.register_subject(t1, atlas)
+            loc = L.locate(lesion, reg, priors, atlas_grid=atlas.t1)
+            s = loc.seconds
+            print(f"{name:24s} {time.time() - w0:7.1f} {time.process_time() - c0:6.1f} {reg.seconds:8.1f} "
+                  f"{s['context']:7.1f} {s['classes']:7.1f} {s['atlas_space']:6.1f} {len(loc.lesions)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
