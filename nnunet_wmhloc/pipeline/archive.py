@@ -139,6 +139,16 @@ def _labels(dataset, where: str) -> dict:
     return labels
 
 
+def _heads(labels: dict, dataset: dict, where: str) -> int:
+    """Output channels nnU-Net gives a network for these labels (the ignore label is not predicted)."""
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    try:
+        return int(LabelManager(labels, dataset.get("regions_class_order")).num_segmentation_heads)
+    except Exception as e:  # nnU-Net's own reason for refusing the labels
+        raise WMHLocError(f"{where}: labels nnU-Net cannot use ({type(e).__name__}: {str(e)[:100]})") from None
+
+
 def check_task(task: str, dataset, plans, checkpoints: dict, *, where: str, trainer: str,
                configuration: str | None = None, labels: dict | None = None) -> None:
     """The model is one of `task`: its labels (count, the manifest's), left/right pairs, plans, and each
@@ -163,6 +173,7 @@ def check_task(task: str, dataset, plans, checkpoints: dict, *, where: str, trai
         if task != "region" or not ours:
             raise WMHLocError(f"{where}/dataset.json: {LR_PAIRS_KEY} are not this package's left/right region "
                               "pairs (a model of another task or label scheme)")
+    heads = _heads(have, dataset, f"{where}/dataset.json")
     check_plans(plans, where=f"{where}/plans.json")
     if configuration is not None and configuration not in plans["configurations"]:
         raise WMHLocError(f"{where}/plans.json: no configuration {configuration}")
@@ -172,8 +183,8 @@ def check_task(task: str, dataset, plans, checkpoints: dict, *, where: str, trai
         if ckpt["trainer_name"] != trainer:
             raise WMHLocError(f"{name}: trained with {ckpt['trainer_name']}, the model folder says {trainer}")
         out = output_channels(ckpt)
-        if out is not None and out != n:
-            raise WMHLocError(f"{name}: the network predicts {out} classes, its dataset.json has {n} labels "
+        if out is not None and out != heads:
+            raise WMHLocError(f"{name}: the network predicts {out} classes, its dataset.json {heads} "
                               "(checkpoint of another model)")
 
 
