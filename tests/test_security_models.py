@@ -45,7 +45,7 @@ class Payload:
         return (Path.touch, (self.marker,))
 
 
-def checkpoint(n_classes: int, *, extra=None, trainer: str = TRAINER) -> bytes:
+def checkpoint(n_classes: int, *, extra=None, trainer: str = TRAINER, configuration: str = "2d") -> bytes:
     """What nnUNetTrainer.save_checkpoint writes, at toy size."""
     import io
 
@@ -56,7 +56,7 @@ def checkpoint(n_classes: int, *, extra=None, trainer: str = TRAINER) -> bytes:
             "grad_scaler_state": None,
             "logging": {"mean_fg_dice": [np.float32(0.5)], "lrs": [np.float64(0.01)]},
             "_best_ema": np.float32(0.5), "current_epoch": 1,
-            "init_args": {"plans": {}, "configuration": "2d", "fold": 0, "device": torch.device("cpu")},
+            "init_args": {"plans": {}, "configuration": configuration, "fold": 0, "device": torch.device("cpu")},
             "trainer_name": trainer, "inference_allowed_mirroring_axes": (0, 1)}
     if extra is not None:
         ckpt["extra"] = extra
@@ -270,6 +270,18 @@ def test_archive_models_are_checked_against_their_task(tmp_path):
     # a checkpoint of another trainer than the folder's
     tr = dict(files, **{f"{PATHS['lesion']}/fold_0/checkpoint_final.pth": checkpoint(2, trainer="Evil")})
     assert "trained with Evil" in refused(M.open_archive, write_archive(tmp_path / "tr.zip", tr))
+    conf = dict(files, **{f"{PATHS['lesion']}/fold_0/checkpoint_final.pth": checkpoint(2, configuration="3d")})
+    assert "configuration '3d'" in refused(M.open_archive, write_archive(tmp_path / "conf.zip", conf))
+    # a model folder given by path, named otherwise: the checkpoint's trainer must still be one we know
+    folder = tmp_path / "my_model"
+    (folder / "fold_0").mkdir(parents=True)
+    for f in ("dataset.json", "plans.json"):
+        (folder / f).write_bytes(files[f"{PATHS['region']}/{f}"])
+    (folder / "fold_0" / "checkpoint_final.pth").write_bytes(checkpoint(37))
+    A.check_model_folder(folder, ["0"], "region")
+    assert "Lesion and region models swapped" in refused(A.check_model_folder, folder, ["0"], "lesion")
+    (folder / "fold_0" / "checkpoint_final.pth").write_bytes(checkpoint(37, trainer="Evil"))
+    assert "trainer 'Evil' is not known" in refused(A.check_model_folder, folder, ["0"], "region")
 
 
 # ------------------------------------------------------------------------- item 11: hostile manifests

@@ -149,10 +149,11 @@ def _heads(labels: dict, dataset: dict, where: str) -> int:
         raise WMHLocError(f"{where}: labels nnU-Net cannot use ({type(e).__name__}: {str(e)[:100]})") from None
 
 
-def check_task(task: str, dataset, plans, checkpoints: dict, *, where: str, trainer: str,
+def check_task(task: str, dataset, plans, checkpoints: dict, *, where: str, trainer: str | None,
                configuration: str | None = None, labels: dict | None = None) -> None:
     """The model is one of `task`: its labels (count, the manifest's), left/right pairs, plans, and each
-    checkpoint (restricted load; trainer; output classes). `checkpoints`: fold -> path or bytes."""
+    checkpoint (restricted load; trainer, configuration and output classes nnU-Net will build the network
+    from). `checkpoints`: fold -> path or bytes; `trainer`/`configuration` None: any known one."""
     from nnunet_wmhloc.vocab import LR_PAIRS, LR_PAIRS_KEY
 
     have = _labels(dataset, f"{where}/dataset.json")
@@ -180,8 +181,15 @@ def check_task(task: str, dataset, plans, checkpoints: dict, *, where: str, trai
     for fold, source in checkpoints.items():
         name = f"{where}/fold_{fold}/checkpoint_final.pth"
         ckpt = load_checkpoint(source, where=name)
-        if ckpt["trainer_name"] != trainer:
+        # nnU-Net's predictor builds the network from the checkpoint's trainer and configuration
+        if trainer is not None and ckpt["trainer_name"] != trainer:
             raise WMHLocError(f"{name}: trained with {ckpt['trainer_name']}, the model folder says {trainer}")
+        if trainer is None and not M.trainer_available(ckpt["trainer_name"]):
+            raise WMHLocError(f"{name}: trainer {ckpt['trainer_name']!r} is not known to this installation")
+        conf = ckpt["init_args"].get("configuration")
+        if not (isinstance(conf, str) and conf in plans["configurations"]) or \
+                (configuration is not None and conf != configuration):
+            raise WMHLocError(f"{name}: trained on configuration {conf!r}, not {configuration or 'one of plans.json'}")
         out = output_channels(ckpt)
         if out is not None and out != heads:
             raise WMHLocError(f"{name}: the network predicts {out} classes, its dataset.json {heads} "
@@ -191,7 +199,10 @@ def check_task(task: str, dataset, plans, checkpoints: dict, *, where: str, trai
 def check_model_folder(folder: Path, folds: list[str], task: str) -> None:
     """check_task on a model folder given by path (--lesion-model/--region-model), before nnU-Net loads it."""
     folder = Path(folder)
-    ident = M.model_identity(folder)
+    try:
+        ident = M.model_identity(folder)
+    except WMHLocError:  # a folder named otherwise: nnU-Net goes by the checkpoint alone
+        ident = {"trainer": None, "configuration": None}
     read = {}
     for f in ("dataset.json", "plans.json"):
         p = folder / f
