@@ -33,6 +33,10 @@ NETWORK_PREFIXES = ("dynamic_network_architectures.architectures.",)
 LAYER_PREFIXES = ("torch.nn.",)
 
 
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v.split("+")[0])[:2])
+
+
 def _numpy_dtype_classes() -> list[type]:
     return sorted({type(np.dtype(c)) for c in _DTYPE_CODES}, key=lambda t: t.__name__)
 
@@ -112,6 +116,9 @@ def load_checkpoint(source: str | os.PathLike | bytes, *, where: str) -> dict:
     checked (a dict with network_weights of tensors, trainer_name, init_args). WMHLocError naming `where`."""
     import torch
 
+    if _version(torch.__version__) < (2, 6):
+        raise WMHLocError(f"{where}: torch {torch.__version__}'s weights-only loader can be made to run code "
+                          "(CVE-2025-32434); install torch >= 2.6 to load shared models")
     f = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)
     try:
         with torch.serialization.safe_globals(checkpoint_globals()):
