@@ -99,13 +99,19 @@ def sweep_stale(folder: str | os.PathLike, prefix: str = ".", *, once: bool = Tr
     return removed
 
 
+def new_temp_dir(prefix: str, dir: str | os.PathLike | None = None) -> Path:
+    """mkdtemp named `<prefix><tag>XXXXXXXX` (in `dir`, default $TMPDIR), after sweeping the stale folders of
+    the same prefix there. The caller removes it."""
+    where = Path(dir) if dir is not None else Path(tempfile.gettempdir())
+    sweep_stale(where, prefix)
+    return Path(tempfile.mkdtemp(prefix=prefix + tag(), dir=where))
+
+
 @contextlib.contextmanager
 def temp_dir(prefix: str, dir: str | os.PathLike | None = None) -> Iterator[Path]:
     """A private temporary folder (like tempfile.TemporaryDirectory) named with our tag, after sweeping the
-    stale ones of the same prefix (in `dir`, default $TMPDIR)."""
-    where = Path(dir) if dir is not None else Path(tempfile.gettempdir())
-    sweep_stale(where, prefix)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix + tag(), dir=where))
+    stale ones of the same prefix (in `dir`, default $TMPDIR); removed when the block ends."""
+    tmp = new_temp_dir(prefix, dir)
     try:
         yield tmp
     finally:
