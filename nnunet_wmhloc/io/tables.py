@@ -48,10 +48,15 @@ def csv_cell(v):
         return int(v)
     if v is None:
         return ""
-    s = str(v)
-    if s.startswith(FORMULA_START) and not _PLAIN_NUMBER.fullmatch(s):
-        return "'" + s
-    return s
+    return formula_safe(str(v))
+
+
+def formula_safe(v):
+    """Text a spreadsheet would evaluate, with a leading quote; anything else (numbers too) unchanged. For
+    writers that format their own values (e.g. BIDS TSV)."""
+    if isinstance(v, str) and v.startswith(FORMULA_START) and not _PLAIN_NUMBER.fullmatch(v):
+        return "'" + v
+    return v
 
 
 def uncsv_cell(s: str) -> str:
