@@ -216,6 +216,16 @@ def test_hostile_scheduler_files_are_one_line_errors(tmp_path, content, says):
     assert str(f) in msg and says in msg
 
 
+def test_deeply_nested_json_input_is_one_line_error(tmp_path):
+    from nnunet_wmhloc.io import read_json
+
+    f = tmp_path / "dataset.json"
+    f.write_bytes(b"[" * 100000 + b"]" * 100000)
+    with pytest.raises(WMHLocError) as e:
+        read_json(f, what="model dataset.json")
+    assert "nested too deeply" in _one_line(e)
+
+
 def test_scheduler_file_as_dask_writes_it(tmp_path):
     from nnunet_wmhloc.scheduler_file import read_scheduler_file
 

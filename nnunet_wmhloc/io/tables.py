@@ -111,6 +111,8 @@ def read_json(path: str | os.PathLike, *, what: str = "JSON file", expect: type 
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise WMHLocError(f"{path}: {what} is not valid JSON ({str(e)[:120]})") from None
+    except RecursionError:  # json's decoder recurses per nesting level
+        raise WMHLocError(f"{path}: {what} is JSON nested too deeply") from None
     if expect is not None and not isinstance(obj, expect):
         raise WMHLocError(f"{path}: {what} holds a JSON {type(obj).__name__}, expected a {expect.__name__}")
     return obj
