@@ -180,11 +180,9 @@ def test_stale_temporaries_of_dead_runs_are_swept_only_ours(tmp_path):
         other_host = out / f".x.w{_dead_pid()}h{'0000' if temps.HOST != '0000' else '1111'}-abcdefgh.tmp"
         for q in (other_live, other_host):
             q.write_text("x")
-        write_csv([{"a": 1}], out / "table.csv")  # a later run writing here sweeps, and takes the stale claims
-        with atomic_dir(out / "maps") as d:
-            (d / "x").write_text("done")
+        write_csv([{"a": 1}], out / "other.csv")  # a later run writing anything here sweeps the stale ones
         names = sorted(e.name for e in out.iterdir())
-        assert names == sorted([foreign.name, other_live.name, other_host.name, "maps", "table.csv"])
+        assert names == sorted([foreign.name, other_live.name, other_host.name, "other.csv"])
     finally:
         live.kill()
         live.wait()

@@ -23,6 +23,7 @@ from typing import Iterator
 
 from nnunet_wmhloc.io.paths import WMHLocError
 
+LOCK_TAIL = ".wmhloc-lock"
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:4]
 _TAGGED = re.compile(r"w(?P<pid>\d+)h(?P<host>[0-9a-f]{4})-[a-z0-9_]{8}")
@@ -80,8 +81,9 @@ def _remove(p: Path) -> bool:
 
 
 def sweep_stale(folder: str | os.PathLike, prefix: str = ".", *, once: bool = True) -> list[Path]:
-    """Remove the temporaries in `folder` named `<prefix>...w<pid>h<host>-XXXXXXXX...` made on this machine
-    by processes that are gone; returns what was removed. With `once`, a folder is swept once per process."""
+    """Remove the temporaries in `folder` named `<prefix>...w<pid>h<host>-XXXXXXXX...` (and, for hidden
+    siblings, the claims) made on this machine by processes that are gone; returns what was removed. With
+    `once`, a folder is swept once per process."""
     folder = Path(folder)
     key = (str(folder.resolve()) if folder.exists() else str(folder), prefix)
     if once and key in _swept:
@@ -94,7 +96,14 @@ def sweep_stale(folder: str | os.PathLike, prefix: str = ".", *, once: bool = Tr
     except OSError:
         return []
     for e in entries:
-        if e.name.startswith(prefix) and _stale(e.name, pattern) and _remove(Path(e.path)):
+        if not e.name.startswith(prefix):
+            continue
+        if e.name.endswith(LOCK_TAIL) and prefix == ".":
+            held = _holder(Path(e.path))
+            stale = held is not None and held[1] == HOST and not pid_alive(held[0])
+        else:
+            stale = _stale(e.name, pattern)
+        if stale and _remove(Path(e.path)):
             removed.append(Path(e.path))
     return removed
 
@@ -119,8 +128,7 @@ def temp_dir(prefix: str, dir: str | os.PathLike | None = None) -> Iterator[Path
 
 
 def _lock_path(path: Path) -> Path:
-    tail = ".wmhloc-lock"
-    return path.parent / f".{fit_name(path.name, NAME_MAX - 1 - len(tail))}{tail}"
+    return path.parent / f".{fit_name(path.name, NAME_MAX - 1 - len(LOCK_TAIL))}{LOCK_TAIL}"
 
 
 def _holder(lock: Path) -> tuple[int, str] | None:
