@@ -154,6 +154,15 @@ def check_task(task: str, dataset, plans, checkpoints: dict, *, where: str, trai
     """The model is one of `task`: its labels (count, the manifest's), left/right pairs, plans, and each
     checkpoint (restricted load; trainer, configuration and output classes nnU-Net will build the network
     from). `checkpoints`: fold -> path or bytes; `trainer`/`configuration` None: any known one."""
+    heads = check_task_files(task, dataset, plans, where=where, configuration=configuration, labels=labels)
+    for fold, source in checkpoints.items():
+        check_task_checkpoint(source, where=f"{where}/fold_{fold}/checkpoint_final.pth", plans=plans, heads=heads,
+                              trainer=trainer, configuration=configuration)
+
+
+def check_task_files(task: str, dataset, plans, *, where: str, configuration: str | None = None,
+                     labels: dict | None = None) -> int:
+    """dataset.json and plans.json of a `task` model; returns the output classes its network must have."""
     from nnunet_wmhloc.vocab import LR_PAIRS, LR_PAIRS_KEY
 
     have = _labels(dataset, f"{where}/dataset.json")
@@ -178,22 +187,26 @@ def check_task(task: str, dataset, plans, checkpoints: dict, *, where: str, trai
     check_plans(plans, where=f"{where}/plans.json")
     if configuration is not None and configuration not in plans["configurations"]:
         raise WMHLocError(f"{where}/plans.json: no configuration {configuration}")
-    for fold, source in checkpoints.items():
-        name = f"{where}/fold_{fold}/checkpoint_final.pth"
-        ckpt = load_checkpoint(source, where=name)
-        # nnU-Net's predictor builds the network from the checkpoint's trainer and configuration
-        if trainer is not None and ckpt["trainer_name"] != trainer:
-            raise WMHLocError(f"{name}: trained with {ckpt['trainer_name']}, the model folder says {trainer}")
-        if trainer is None and not M.trainer_available(ckpt["trainer_name"]):
-            raise WMHLocError(f"{name}: trainer {ckpt['trainer_name']!r} is not known to this installation")
-        conf = ckpt["init_args"].get("configuration")
-        if not (isinstance(conf, str) and conf in plans["configurations"]) or \
-                (configuration is not None and conf != configuration):
-            raise WMHLocError(f"{name}: trained on configuration {conf!r}, not {configuration or 'one of plans.json'}")
-        out = output_channels(ckpt)
-        if out is not None and out != heads:
-            raise WMHLocError(f"{name}: the network predicts {out} classes, its dataset.json {heads} "
-                              "(checkpoint of another model)")
+    return heads
+
+
+def check_task_checkpoint(source, *, where: str, plans: dict, heads: int, trainer: str | None,
+                          configuration: str | None) -> None:
+    """One fold's checkpoint: restricted load, then what nnU-Net's predictor builds the network from (the
+    checkpoint's trainer and configuration) and the classes its last layer predicts."""
+    ckpt = load_checkpoint(source, where=where)
+    if trainer is not None and ckpt["trainer_name"] != trainer:
+        raise WMHLocError(f"{where}: trained with {ckpt['trainer_name']}, the model folder says {trainer}")
+    if trainer is None and not M.trainer_available(ckpt["trainer_name"]):
+        raise WMHLocError(f"{where}: trainer {ckpt['trainer_name']!r} is not known to this installation")
+    conf = ckpt["init_args"].get("configuration")
+    if not (isinstance(conf, str) and conf in plans["configurations"]) or \
+            (configuration is not None and conf != configuration):
+        raise WMHLocError(f"{where}: trained on configuration {conf!r}, not {configuration or 'one of plans.json'}")
+    out = output_channels(ckpt)
+    if out is not None and out != heads:
+        raise WMHLocError(f"{where}: the network predicts {out} classes, its dataset.json {heads} "
+                          "(checkpoint of another model)")
 
 
 def check_model_folder(folder: Path, folds: list[str], task: str) -> None:
@@ -246,19 +259,34 @@ def _check_contents(path: Path, z: zipfile.ZipFile, man: dict, names: set[str]) 
                     raise WMHLocError(f"{path}: {m['path']}/{need} missing from the archive")
     recorded = man.get(SHA_KEY)
     if recorded is not None:
-        extra = sorted(set(recorded) ^ (names - {M.MANIFEST}))
+        files = {i.filename for i in z.infolist() if not i.is_dir()} - {M.MANIFEST}
+        extra = sorted(set(recorded) ^ files)
         if extra:
             raise WMHLocError(f"{path}: {extra[0]}: member and manifest {SHA_KEY} disagree (archive altered?)")
-    keep = {f"{m['path']}/{f}" for m in models.values() for f in ("plans.json", "dataset.json")}
-    keep |= {f"{m['path']}/fold_{f}/checkpoint_final.pth" for m in models.values() for f in m["folds"]}
-    data, hashes = {}, {}
+    # the small JSON files first (CRC-checked; hashed again below), then every member in one pass: each
+    # checkpoint is loaded (restricted) and checked as it is read, so one at a time is in memory
+    folds = {}
+    for t in M.TASKS:
+        m = models[t]
+        where = f"{path}: {m['path']}"
+        js = {}
+        for f in ("dataset.json", "plans.json"):
+            if z.getinfo(f"{m['path']}/{f}").file_size > MAX_JSON_BYTES:
+                raise WMHLocError(f"{where}/{f}: too large for an nnU-Net {f}")
+            js[f] = _json(z.read(f"{m['path']}/{f}"), f"{where}/{f}")
+        heads = check_task_files(t, js["dataset.json"], js["plans.json"], where=where,
+                                 configuration=m.get("configuration"), labels=m.get("labels"))
+        for f in m["folds"]:
+            folds[f"{m['path']}/fold_{f}/checkpoint_final.pth"] = dict(
+                plans=js["plans.json"], heads=heads, trainer=m["trainer"], configuration=m.get("configuration"))
+    hashes = {}
     for i in z.infolist():
         if i.is_dir() or i.filename == M.MANIFEST:
             continue
         if i.filename.endswith((".pkl", ".pickle")):
             raise WMHLocError(f"{path}: member {i.filename} is a pickle, which a model archive never needs")
         h = hashlib.sha256()
-        buf = bytearray() if i.filename in keep or i.filename.endswith(".pth") else None
+        buf = bytearray() if i.filename.endswith(".pth") else None
         with z.open(i) as src:  # raises BadZipFile on a CRC mismatch
             while chunk := src.read(1 << 20):
                 h.update(chunk)
@@ -268,20 +296,10 @@ def _check_contents(path: Path, z: zipfile.ZipFile, man: dict, names: set[str]) 
         if recorded is not None and recorded[i.filename] != hashes[i.filename]:
             raise WMHLocError(f"{path}: member {i.filename} differs from its SHA-256 in the manifest (altered "
                               "or damaged)")
-        if buf is not None:
-            data[i.filename] = bytes(buf)
-    for t in M.TASKS:
-        m = models[t]
-        where = f"{path}: {m['path']}"
-        if len(data[f"{m['path']}/dataset.json"]) > MAX_JSON_BYTES or len(data[f"{m['path']}/plans.json"]) > MAX_JSON_BYTES:
-            raise WMHLocError(f"{where}: plans.json/dataset.json too large")
-        check_task(t, _json(data[f"{m['path']}/dataset.json"], f"{where}/dataset.json"),
-                   _json(data[f"{m['path']}/plans.json"], f"{where}/plans.json"),
-                   {f: data[f"{m['path']}/fold_{f}/checkpoint_final.pth"] for f in m["folds"]},
-                   where=where, trainer=m["trainer"], configuration=m.get("configuration"), labels=m.get("labels"))
-    for name in data:  # other checkpoints (not loaded by nnU-Net's prediction, but unpacked)
-        if name.endswith(".pth") and name not in keep:
-            load_checkpoint(data[name], where=f"{path}: {name}")
+        if i.filename in folds:
+            check_task_checkpoint(bytes(buf), where=f"{path}: {i.filename}", **folds[i.filename])
+        elif buf is not None:  # other checkpoints: not loaded by nnU-Net's prediction, but unpacked
+            load_checkpoint(bytes(buf), where=f"{path}: {i.filename}")
     return dict(man, **{SHA_KEY: hashes})
 
 
