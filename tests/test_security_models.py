@@ -140,6 +140,9 @@ def test_checkpoint_that_runs_code_is_refused_unloaded(tmp_path):
     msg = refused(M.open_archive, z)
     assert "checkpoint_final.pth" in msg and "refused" in msg
     assert not marker.exists()
+    # unpacking an archive open_archive did not pass checks it first
+    assert "refused" in refused(M.extract_archive, z, manifest(files), tmp_path / "o" / "models")
+    assert not marker.exists() and not (tmp_path / "o" / "models").exists()
     # a model folder given by path (--lesion-model), before nnU-Net loads it
     folder = tmp_path / "results" / PATHS["lesion"]
     for name, data in files.items():

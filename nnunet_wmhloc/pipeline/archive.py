@@ -33,6 +33,7 @@ MAX_TOTAL_BYTES = 16 << 30
 MAX_RATIO = 200  # float weights hardly compress, JSON some tenfold; zeros a thousandfold
 MAX_JSON_BYTES = 64 << 20
 SHA_KEY = "files_sha256"  # manifest: member name -> SHA-256 of its data (all members but the manifest)
+_CHECKED: dict[str, dict[str, str]] = {}  # archive -> member hashes, of archives open_archive passed
 _FOLD = re.compile(r"[A-Za-z0-9_]{1,32}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,200}")
 
@@ -300,6 +301,7 @@ def _check_contents(path: Path, z: zipfile.ZipFile, man: dict, names: set[str]) 
             check_task_checkpoint(bytes(buf), where=f"{path}: {i.filename}", **folds[i.filename])
         elif buf is not None:  # other checkpoints: not loaded by nnU-Net's prediction, but unpacked
             load_checkpoint(bytes(buf), where=f"{path}: {i.filename}")
+    _CHECKED[str(path.resolve())] = hashes
     return dict(man, **{SHA_KEY: hashes})
 
 
@@ -307,7 +309,8 @@ def extract_archive(path: Path, manifest: dict, dest: Path) -> Path:
     """Unpack the archive into `dest` (atomically; kept when it already holds this archive): members
     re-checked against the hashes open_archive checked, each no longer than it declared."""
     path = Path(path)
-    hashes = manifest.get(SHA_KEY) or open_archive(path)[SHA_KEY]
+    # the hashes of what open_archive checked in this process (checkpoints included); else check it now
+    hashes = _CHECKED.get(str(path.resolve())) or open_archive(path)[SHA_KEY]
     digest = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
     stamp = {"archive": str(path.resolve()), "id": manifest.get("id"), "size": path.stat().st_size,
              "files": digest}
