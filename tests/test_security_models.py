@@ -149,7 +149,7 @@ def test_checkpoint_that_runs_code_is_refused_unloaded(tmp_path):
         if name.startswith(PATHS["lesion"]):
             (tmp_path / "results" / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / "results" / name).write_bytes(data)
-    assert "refused" in refused(A.check_model_folder, folder, ["0"], "lesion")
+    assert "refused" in refused(M.check_model_folder, folder, ["0"], "lesion")
     assert not marker.exists()
 
 

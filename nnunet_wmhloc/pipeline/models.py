@@ -309,6 +309,14 @@ def trainer_available(name: str) -> bool:
                                        "nnunetv2.training.nnUNetTrainer") is not None
 
 
+def check_model_folder(folder: Path, folds: list[str], task: str) -> None:
+    """A model folder given by path, checked as archive models are (pipeline.archive) before nnU-Net loads
+    its checkpoints: labels of `task`, plans imports, checkpoints read without running code."""
+    from nnunet_wmhloc.pipeline.archive import check_model_folder as check
+
+    check(folder, folds, task)
+
+
 def extract_archive(path: Path, manifest: dict, dest: Path) -> Path:
     """Unpack the archive into `dest` (atomically; kept when it already holds this archive), writing only
     the bytes open_archive checked."""
