@@ -13,12 +13,12 @@ The segmentation is nnU-Net's argmax of exactly these float32 probabilities, so 
 segmentation's grid their argmax must reproduce it voxel for voxel: `CaseReader.check_against_segmentation`
 uses that to catch axis-order or pairing mistakes instead of trusting our reading of the format.
 
-The .pkl is a pickle, unpickled as nnU-Net itself does: only open prediction folders you trust.
+The .pkl is a pickle: it is read by a restricted unpickler (nnunet_wmhloc.safeload) that allows only what
+nnU-Net's properties hold (builtins, OrderedDict, numpy arrays, dtypes and scalars), so it cannot run code.
 """
 from __future__ import annotations
 
 import json
-import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_wmhloc.io import WMHLocError
+from nnunet_wmhloc.safeload import load_pickle
 
 SEG_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd", ".gipl")
 NNUNET_SIDE_FILES = {"plans.json", "dataset.json", "predict_from_raw_data_args.json"}
@@ -213,11 +214,7 @@ class CaseReader:
     def __init__(self, case: Case):
         self.case = case
         self.seg_info = _seg_info(case.seg)
-        try:
-            with open(case.pkl, "rb") as f:
-                props = pickle.load(f)
-        except Exception as e:  # any unpickling failure is a bad input file
-            raise WMHLocError(f"{case.pkl}: cannot read nnU-Net properties ({type(e).__name__})") from None
+        props = load_pickle(case.pkl)  # only what nnU-Net's properties hold: a hostile .pkl cannot run code
         if not isinstance(props, dict):
             raise WMHLocError(f"{case.pkl}: not an nnU-Net properties dict")
         self._npz = _NpzChannels(case.npz)

@@ -3,7 +3,8 @@
 - `paths`: user paths (exists, kind, readable), folder listings, names used as path parts, `WMHLocError`;
 - `images`: NIfTI/ITK images read with the checks ITK does not make, written atomically;
 - `outputs`: checks before writing, folders we own (only those are replaced), atomic files/folders, JSON;
-- `tables`: CSV and JSON tables.
+- `tables`: CSV and JSON tables (cells a spreadsheet would run as formulas neutralised);
+- `temps`: temporaries tagged with their process (swept once it is dead), exclusive claims on outputs.
 
 Nothing here knows the pipeline. The names below are the public ones; import them from `nnunet_wmhloc.io`.
 """
@@ -14,12 +15,14 @@ from nnunet_wmhloc.io.outputs import (OWNER_MARKER, atomic_dir, atomic_file, che
                                       remove_owned, write_json, write_text)
 from nnunet_wmhloc.io.images import (array_to_image, check_same_geometry, geometry, read_array, read_image,
                                      read_labels, voxel_volume_mm3, write_image)
-from nnunet_wmhloc.io.tables import read_csv, read_json, write_csv
+from nnunet_wmhloc.io.tables import csv_cell, formula_safe, read_csv, read_json, write_csv
+from nnunet_wmhloc.io.temps import claim, fit_name, new_temp_dir, sweep_stale, temp_dir
 
 __all__ = [
     "NIFTI_SUFFIXES", "WMHLocError", "check_path", "few", "is_number", "list_inputs", "safe_name", "strip_nifti",
     "OWNER_MARKER", "atomic_dir", "atomic_file", "check_not_input", "check_output", "check_overwrite", "is_owned",
     "make_owned_dir", "mark_owned", "not_owned_error", "remove_owned", "write_json", "write_text",
     "array_to_image", "check_same_geometry", "geometry", "read_array", "read_image", "read_labels",
-    "voxel_volume_mm3", "write_image", "read_csv", "read_json", "write_csv",
+    "voxel_volume_mm3", "write_image", "csv_cell", "formula_safe", "read_csv", "read_json", "write_csv",
+    "claim", "fit_name", "new_temp_dir", "sweep_stale", "temp_dir",
 ]

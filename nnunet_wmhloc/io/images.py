@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -16,6 +17,7 @@ from nnunet_wmhloc.io.paths import NIFTI_SUFFIXES, WMHLocError, check_path
 # ITK prints multi-line warnings (e.g. "zero spacing, using 1") on stderr: every problem that matters is
 # checked here and reported as one line instead
 sitk.ProcessObject.SetGlobalWarningDisplay(False)
+DEFLATE_MAX_RATIO = 1032  # deflate's largest expansion (258-byte matches in ~2-bit codes)
 
 
 def read_image(path: str | os.PathLike, *, what: str = "image", dim: int = 3,
@@ -53,8 +55,9 @@ def read_image(path: str | os.PathLike, *, what: str = "image", dim: int = 3,
 
 def _check_nifti_file(path: Path, what: str, allow_nonfinite: bool) -> bool:
     """Header checks ITK does not make: positive voxel sizes (ITK reads 0 as 1 mm), and that the file holds
-    every voxel (ITK reads a truncated .nii.gz without complaint). Returns whether the data are float: those
-    are read whole by nibabel for the NaN count (ITK turns NaN into 0), which proves completeness too."""
+    every voxel (ITK reads a truncated .nii.gz without complaint; and allocates whatever a header declares,
+    so a tiny file claiming a huge image is refused here first). Returns whether the data are float and to be
+    read whole by nibabel for the NaN count (ITK turns NaN into 0)."""
     import nibabel as nib
 
     try:
@@ -80,14 +83,13 @@ def _check_nifti_file(path: Path, what: str, allow_nonfinite: bool) -> bool:
     if bad:
         raise WMHLocError(f"{path}: {what} has voxel size {_vec(pixdim)} in its header (zero or negative "
                           "spacing; fix the header, e.g. with nibabel or fslmodhd)")
-    if dtype.kind == "f" and not allow_nonfinite:
-        return True
-    need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # float images too: before ITK or nibabel allocate what the header declares, the file must hold it
+    need = offset + math.prod(max(d, 0) for d in shape) * dtype.itemsize  # Python ints: no overflow
     have = _nifti_bytes(path, need)
     if have < need:
         raise WMHLocError(f"{path}: {what} is truncated ({have} of {need} bytes of image data; "
                           "copy it again)")
-    return dtype.kind == "f"
+    return dtype.kind == "f" and not allow_nonfinite
 
 
 def _nifti_bytes(path: Path, need: int) -> int:
@@ -99,7 +101,9 @@ def _nifti_bytes(path: Path, need: int) -> int:
         return path.stat().st_size
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
-        if f.tell() >= 18:  # smallest gzip member: 10-byte header + 8-byte trailer
+        # the size field is only believed when deflate could expand the file that far (at most ~1032:1):
+        # a forged trailer on a tiny file is streamed, and found short
+        if 18 <= f.tell() and need <= f.tell() * DEFLATE_MAX_RATIO:  # 18: gzip header + trailer
             f.seek(-4, os.SEEK_END)
             if int.from_bytes(f.read(4), "little") == need % 2**32:
                 return need

@@ -3,6 +3,7 @@ files and folders (a temporary sibling renamed into place), text and JSON."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from nnunet_wmhloc.io.paths import WMHLocError
+from nnunet_wmhloc.io.temps import claim, hidden_prefix, sweep_stale
 
 # the marker a folder made by one of our commands holds: only such folders (or empty ones) are ever replaced
 OWNER_MARKER = ".wmhloc_output"
@@ -131,27 +133,55 @@ def check_overwrite(path: Path, overwrite: bool) -> None:
 
 
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
+    """A hidden temporary beside `path`, named with our process tag within the file-name limit, after
+    sweeping the temporaries dead runs left in that folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    sweep_stale(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=hidden_prefix(path, ".tmp" + suffix), suffix=".tmp" + suffix,
+                               dir=path.parent)
     os.close(fd)
     _follow_umask(Path(tmp), folder=False)
     return Path(tmp)
 
 
+def _made_meanwhile(path: Path) -> WMHLocError:
+    return WMHLocError(f"{path}: was created by another command meanwhile; not replaced (use --overwrite to "
+                       "replace it)")
+
+
+def _place_file(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Rename `tmp` onto `path`; without `overwrite` never onto a file that appeared meanwhile (a hard link
+    fails if the name exists; where links are not supported, a last look instead)."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _made_meanwhile(path) from None
+    except OSError:
+        if path.exists():
+            raise _made_meanwhile(path) from None
+        os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, *, overwrite: bool = False, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed.
+    `path` is claimed for the block: a second writer of it meanwhile stops in one line.
 
     `suffix` keeps the ending writers infer the format from (e.g. '.nii.gz', '.png')."""
     path = Path(path)
     check_output(path, overwrite=overwrite, kind="file")
-    tmp = _tmp_sibling(path, suffix)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with claim(path):
+        tmp = _tmp_sibling(path, suffix)
+        try:
+            yield tmp
+            _place_file(tmp, path, overwrite)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
 
 @contextlib.contextmanager
@@ -163,23 +193,36 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     path = Path(path)
     check_output(path, overwrite=overwrite, kind="dir")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with claim(path):
+        sweep_stale(path.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=hidden_prefix(path, ".tmp"), suffix=".tmp", dir=path.parent))
+        try:
+            _follow_umask(tmp, folder=True)
+            mark_owned(tmp)
+            yield tmp
+            _place_dir(tmp, path, overwrite)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _place_dir(tmp: Path, path: Path, overwrite: bool) -> None:
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise _made_meanwhile(path)
+        if not is_owned(path):  # made meanwhile by someone else
+            raise not_owned_error(path)
+        old = Path(tempfile.mkdtemp(prefix=hidden_prefix(path, ".old"), suffix=".old", dir=path.parent))
+        os.replace(path, old / "x")
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+        return
     try:
-        _follow_umask(tmp, folder=True)
-        mark_owned(tmp)
-        yield tmp
-        if path.exists():
-            if not is_owned(path):  # made meanwhile by someone else
-                raise not_owned_error(path)
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        os.rename(tmp, path)  # onto a folder made this instant: fails unless it is empty
+    except OSError as e:
+        if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise _made_meanwhile(path) from None
+        raise
 
 
 def write_text(text: str, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

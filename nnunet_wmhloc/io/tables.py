@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from io import StringIO
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -16,7 +17,8 @@ from nnunet_wmhloc.io.paths import WMHLocError, check_path
 
 def write_csv(rows: Sequence[Mapping], path: str | os.PathLike, *, columns: Sequence[str] | None = None,
               overwrite: bool = False) -> Path:
-    """Write dict rows as CSV (columns = first row's keys unless given); floats with 6 significant digits."""
+    """Write dict rows as CSV (columns = first row's keys unless given); cells as `csv_cell` makes them
+    (floats with 6 significant digits; text a spreadsheet would run as a formula starts with a quote)."""
     if columns is None:
         columns = list(rows[0].keys()) if rows else []
     with atomic_file(path, overwrite=overwrite) as tmp:
@@ -24,16 +26,44 @@ def write_csv(rows: Sequence[Mapping], path: str | os.PathLike, *, columns: Sequ
             w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="raise")
             w.writeheader()
             for r in rows:
-                w.writerow({k: _csv_value(r.get(k, "")) for k in columns})
+                w.writerow({k: csv_cell(r.get(k, "")) for k in columns})
     return Path(path)
 
 
-def _csv_value(v):
+# OWASP's CSV-injection rule: a cell a spreadsheet would evaluate (it starts with = + - @, tab or carriage
+# return) is written with a leading single quote, which spreadsheets show as text. Numbers are not touched,
+# nor strings that are plain numbers ('-3.5', '+2', '1e-3'): a spreadsheet reads those as numbers, not formulas.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_cell(v):
+    """A value as a CSV/TSV cell: floats with 6 significant digits (NaN/inf empty), formula-like text
+    neutralised (OWASP). Every table writer uses it."""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
     if isinstance(v, (float, np.floating)):
         return "" if not np.isfinite(v) else f"{float(v):.6g}"
-    if isinstance(v, np.integer):
+    if isinstance(v, (int, np.integer)):
         return int(v)
+    if v is None:
+        return ""
+    return formula_safe(str(v))
+
+
+def formula_safe(v):
+    """Text a spreadsheet would evaluate, with a leading quote; anything else (numbers too) unchanged. For
+    writers that format their own values (e.g. BIDS TSV)."""
+    if isinstance(v, str) and v.startswith(FORMULA_START) and not _PLAIN_NUMBER.fullmatch(v):
+        return "'" + v
     return v
+
+
+def uncsv_cell(s: str) -> str:
+    """The value csv_cell neutralised: the leading quote removed again (read_csv does this)."""
+    if s[:1] == "'" and s[1:2] and s[1:].startswith(FORMULA_START) and not _PLAIN_NUMBER.fullmatch(s[1:]):
+        return s[1:]
+    return s
 
 
 def read_csv(path: str | os.PathLike, *, required: Sequence[str] = ()) -> list[dict]:
@@ -48,7 +78,7 @@ def read_csv(path: str | os.PathLike, *, required: Sequence[str] = ()) -> list[d
         missing = [c for c in required if c not in cols]
         if missing:
             raise WMHLocError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(cols) or 'none'})")
-        return [dict(r) for r in reader]
+        return [{k: uncsv_cell(v) if isinstance(v, str) else v for k, v in r.items()} for r in reader]
     except csv.Error as e:
         raise WMHLocError(f"{path}: line {reader.line_num}: not a valid CSV ({e})") from None
 
@@ -81,6 +111,8 @@ def read_json(path: str | os.PathLike, *, what: str = "JSON file", expect: type 
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise WMHLocError(f"{path}: {what} is not valid JSON ({str(e)[:120]})") from None
+    except RecursionError:  # json's decoder recurses per nesting level
+        raise WMHLocError(f"{path}: {what} is JSON nested too deeply") from None
     if expect is not None and not isinstance(obj, expect):
         raise WMHLocError(f"{path}: {what} holds a JSON {type(obj).__name__}, expected a {expect.__name__}")
     return obj

@@ -15,10 +15,10 @@ prediction work).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_wmhloc.io import WMHLocError, atomic_dir, atomic_file, read_labels
+from nnunet_wmhloc.io import WMHLocError, atomic_file, read_labels
 
 MANIFEST = "wmhloc_manifest.json"
 FORMAT = "nnunet_wmhloc-models"
@@ -257,6 +257,7 @@ def export_models(models: dict[str, Path], folds: dict[str, list[str]], fusion: 
                 "nnunetv2_version": version("nnunetv2"), "models": tasks, "fusion": fusion,
                 "training_data": training or {}}
     env = dict(os.environ if env is None else env)
+    hashes: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="wmhloc_export_") as tmp, \
             atomic_file(output, overwrite=overwrite, suffix=".zip") as dst:
         with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as out:
@@ -266,9 +267,15 @@ def export_models(models: dict[str, Path], folds: dict[str, list[str]], fusion: 
                 _nnunet_export(Path(models[t]).resolve(), tasks[t], folds[t], part, env)
                 with zipfile.ZipFile(part) as z:
                     for info in z.infolist():
+                        h = hashlib.sha256()
                         with z.open(info) as src, out.open(info, "w") as o:
-                            shutil.copyfileobj(src, o, 1 << 20)
+                            while chunk := src.read(1 << 20):
+                                h.update(chunk)
+                                o.write(chunk)
+                        if not info.is_dir():
+                            hashes[info.filename] = h.hexdigest()
                     tasks[t]["files"] = sorted(z.namelist())
+            manifest["files_sha256"] = hashes  # checked by open_archive before any member is used
             out.writestr(MANIFEST, json.dumps(manifest, indent=2, default=str))
     return manifest
 
@@ -279,49 +286,11 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 
 
 def open_archive(path: Path) -> dict:
-    """Check an archive without writing anything: a readable, undamaged zip with our manifest, of a format
-    and nnU-Net version this installation reads, holding every file the manifest lists, with trainers we
-    can build. Returns the manifest."""
-    path = Path(path)
-    if not path.is_file():
-        raise WMHLocError(f"{path}: model archive not found")
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()  # reads every member: catches truncated or corrupted data
-            names = set(z.namelist())
-            if bad is not None:
-                raise WMHLocError(f"{path}: damaged model archive ({bad} fails its checksum)")
-            if MANIFEST not in names:
-                raise WMHLocError(f"{path}: not an nnunet_wmhloc model archive (no {MANIFEST}; "
-                                  "make one with wmhloc_export_models)")
-            manifest = json.loads(z.read(MANIFEST).decode("utf-8"))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, UnicodeDecodeError) as e:
-        raise WMHLocError(f"{path}: damaged or not a model archive ({type(e).__name__}: {str(e)[:100]})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise WMHLocError(f"{path}: {MANIFEST} is not an nnunet_wmhloc model manifest")
-    fv = manifest.get("format_version")
-    if fv != FORMAT_VERSION:
-        raise WMHLocError(f"{path}: archive format version {fv}; this nnunet_wmhloc reads version "
-                          f"{FORMAT_VERSION} (use a matching nnunet_wmhloc)")
-    from importlib.metadata import version
+    """Check an archive without writing anything (limits, manifest, hashes, per-task models, checkpoints
+    read without running code: pipeline.archive). Returns the manifest."""
+    from nnunet_wmhloc.pipeline.archive import open_archive as check
 
-    have, made = version("nnunetv2"), str(manifest.get("nnunetv2_version", "?"))
-    if _version_tuple(have)[:2] != _version_tuple(made)[:2]:
-        raise WMHLocError(f"{path}: models exported with nnU-Net {made}, this installation has {have} "
-                          "(checkpoints are only read by the same nnU-Net minor version)")
-    models = manifest.get("models", {})
-    for t in TASKS:
-        m = models.get(t)
-        if not isinstance(m, dict) or not {"path", "trainer", "folds"} <= set(m):
-            raise WMHLocError(f"{path}: manifest has no complete {t} model entry")
-        for f in m["folds"]:
-            for need in (f"fold_{f}/checkpoint_final.pth", "plans.json", "dataset.json"):
-                if f"{m['path']}/{need}" not in names:
-                    raise WMHLocError(f"{path}: {m['path']}/{need} missing from the archive")
-        if not trainer_available(m["trainer"]):
-            raise WMHLocError(f"{path}: {t} trainer {m['trainer']} is not known to this nnunet_wmhloc/nnU-Net "
-                              "installation (exported with a newer version?)")
-    return manifest
+    return check(path)
 
 
 def trainer_available(name: str) -> bool:
@@ -340,24 +309,20 @@ def trainer_available(name: str) -> bool:
                                        "nnunetv2.training.nnUNetTrainer") is not None
 
 
+def check_model_folder(folder: Path, folds: list[str], task: str) -> None:
+    """A model folder given by path, checked as archive models are (pipeline.archive) before nnU-Net loads
+    its checkpoints: labels of `task`, plans imports, checkpoints read without running code."""
+    from nnunet_wmhloc.pipeline.archive import check_model_folder as check
+
+    check(folder, folds, task)
+
+
 def extract_archive(path: Path, manifest: dict, dest: Path) -> Path:
-    """Unpack the archive into `dest` (atomically; kept when it already holds this archive)."""
-    stamp = {"archive": str(Path(path).resolve()), "id": manifest.get("id"), "size": Path(path).stat().st_size}
-    mark = dest / ".archive.json"
-    if mark.is_file():
-        try:
-            if json.loads(mark.read_text()) == stamp:
-                return dest
-        except ValueError:
-            pass
-    with atomic_dir(dest, overwrite=True) as tmp, zipfile.ZipFile(path) as z:
-        for name in z.namelist():
-            target = (tmp / name).resolve()
-            if tmp.resolve() not in target.parents:  # no ../ escapes from a hostile archive
-                raise WMHLocError(f"{path}: member {name} points outside the archive")
-        z.extractall(tmp)
-        (tmp / ".archive.json").write_text(json.dumps(stamp))
-    return dest
+    """Unpack the archive into `dest` (atomically; kept when it already holds this archive), writing only
+    the bytes open_archive checked."""
+    from nnunet_wmhloc.pipeline.archive import extract_archive as unpack
+
+    return unpack(path, manifest, dest)
 
 
 def describe_fusion(spec: dict) -> str:
