@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from conftest import SHARED, SMOKE, run_cmd
