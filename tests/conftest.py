@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -203,24 +204,58 @@ def _trained_runs_started(request, tmp_path_factory):
             start_run(shared_root(tmp_path_factory), name)
 
 
+def _group(item) -> str | None:
+    """The xdist worker an item must share with others: the session's nnU-Net folders (nnunet_env: its tests
+    train into them), else a module-scoped fixture (made once), else none."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    if "nnunet_env" in info.names_closure:
+        return "nnunet_env"
+    if any(d and d[-1].scope == "module" for d in info.name2fixturedefs.values()):
+        return item.nodeid.split("::")[0]
+    return None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Tests of the trained runs last (the cohort run's, then the demo's), so the suite's other tests run while
-    the runs train. Under xdist (--dist loadgroup) the tests of the session's nnU-Net folders (nnunet_env: they
-    train into them) go to one worker, and so do the tests sharing a module-scoped fixture: made once."""
+    the runs train; under xdist each worker writes the items' groups for the controller's scheduler."""
     def rank(item):
         names = getattr(item, "fixturenames", ())
         return 2 if "demo" in names else 1 if "cohort_run" in names else 0
 
     items.sort(key=rank)
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:
-            continue
-        if "nnunet_env" in info.names_closure:
-            item.add_marker(pytest.mark.xdist_group("nnunet_env"))
-        elif any(d and d[-1].scope == "module" for d in info.name2fixturedefs.values()):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    if WORKER:
+        groups = {item.nodeid: g for item in items if (g := _group(item))}
+        path = shared_root(config._tmp_path_factory) / ".xdist_groups.json"
+        tmp = path.with_name(f"{path.name}.{WORKER}.tmp")
+        tmp.write_text(json.dumps(groups))
+        os.replace(tmp, path)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup with the groups of _group(). xdist's own loadgroup reads the group from a suffix it adds
+    to the node id, which pytest 9.2 no longer lets it change (pytest-xdist issue 1386): all tests were spread
+    as if ungrouped. The workers write the groups (above) before they report their collection, so they are
+    there when the scheduler first asks."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    path = shared_root(config._tmp_path_factory) / ".xdist_groups.json"
+
+    class GroupScheduling(LoadScopeScheduling):
+        groups: dict | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                self.groups = json.loads(path.read_text()) if path.is_file() else {}
+            key = nodeid[:nodeid.rfind("@")] if nodeid.rfind("@") > nodeid.rfind("]") else nodeid
+            return self.groups.get(key, nodeid)
+
+    return GroupScheduling(config, log)
 
 
 def pytest_sessionfinish(session, exitstatus):
