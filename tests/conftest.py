@@ -173,10 +173,11 @@ def start_run(root: Path, name: str) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
             env = {**os.environ, **{k: v for k, v in env.items() if k not in os.environ}}
             with open(folder / "stdout", "w") as o, open(folder / "stderr", "w") as e:
-                # the shell records the exit code; its own session, so one killpg ends the run and its children
-                p = subprocess.Popen(["/bin/sh", "-c", '"$@"; echo $? > rc.tmp && mv rc.tmp rc', "sh",
-                                      *map(str, argv)], cwd=folder, stdout=o, stderr=e, env=env,
-                                     start_new_session=True)
+                # the shell records the exit code and the run's CPU time (`times`: what the suite's budget is
+                # made of); its own session, so one killpg ends the run and its children
+                shell = '"$@"; rc=$?; times > cpu_times; echo $rc > rc.tmp && mv rc.tmp rc'
+                p = subprocess.Popen(["/bin/sh", "-c", shell, "sh", *map(str, argv)], cwd=folder, stdout=o,
+                                     stderr=e, env=env, start_new_session=True)
             (folder / "argv").write_text("\n".join(map(str, argv)))
             (folder / "pid").write_text(str(p.pid))
     return folder
