@@ -206,8 +206,12 @@ def _trained_runs_started(request, tmp_path_factory):
 
 
 def _group(item) -> str | None:
-    """The xdist worker an item must share with others: the session's nnU-Net folders (nnunet_env: its tests
-    train into them), else a module-scoped fixture (made once), else none."""
+    """The xdist worker an item must share with others: its same_worker mark (tests that change a shared folder
+    and those reading it, in file order), the session's nnU-Net folders (nnunet_env: its tests train into them),
+    a module-scoped fixture (made once), else none."""
+    mark = item.get_closest_marker("same_worker")
+    if mark:
+        return mark.args[0]
     info = getattr(item, "_fixtureinfo", None)
     if info is None:
         return None
@@ -216,6 +220,11 @@ def _group(item) -> str | None:
     if any(d and d[-1].scope == "module" for d in info.name2fixturedefs.values()):
         return item.nodeid.split("::")[0]
     return None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "same_worker(group): run on one xdist worker with the group's other tests, "
+                            "in file order (they change and read one shared folder)")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -46,6 +46,11 @@ def _script(name: str) -> str:
     return str(p) if p.exists() else name
 
 
+# the tests that read the demo's report and outputs and the two that run stages on them again (--force cluster
+# rewrites the report): one xdist worker, in this order
+DEMO_FOLDER = pytest.mark.same_worker("demo_outputs")
+
+
 def _csv(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
@@ -90,6 +95,7 @@ def _png_has_content(path: Path) -> bool:
     return a.ndim == 3 and a.shape[0] > 100 and a.shape[1] > 100 and float(a[..., :3].std()) > 0.02
 
 
+@DEMO_FOLDER
 def test_demo_report_and_outputs(demo):
     out = demo["out"]
     for s in STAGES:
@@ -139,6 +145,7 @@ def test_demo_report_and_outputs(demo):
     assert "groups.csv" in text and "regional_loads.csv" in text and "Wilcoxon" in text
 
 
+@DEMO_FOLDER
 def test_demo_rerun_skips_finished_stages(demo, capfd):
     out = demo["out"]
     before = {s: (out / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
@@ -150,6 +157,7 @@ def test_demo_rerun_skips_finished_stages(demo, capfd):
     assert logs == {s: (out / "logs" / f"{s}.log").stat().st_mtime_ns for s in STAGES}
 
 
+@DEMO_FOLDER
 def test_demo_force_cluster_redoes_it_and_later_stages(demo, capfd):
     out = demo["out"]
     before = {s: (out / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
@@ -277,6 +285,7 @@ def _not_loaded(seen: dict) -> list[str]:
 
 
 @needs_chromium
+@DEMO_FOLDER
 def test_demo_report_renders_in_browser(demo, tmp_path):
     html = demo["out"] / "report" / "report.html"
     links = check_report_offline(html)
@@ -293,6 +302,7 @@ def test_demo_report_renders_in_browser(demo, tmp_path):
 
 
 @needs_chromium
+@DEMO_FOLDER
 def test_browser_check_detects_broken_report(demo, tmp_path):
     """The same check on a copy of the report with one figure deleted, one emptied (not an image any more: a
     truncated PNG still shows its top, so that is the file checks' job) and a CDN stylesheet added: each is
