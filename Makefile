@@ -21,5 +21,9 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	$(BIN)/wmhloc_run --demo --output wmhloc_demo
 
+# Two pytest-xdist workers: the demo and the smoke cohort run train in the background from the first test
+# (tests/conftest.py), the other tests run beside them, the tests of those runs last; tests sharing a
+# module-scoped fixture or the session's nnU-Net folders stay on one worker (--dist loadgroup), in file order.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder tests

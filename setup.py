@@ -70,6 +70,9 @@ setup(
     # bids-validator-deno: the official BIDS schema validator (its bundled schema and deno binary: runs offline),
     # checks wmhloc_predict --layout bids output in the tests
     # selenium drives Debian's chromium through its chromedriver for the report's real-browser test
-    extras_require={"dask": DASK, "test": ["pytest", "nilearn", *DASK, "bids-validator-deno", "selenium>=4.11"]},
+    # pytest-xdist: `make test` runs two workers (--dist loadgroup, --no-loadscope-reorder needs >= 3.6); filelock: the
+    # workers share the session's synthetic cohort and trained runs, made once under a lock (tests/conftest.py)
+    extras_require={"dask": DASK, "test": ["pytest", "pytest-xdist>=3.6", "filelock", "nilearn", *DASK,
+                                           "bids-validator-deno", "selenium>=4.11"]},
     entry_points={"console_scripts": [f"{k}={v}" for k, v in CONSOLE_SCRIPTS.items()]},
 )

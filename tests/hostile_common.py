@@ -13,22 +13,17 @@ import SimpleITK as sitk
 from nnunet_wmhloc.io import OWNER_MARKER
 
 SHAPE = (6, 12, 12)  # z, y, x: tiny, still 3D
-MODULES = {
-    "wmhloc_env": "nnunet_wmhloc.env",
-    "wmhloc_synth": "nnunet_wmhloc.synth",
-    "wmhloc_convert_wmh2017": "nnunet_wmhloc.dataset_conversion.wmh2017",
-    "wmhloc_convert_cohort": "nnunet_wmhloc.dataset_conversion.cohort",
-    "wmhloc_splits": "nnunet_wmhloc.dataset_conversion.splits",
-    "wmhloc_build_atlas": "nnunet_wmhloc.atlas.build",
-    "wmhloc_region_labels": "nnunet_wmhloc.atlas.region_labels",
-    "wmhloc_fuse": "nnunet_wmhloc.postprocessing.fuse",
-    "wmhloc_localize": "nnunet_wmhloc.postprocessing.localize",
-    "wmhloc_cluster": "nnunet_wmhloc.postprocessing.cluster",
-    "wmhloc_evaluate": "nnunet_wmhloc.evaluation.evaluate",
-    "wmhloc_compare": "nnunet_wmhloc.evaluation.compare",
-    "wmhloc_run": "nnunet_wmhloc.pipeline.run",
-    "wmhloc_predict": "nnunet_wmhloc.pipeline.predict",
-}
+
+
+def _console_scripts() -> dict[str, str]:
+    """command -> module of this distribution's console scripts (its installed entry points: setup.py's list)."""
+    from importlib.metadata import distribution
+
+    eps = distribution("nnunet_wmhloc").entry_points
+    return {e.name: e.value.split(":")[0].strip() for e in eps if e.group == "console_scripts"}
+
+
+MODULES = _console_scripts()
 
 
 def write_map(path: Path, arr: np.ndarray | None = None, *, spacing=(1.0, 1.0, 2.0), dtype=np.uint8) -> Path:

@@ -223,12 +223,15 @@ def bids_validator() -> str | None:
     return str(p) if p.exists() else shutil.which("bids-validator-deno")
 
 
-def test_bids_layout_is_a_valid_derivative(predicted):
-    """--layout bids on the same output: only the results stage (and those after it) run again."""
+def test_bids_layout_is_a_valid_derivative(predicted, monkeypatch):
+    """--layout bids on the same output: only the results stage (and those after it) run again (in this process,
+    in the same environment without nnU-Net variables as `predicted`)."""
     out = predicted["out"]
     before = (out / "stages" / "predict.done").stat().st_mtime_ns
-    run_cmd([_script("wmhloc_predict"), predicted["cohort"], "-o", out, "--models", predicted["zip"], "--device",
-             "cpu", "--disable-tta", "--fusion", "region=t1", "--layout", "bids"], env=_clean_env(), timeout=600)
+    for k in [k for k in os.environ if k.startswith("nnUNet")]:
+        monkeypatch.delenv(k)
+    assert predict.main([str(predicted["cohort"]), "-o", str(out), "--models", str(predicted["zip"]), "--device",
+                         "cpu", "--disable-tta", "--fusion", "region=t1", "--layout", "bids"]) == 0
     assert (out / "stages" / "predict.done").stat().st_mtime_ns == before
     root = out / "results"
     check_bids_derivative(root)

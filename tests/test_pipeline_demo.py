@@ -1,6 +1,6 @@
-"""End to end: `wmhloc_run --demo` once per session (synthetic cohort, real tiny nnU-Net trainings on the CPU),
-then its outputs, its resumption, `--force`, failures naming their stage, and `wmhloc_predict` with the
-demo's models on a new cohort. The expensive part is the single demo run (a few minutes on 2 cores)."""
+"""End to end: `wmhloc_run --demo` once per test run (conftest's `demo`: synthetic cohort, real tiny nnU-Net
+trainings on the CPU, started in the background at the first test), then its outputs, its resumption, `--force`,
+failures naming their stage, and `wmhloc_predict` with the demo's models on a new cohort."""
 from __future__ import annotations
 
 import csv
@@ -27,18 +27,28 @@ def _run(args, timeout=1800, env=None):
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def _in_process(command: str, args, capfd) -> subprocess.CompletedProcess:
+    """A command's main(argv) in this process, where the subprocess is not what a test tests (it saves an
+    interpreter start and its imports): its exit code and output, as _run gives them."""
+    import importlib
+
+    from hostile_common import MODULES
+
+    capfd.readouterr()
+    code = importlib.import_module(MODULES[command]).main([str(a) for a in args])
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess([command, *map(str, args)], code or 0, out, err)
+
+
 def _script(name: str) -> str:
     """The console script beside this interpreter (the venv's bin), else on PATH."""
     p = Path(sys.executable).parent / name
     return str(p) if p.exists() else name
 
 
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("demo") / "run"
-    p = _run([_script("wmhloc_run"), "--demo", "-o", out])
-    assert p.returncode == 0, f"demo failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-    return {"out": out, "stdout": p.stdout}
+# the tests that read the demo's report and outputs and the two that run stages on them again (--force cluster
+# rewrites the report): one xdist worker, in this order
+DEMO_FOLDER = pytest.mark.same_worker("demo_outputs")
 
 
 def _csv(path: Path) -> list[dict]:
@@ -85,6 +95,7 @@ def _png_has_content(path: Path) -> bool:
     return a.ndim == 3 and a.shape[0] > 100 and a.shape[1] > 100 and float(a[..., :3].std()) > 0.02
 
 
+@DEMO_FOLDER
 def test_demo_report_and_outputs(demo):
     out = demo["out"]
     for s in STAGES:
@@ -134,21 +145,23 @@ def test_demo_report_and_outputs(demo):
     assert "groups.csv" in text and "regional_loads.csv" in text and "Wilcoxon" in text
 
 
-def test_demo_rerun_skips_finished_stages(demo):
+@DEMO_FOLDER
+def test_demo_rerun_skips_finished_stages(demo, capfd):
     out = demo["out"]
     before = {s: (out / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
     logs = {s: (out / "logs" / f"{s}.log").stat().st_mtime_ns for s in STAGES}
-    p = _run([_script("wmhloc_run"), "--demo", "-o", out], timeout=600)
+    p = _in_process("wmhloc_run", ["--demo", "-o", out], capfd)
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("done, skipped") == len(STAGES)
     assert before == {s: (out / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
     assert logs == {s: (out / "logs" / f"{s}.log").stat().st_mtime_ns for s in STAGES}
 
 
-def test_demo_force_cluster_redoes_it_and_later_stages(demo):
+@DEMO_FOLDER
+def test_demo_force_cluster_redoes_it_and_later_stages(demo, capfd):
     out = demo["out"]
     before = {s: (out / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
-    p = _run([_script("wmhloc_run"), "--demo", "-o", out, "--force", "cluster"], timeout=900)
+    p = _in_process("wmhloc_run", ["--demo", "-o", out, "--force", "cluster"], capfd)
     assert p.returncode == 0, p.stderr
     after = {s: (out / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
     i = STAGES.index("cluster")
@@ -159,12 +172,12 @@ def test_demo_force_cluster_redoes_it_and_later_stages(demo):
     check_report_offline(out / "report" / "report.html")
 
 
-def test_bad_dataset_id_stops_at_convert(demo, tmp_path):
+def test_bad_dataset_id_stops_at_convert(demo, tmp_path, capfd):
     """No dataset with that id in the nnU-Net root: the convert stage fails and says so."""
     root = tmp_path / "nnunet"
     shutil.copytree(demo["out"] / "nnunet" / "nnUNet_raw", root / "nnUNet_raw")
-    p = _run([_script("wmhloc_run"), "-o", tmp_path / "run", "--nnunet-root", root, "--lesion-id", "777",
-              "--quick", "--device", "cpu"], timeout=300)
+    p = _in_process("wmhloc_run", ["-o", tmp_path / "run", "--nnunet-root", root, "--lesion-id", "777", "--quick",
+                                   "--device", "cpu"], capfd)
     assert p.returncode == 1
     err = p.stderr.strip().splitlines()[-1]
     assert err.startswith("error: stage 'convert' failed:") and "Dataset777_*" in err
@@ -172,13 +185,13 @@ def test_bad_dataset_id_stops_at_convert(demo, tmp_path):
     assert not (tmp_path / "run" / "stages" / "convert.done").exists()
 
 
-def test_corrupted_image_stops_at_convert(demo, tmp_path):
+def test_corrupted_image_stops_at_convert(demo, tmp_path, capfd):
     rel = tmp_path / "release"
     shutil.copytree(demo["out"] / "synthetic", rel)
     bad = sorted(rel.glob("training/Utrecht/*/pre/FLAIR.nii.gz"))[0]
     bad.write_bytes(bad.read_bytes()[:300])  # truncated download
-    p = _run([_script("wmhloc_run"), "--release", rel, "--region-labels", rel / "region_labels", "-o",
-              tmp_path / "run", "--quick", "--device", "cpu"], timeout=300)
+    p = _in_process("wmhloc_run", ["--release", rel, "--region-labels", rel / "region_labels", "-o",
+                                   tmp_path / "run", "--quick", "--device", "cpu"], capfd)
     assert p.returncode == 1
     err = p.stderr.strip().splitlines()[-1]
     assert err.startswith("error: stage 'convert' failed:") and str(bad) in err and "convert.log" in err
@@ -243,7 +256,7 @@ def test_predict_new_cohort(predicted):
     assert "new3" in (out / "report" / "report.html").read_text()
 
 
-def test_predict_corrupted_model_names_stage(demo, tmp_path):
+def test_predict_corrupted_model_names_stage(demo, tmp_path, capfd):
     """A truncated checkpoint: nnU-Net's own prediction fails and the predict stage says so."""
     model = tmp_path / "model"
     src = _model(demo, "lesion")
@@ -252,8 +265,8 @@ def test_predict_corrupted_model_names_stage(demo, tmp_path):
         shutil.copy(src / f, model / f)
     (model / "fold_0" / "checkpoint_final.pth").write_bytes((src / "fold_0" / "checkpoint_final.pth").read_bytes()[:5000])
     cohort = _new_cohort(tmp_path)
-    p = _run([_script("wmhloc_predict"), cohort, "-o", tmp_path / "pred", "--lesion-model", model,
-              "--region-model", _model(demo, "region"), "--device", "cpu"], timeout=600)
+    p = _in_process("wmhloc_predict", [cohort, "-o", tmp_path / "pred", "--lesion-model", model,
+                                       "--region-model", _model(demo, "region"), "--device", "cpu"], capfd)
     assert p.returncode == 1
     err = p.stderr.strip().splitlines()[-1]
     assert err.startswith("error: stage 'predict' failed: nnUNetv2_predict_from_modelfolder exited with")
@@ -272,6 +285,7 @@ def _not_loaded(seen: dict) -> list[str]:
 
 
 @needs_chromium
+@DEMO_FOLDER
 def test_demo_report_renders_in_browser(demo, tmp_path):
     html = demo["out"] / "report" / "report.html"
     links = check_report_offline(html)
@@ -288,6 +302,7 @@ def test_demo_report_renders_in_browser(demo, tmp_path):
 
 
 @needs_chromium
+@DEMO_FOLDER
 def test_browser_check_detects_broken_report(demo, tmp_path):
     """The same check on a copy of the report with one figure deleted, one emptied (not an image any more: a
     truncated PNG still shows its top, so that is the file checks' job) and a CDN stylesheet added: each is
@@ -309,7 +324,7 @@ def test_browser_check_detects_broken_report(demo, tmp_path):
     assert len(seen["console_errors"]) >= 2
 
 
-def test_predict_challenge_layout_folder(demo, tmp_path):
+def test_predict_challenge_layout_folder(demo, tmp_path, capfd):
     """wmhloc_predict on a folder as the challenge ships it: <site>/<id>/pre/{FLAIR,T1}.nii.gz, wmh.nii.gz."""
     from nnunet_wmhloc.synth import make_cohort
 
@@ -317,8 +332,9 @@ def test_predict_challenge_layout_folder(demo, tmp_path):
     folder = tmp_path / "rel" / "test" / "Amsterdam"
     ids = sorted(f"wmh{int(p.parent.name):03d}" for p in folder.rglob("wmh.nii.gz"))
     out = tmp_path / "pred"
-    p = _run([_script("wmhloc_predict"), folder, "-o", out, "--lesion-model", _model(demo, "lesion"),
-              "--region-model", _model(demo, "region"), "--device", "cpu", "--disable-tta"], timeout=900)
+    p = _in_process("wmhloc_predict", [folder, "-o", out, "--lesion-model", _model(demo, "lesion"),
+                                       "--region-model", _model(demo, "region"), "--device", "cpu", "--disable-tta"],
+                    capfd)
     assert p.returncode == 0, f"{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
     assert len(ids) == 3
     for task in ("lesion", "region"):
@@ -419,7 +435,6 @@ def test_region_model_test_time_mirroring_is_symmetric(demo, monkeypatch):
     mirrored image is the mirrored prediction with left and right labels swapped. The left-right axis is out of
     nnU-Net's test-time mirror axes (it would flip back without swapping) and the network is symmetric; with the
     symmetry switched off, the same model is not."""
-    import SimpleITK as sitk
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor

@@ -8,12 +8,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from conftest import SHARED, SMOKE, run_cmd
 from nnunet_wmhloc.io import write_csv
-from test_pipeline_demo import STAGES, _csv, check_report_offline
+from test_pipeline_demo import STAGES, _csv, _in_process, check_report_offline
 
 
 def _done(out: Path, stage: str) -> dict:
@@ -62,12 +61,12 @@ def test_run_cohort_csv(cohort_csv, cohort_run):
     assert all(s in html for s in subjects) and str(cohort_csv) in html
 
 
-def test_run_cohort_bad_csv_stops_at_convert(cohort_csv, tmp_path):
+def test_run_cohort_bad_csv_stops_at_convert(cohort_csv, tmp_path, capfd):
     """A CSV naming a missing image stops at convert, names the file and writes no dataset."""
     rows = _csv(cohort_csv)
     rows[1]["flair"] = str(tmp_path / "missing_FLAIR.nii.gz")
     bad = write_csv(rows, tmp_path / "bad.csv")
-    p = run_cmd(["wmhloc_run", "--cohort", bad, "-o", tmp_path / "run", *SMOKE], check=False, timeout=600)
+    p = _in_process("wmhloc_run", ["--cohort", bad, "-o", tmp_path / "run", *SMOKE], capfd)
     assert p.returncode == 1
     err = p.stderr.strip().splitlines()[-1]
     assert err.startswith("error: stage 'convert' failed:") and "missing_FLAIR.nii.gz" in err

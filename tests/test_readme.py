@@ -10,6 +10,7 @@ test_cohort), the atlas (test_atlas_*), `make test` is CI itself and `make demo`
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -98,11 +99,17 @@ def test_our_commands_accept_readme_options(cmd, evals, tmp_path):
         assert not (tmp_path / o).exists(), f"{cmd}: left {o} behind"
 
 
+@functools.lru_cache(maxsize=None)
+def _help(command: str) -> subprocess.CompletedProcess:
+    """`<nnU-Net command> -h`, run once per command (README names some several times; each start imports torch)."""
+    return subprocess.run([str(Path(sys.executable).parent / command), "-h"], capture_output=True, text=True,
+                          timeout=300)
+
+
 @pytest.mark.parametrize("cmd", [c for c in COMMANDS if _nnunet(c)])
 def test_nnunet_commands_accept_readme_options(cmd):
     args = shlex.split(cmd)
-    exe = Path(sys.executable).parent / args[0]
-    p = subprocess.run([str(exe), "-h"], capture_output=True, text=True, timeout=300)
+    p = _help(args[0])
     assert p.returncode == 0, p.stderr
     for a in args[1:]:
         if a.startswith("-"):
