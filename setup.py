@@ -14,6 +14,7 @@ SUBPACKAGES = [
     "nnunet_wmhloc.evaluation",
     "nnunet_wmhloc.pipeline",
     "nnunet_wmhloc.location",
+    "nnunet_wmhloc.io",
 ]
 
 CONSOLE_SCRIPTS = {
@@ -50,7 +51,7 @@ setup(
                   "nnunet_wmhloc.pipeline": ["templates/*.j2"]},
     install_requires=[
         "nnunetv2>=2.8.1,<2.9",
-        "torch",
+        "torch>=2.6",  # weights-only loading of shared checkpoints (a bypass before 2.6: CVE-2025-32434)
         "SimpleITK>=2.2",
         "nibabel",  # NaN checks: ITK's NIfTI reader silently turns NaN into 0
         "batchgeneratorsv2>=0.3.6",

@@ -10,20 +10,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_wmhloc.cli import commands
 from nnunet_wmhloc.io import OWNER_MARKER
 
 SHAPE = (6, 12, 12)  # z, y, x: tiny, still 3D
 
 
-def _console_scripts() -> dict[str, str]:
-    """command -> module of this distribution's console scripts (its installed entry points: setup.py's list)."""
-    from importlib.metadata import distribution
-
-    eps = distribution("nnunet_wmhloc").entry_points
-    return {e.name: e.value.split(":")[0].strip() for e in eps if e.group == "console_scripts"}
-
-
-MODULES = _console_scripts()
+MODULES = commands()  # command -> module, from this distribution's console_scripts entry points
 
 
 def write_map(path: Path, arr: np.ndarray | None = None, *, spacing=(1.0, 1.0, 2.0), dtype=np.uint8) -> Path:

@@ -231,6 +231,9 @@ class PredictPlan:
 
     def predict(self, ctx: StageContext) -> dict:
         models, inputs = {}, {}
+        if self.a.models is None:  # an archive's models were checked when it was opened
+            for task, folder in self.models.items():
+                M.check_model_folder(folder, self.folds[task], task)  # before nnU-Net unpickles anything
         for task, folder in self.models.items():
             inputs[task] = self.inputs(task)
             # probabilities: to average two modalities, and for the lesion probability map; a region task on
