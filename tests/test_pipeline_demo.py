@@ -111,7 +111,7 @@ def test_demo_report_and_outputs(demo):
     subjects = sorted(p.name[:-len(".nii.gz")] for p in (out / "segmentations" / "lesion").glob("*.nii.gz"))
     assert sorted(r["subject"] for r in rows) == subjects and len(subjects) == 10
     for r in rows:
-        region_sum = sum(float(v) for k, v in r.items() if k[:1] == "r" and k[1:3].isdigit())
+        region_sum = sum(float(v) for k, v in r.items() if k[:1] == "r" and k[1:3].isdigit() and k.endswith("_mm3"))
         assert math.isclose(region_sum + float(r["outside_mm3"]), float(r["total_mm3"]), rel_tol=1e-6, abs_tol=1e-6)
     assert sum(float(r["total_mm3"]) > 0 for r in rows) >= 3
     # evaluation against labelsTs: FLAIR, T1 and fused, and the comparison
@@ -168,7 +168,7 @@ def test_demo_force_cluster_redoes_it_and_later_stages(demo, capfd):
     assert all(after[s] == before[s] for s in STAGES[:i])
     assert all(after[s] > before[s] for s in STAGES[i:])
     assert p.stdout.count("done, skipped") == i
-    assert "$ wmhloc_cluster" in (out / "logs" / "cluster.log").read_text()
+    assert "K=" in (out / "logs" / "cluster.log").read_text()  # the cluster function ran in the stage
     check_report_offline(out / "report" / "report.html")
 
 
