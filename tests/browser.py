@@ -120,3 +120,22 @@ def _render(driver, url: str, screenshot: Path, width: int, max_height: int, tim
     return {"url": url, "title": info["title"], "text_length": info["text"], "height": info["height"],
             "images": images, "requests": requests, "failed": failed, "console_errors": errors,
             "remote": [u for u in requests if not u.startswith(("file:", "data:"))], "screenshot": screenshot}
+
+
+CDN_STYLESHEET = "https://cdn.example.org/style.css"
+
+
+def break_report(src: Path, dst: Path, imgs: list[str]) -> tuple[str, str]:
+    """A copy of the report folder `src` at `dst` with its second figure deleted, its last one emptied and a
+    CDN stylesheet linked: what the browser check must catch. Returns (deleted, emptied)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    gone, empty = imgs[1], imgs[-1]
+    (dst / gone).unlink()
+    (dst / empty).write_bytes(b"")
+    html = dst / "report.html"
+    text = html.read_text(encoding="utf-8")
+    html.write_text(text.replace("</head>", f"<link rel='stylesheet' href='{CDN_STYLESHEET}'></head>", 1),
+                    encoding="utf-8")
+    return gone, empty

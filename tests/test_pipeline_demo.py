@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import find_chromium, render
+from browser import CDN_STYLESHEET, break_report, find_chromium, render
 
 STAGES = ["synth", "convert", "preprocess", "train_lesion", "train_region", "choose", "predict", "fuse", "localize",
           "cluster", "evaluate", "report"]
@@ -309,19 +309,12 @@ def test_browser_check_detects_broken_report(demo, tmp_path):
     truncated PNG still shows its top, so that is the file checks' job) and a CDN stylesheet added: each is
     caught, and only those."""
     rep = tmp_path / "report"
-    shutil.copytree(demo["out"] / "report", rep)
-    imgs = check_report_offline(rep / "report.html").imgs
-    gone, empty = imgs[1], imgs[-1]
-    (rep / gone).unlink()
-    (rep / empty).write_bytes(b"")
-    cdn = "https://cdn.example.org/style.css"
-    text = (rep / "report.html").read_text(encoding="utf-8")
-    (rep / "report.html").write_text(text.replace("</head>", f"<link rel='stylesheet' href='{cdn}'></head>", 1),
-                                     encoding="utf-8")
+    imgs = check_report_offline(demo["out"] / "report" / "report.html").imgs
+    gone, empty = break_report(demo["out"] / "report", rep, imgs)
     seen = render(rep / "report.html", tmp_path / "broken.png")
     assert sorted(_not_loaded(seen)) == sorted([gone, empty])
-    assert seen["remote"] == [cdn]
-    assert sorted(u for u, _ in seen["failed"]) == sorted([cdn, (rep / gone).as_uri()])
+    assert seen["remote"] == [CDN_STYLESHEET]
+    assert sorted(u for u, _ in seen["failed"]) == sorted([CDN_STYLESHEET, (rep / gone).as_uri()])
     assert len(seen["console_errors"]) >= 2
 
 

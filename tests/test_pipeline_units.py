@@ -400,9 +400,7 @@ def test_browser_sees_hand_made_report_whole_and_catches_breakage(tmp_path):
     from hand-made tables: every <img> loads, nothing leaves the machine or fails, no console error, a
     non-blank full-page screenshot. Then the same report with one figure deleted, one emptied and a CDN
     stylesheet added: each is caught, and only those."""
-    import shutil
-
-    from browser import find_chromium, render
+    from browser import CDN_STYLESHEET, break_report, find_chromium, render
 
     from nnunet_wmhloc.pipeline.report import build_report
 
@@ -420,19 +418,12 @@ def test_browser_sees_hand_made_report_whole_and_catches_breakage(tmp_path):
     assert seen["height"] > 1500 and _png_has_content(tmp_path / "shot.png")
 
     rep = tmp_path / "broken"
-    shutil.copytree(html.parent, rep)
-    gone, empty = imgs[1], imgs[-1]
-    (rep / gone).unlink()
-    (rep / empty).write_bytes(b"")
-    cdn = "https://cdn.example.org/style.css"
-    text = (rep / "report.html").read_text(encoding="utf-8")
-    (rep / "report.html").write_text(text.replace("</head>", f"<link rel='stylesheet' href='{cdn}'></head>", 1),
-                                     encoding="utf-8")
+    gone, empty = break_report(html.parent, rep, imgs)
     seen = render(rep / "report.html", tmp_path / "broken.png")
     assert sorted(i["src"] for i in seen["images"] if not (i["complete"] and i["decoded"] and i["width"] > 0)) \
         == sorted([gone, empty])
-    assert seen["remote"] == [cdn]
-    assert sorted(u for u, _ in seen["failed"]) == sorted([cdn, (rep / gone).as_uri()])
+    assert seen["remote"] == [CDN_STYLESHEET]
+    assert sorted(u for u, _ in seen["failed"]) == sorted([CDN_STYLESHEET, (rep / gone).as_uri()])
     assert len(seen["console_errors"]) >= 2
 
 
