@@ -26,4 +26,4 @@ demo: $(STAMP)
 # module-scoped fixture or the session's nnU-Net folders stay on one worker (--dist loadgroup), in file order.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder tests
+	$(BIN)/python -m pytest -q --durations=30 -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder tests
