@@ -80,7 +80,7 @@ def never_predicted(run: RunLayout, subjects: list[str]) -> list[int]:
         if not p.is_file():
             continue
         found = True
-        a = sitk.GetArrayViewFromImage(sitk.ReadImage(str(p))).ravel()
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(p))).ravel()
         seen |= np.bincount(np.clip(a, 0, N_REGIONS).astype(np.int64), minlength=N_REGIONS + 1) > 0
     return [int(lab) for lab in np.flatnonzero(~seen[1:]) + 1] if found else []
 
