@@ -140,6 +140,13 @@ def test_demo_report_flags_never_predicted_regions_and_far_loads(demo):
     for p in (out / "segmentations" / "region").glob("*.nii.gz"):
         seen[np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(p))))] = True
     never = [lab for lab in range(1, 37) if not seen[lab]]
+    # the evaluation agrees: a region never predicted scores Dice 0 (or none) in every scored subject
+    from nnunet_wmhloc.vocab import region_column
+
+    cases = _csv(out / "evaluation" / "region_fused" / "cases.csv")
+    assert len(cases) == 9  # one test subject has no reference region map
+    for lab in never:
+        assert all(float(c[region_column(lab)] or 0) == 0 for c in cases if c[region_column(lab)] not in ("nan",)), lab
     if never:
         assert f"{len(never)} region(s) never predicted" in html
         for lab in never:
