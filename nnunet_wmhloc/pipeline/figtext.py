@@ -31,7 +31,7 @@ def save_figure(fig, path: Path, width_px: int = PAGE_PX, svg: bool = False) -> 
     returns {"width_px", "min_font_pt"} as recorded in the PNG."""
     import matplotlib.pyplot as plt
 
-    w, h = fig.get_size_inches()
+    h = fig.get_size_inches()[1]
     fig.set_size_inches(width_px / CSS_DPI, h)
     if fig.get_layout_engine() is None:
         fig.set_layout_engine("tight")  # everything inside the width (no bbox cropping: the width is the page's)
