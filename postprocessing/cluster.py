@@ -24,7 +24,8 @@ Groups are numbered 1..K by size (largest first), then by mean load. K must be s
 clusterable subjects (the silhouette needs K+1): otherwise a clear error.
 
 Outputs (folder created atomically): assignments.csv, silhouette.csv + silhouette.png/.svg, groups.csv
-(paper Table D.1: subjects, mean/min/max load, main regions, subjects with mostly left/right WM lesions),
+(paper Table D.1: subjects, mean/min/max load, main regions, subjects with mostly left/right WM lesions:
+>= SIDE_SHARE of the WM load in one hemisphere, else balanced),
 group_profiles.csv + heatmap.png/.svg (paper Figure 5: mean regional lesion share per group), with --atlas
 atlas_maps.png/.svg (axial and coronal slices of the atlas coloured by each group's regional share), and
 cluster_log.json.
@@ -214,9 +215,13 @@ def _main_regions(profile: np.ndarray, top: int) -> str:
     return "; ".join(f"{REGION_NAMES[WM_REGIONS[j]]} ({profile[j] * 100:.0f}%)" for j in best)
 
 
+SIDE_SHARE = 0.6  # a subject is "mostly left/right" when that hemisphere holds at least this share of its WM load
+
+
 def _side(loads: np.ndarray) -> np.ndarray:
     left, right = loads[:, _LEFT].sum(1), loads[:, _RIGHT].sum(1)
-    return np.where(left > right, "left", np.where(right > left, "right", "balanced"))
+    share = left / np.maximum(left + right, np.finfo(float).tiny)
+    return np.where(share >= SIDE_SHARE, "left", np.where(1 - share >= SIDE_SHARE, "right", "balanced"))
 
 
 def _fmt(v) -> str:

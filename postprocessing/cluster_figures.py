@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_wmhloc.io import WMHLocError
+from nnunet_wmhloc.pipeline.figtext import HALF_PX, PAGE_PX, save_figure
 from nnunet_wmhloc.vocab import LEFT_REGIONS, REGION_NAMES, WM_REGIONS
 
 
@@ -16,21 +17,19 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plt.rcParams.update({"font.size": 9})
     return plt
 
 
-def _save(fig, out: Path, stem: str) -> list[str]:
-    names = []
-    for ext in ("png", "svg"):
-        fig.savefig(out / f"{stem}.{ext}", dpi=200, bbox_inches="tight")
-        names.append(f"{stem}.{ext}")
-    _plt().close(fig)
-    return names
+def _save(fig, out: Path, stem: str, width_px: int = PAGE_PX) -> list[str]:
+    """PNG and SVG drawn at the width the report shows them (text >= 9 pt there)."""
+    save_figure(fig, out / f"{stem}.png", width_px, svg=True)
+    return [f"{stem}.png", f"{stem}.svg"]
 
 
 def plot_silhouette(scores, best_k, out: Path, norm: str):
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.2, 3.0))
+    fig, ax = plt.subplots(figsize=(HALF_PX / 96, 3.4))
     ks = [s["k"] for s in scores]
     ax.plot(ks, [s["silhouette"] for s in scores], "o-", color="#1f4e79")
     b = next(s for s in scores if s["k"] == best_k)
@@ -39,32 +38,32 @@ def plot_silhouette(scores, best_k, out: Path, norm: str):
     ax.set_ylabel("mean silhouette")
     ax.set_xticks(ks)
     ax.set_title(f"k-means on regional loads ({norm})", fontsize=9)
-    ax.legend(frameon=False, fontsize=8)
+    ax.legend(frameon=False, fontsize=9)
     ax.grid(alpha=0.3)
-    return _save(fig, out, "silhouette")
+    return _save(fig, out, "silhouette", HALF_PX)
 
 
 def plot_heatmap(profiles: np.ndarray, group_labels: list[str], out: Path):
     plt = _plt()
     k = profiles.shape[0]
-    fig, ax = plt.subplots(figsize=(2.8 + 0.75 * k, 9.0))
+    fig, ax = plt.subplots(figsize=(HALF_PX / 96, 10.0))
     im = ax.imshow(profiles.T * 100, aspect="auto", cmap="YlOrRd", vmin=0)
     ax.set_yticks(range(len(WM_REGIONS)))
-    ax.set_yticklabels([f"{r:2d} {REGION_NAMES[r]}" for r in WM_REGIONS], fontsize=7)
+    ax.set_yticklabels([f"{r:2d} {REGION_NAMES[r]}" for r in WM_REGIONS], fontsize=9)
     ax.set_xticks(range(k))
-    ax.set_xticklabels(group_labels, fontsize=8, rotation=30, ha="right")
+    ax.set_xticklabels(group_labels, fontsize=9, rotation=30, ha="right")
     if k <= 10:
         vmax = profiles.max() * 100
         for g in range(k):
             for j in range(len(WM_REGIONS)):
                 v = profiles[g, j] * 100
-                ax.text(g, j, f"{v:.0f}", ha="center", va="center", fontsize=6,
+                ax.text(g, j, f"{v:.0f}", ha="center", va="center", fontsize=9,
                         color="white" if v > 0.6 * vmax else "black")
     ax.axhline(len(LEFT_REGIONS) - 0.5, color="k", lw=0.8)
     cb = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
     cb.set_label("share of WM lesion volume (%)")
-    ax.set_title("regional lesion frequency per group", fontsize=10)
-    return _save(fig, out, "heatmap")
+    ax.set_title("share of WM lesion volume per region (%)", fontsize=10)
+    return _save(fig, out, "heatmap", HALF_PX)
 
 
 def plot_atlas(atlas_path: Path, profiles: np.ndarray, group_labels: list[str], out: Path, top: int):
@@ -96,7 +95,8 @@ def plot_atlas(atlas_path: Path, profiles: np.ndarray, group_labels: list[str], 
     vmax = float(profiles.max()) or 1.0
     plt = _plt()
     k = len(profiles)
-    fig, axes = plt.subplots(k, 2, figsize=(8.0, 3.0 * k + 0.8), squeeze=False)
+    fig, axes = plt.subplots(k, 2, figsize=(PAGE_PX / 96, 3.6 * k + 0.8), squeeze=False,
+                             layout="constrained")
     brain = a > 0
     for g in range(k):
         for col, (v, b, asp, org, name) in enumerate(
@@ -113,8 +113,8 @@ def plot_atlas(atlas_path: Path, profiles: np.ndarray, group_labels: list[str], 
         best = np.argsort(-profiles[g])[:top]
         names = "\n".join(f"{REGION_NAMES[WM_REGIONS[j]]} {profiles[g, j] * 100:.0f}%" for j in best)
         axes[g, 0].set_ylabel(group_labels[g], fontsize=9)
-        axes[g, 1].text(1.04, 0.5, names, transform=axes[g, 1].transAxes, fontsize=7, va="center")
+        axes[g, 1].text(1.04, 0.5, names, transform=axes[g, 1].transAxes, fontsize=9, va="center")
     fig.colorbar(im, ax=axes.ravel().tolist(), orientation="horizontal", fraction=0.03, pad=0.03,
                  shrink=0.6, label="share of WM lesion volume (%)")
-    fig.text(0.01, 0.005, "radiological view: patient's left on the right", fontsize=7)
+    fig.text(0.01, 0.005, "radiological view: patient's left on the right", fontsize=9)
     return _save(fig, out, "atlas_maps")

@@ -39,8 +39,8 @@ LOAD_COLUMNS = (["subject", "n_lesions", "total_voxels", "total_mm3"]
 WM_MM3_COLUMNS = [mm3_column(r) for r in WM_REGIONS]
 TEXT_COLUMNS = ("subject", "lesion_file", "region_file")
 NUMBER_COLUMNS = tuple(c for c in LOAD_COLUMNS if c not in TEXT_COLUMNS)
-LESION_COLUMNS = ["subject", "lesion_id", "voxels", "volume_mm3", "centroid_x_mm", "centroid_y_mm",
-                  "centroid_z_mm", "main_region", "main_region_name", "main_share", "outside_share",
+LESION_COLUMNS = ["subject", "lesion_id", "voxels", "volume_mm3", "centroid_lps_x_mm", "centroid_lps_y_mm",
+                  "centroid_lps_z_mm", "main_region", "main_region_name", "main_share", "outside_share",
                   "n_regions", "regions"]
 
 

@@ -16,7 +16,8 @@ Outputs (folder created atomically; nothing is left behind on error):
   (regions 1-34), left_wm_mm3 / right_wm_mm3 (1-17 / 18-34), left_mm3 / right_mm3 (with 35 / 36),
   outside_voxels / outside_mm3 (lesion voxels in region 0), n_lesions;
 - `lesions.csv`, one row per 26-connected lesion: subject, lesion_id (scipy.ndimage.label raster order),
-  voxels, volume_mm3, centroid in world mm (SimpleITK/ITK physical space, LPS, direction honoured),
+  voxels, volume_mm3, centroid_lps_{x,y,z}_mm: centroid in world mm (SimpleITK/ITK physical space, LPS: +x is
+  the patient's left, +y posterior, +z superior; RAS/MNI tools negate x and y; direction honoured),
   main_region (label with most of its voxels; 0 = outside all regions) and name, main_share,
   outside_share, n_regions and `regions`, e.g. 'r12:0.800;r13:0.200' (share of its voxels per region);
 - `localize_log.json`: which files were paired, files passed over, region maps without lesions.
@@ -131,8 +132,8 @@ def subject_rows(subject: str, res: dict, vvol: float, lesion_file: Path, region
         main = int(np.argmax(counts))
         touched = [r for r in np.argsort(-counts[1:], kind="stable") + 1 if counts[r] > 0]
         lesions.append({"subject": subject, "lesion_id": str(i), "voxels": str(int(n)), "volume_mm3": _num(n * vvol),
-                        "centroid_x_mm": f"{c[0]:.3f}", "centroid_y_mm": f"{c[1]:.3f}",
-                        "centroid_z_mm": f"{c[2]:.3f}", "main_region": str(main),
+                        "centroid_lps_x_mm": f"{c[0]:.3f}", "centroid_lps_y_mm": f"{c[1]:.3f}",
+                        "centroid_lps_z_mm": f"{c[2]:.3f}", "main_region": str(main),
                         "main_region_name": REGION_NAMES[main] if main else "outside regions",
                         "main_share": f"{share[main]:.4f}", "outside_share": f"{share[0]:.4f}",
                         "n_regions": str(len(touched)),

@@ -25,7 +25,10 @@ _IMAGES_JS = """return Promise.all(Array.from(document.images).map(i =>
   (i.complete ? Promise.resolve() : new Promise(r => { i.onload = i.onerror = r; }))
   .then(() => i.decode()).then(() => true, () => false)
   .then(ok => ({src: i.getAttribute('src'), url: i.currentSrc || i.src, complete: i.complete, decoded: ok,
-                width: i.naturalWidth, height: i.naturalHeight}))))"""
+                width: i.naturalWidth, height: i.naturalHeight, shown_width: i.getBoundingClientRect().width,
+                in_figure: !!i.closest('figure'),
+                caption: ((i.closest('figure') || {querySelector: () => null}).querySelector('figcaption')
+                          || {textContent: ''}).textContent.trim()}))))"""
 _INFO_JS = ("return {title: document.title, text: (document.body ? document.body.innerText : '').length,"
             " height: document.documentElement.scrollHeight}")
 
@@ -51,7 +54,8 @@ def find_chromium() -> str | None:
 
 def render(html: Path, screenshot: Path, width: int = 1280, max_height: int = 16000, timeout: float = 120) -> dict:
     """Open `html` from file:// and return what the browser saw:
-    title, text_length, height, images (one dict per <img>: src, complete, decoded, width, height),
+    title, text_length, height, images (one dict per <img>: src, complete, decoded, width, height (natural
+    pixels), shown_width (CSS px on the page), in_figure, caption (its <figure>'s <figcaption> text)),
     requests (every URL asked for), remote (requests that were not file:/data:), failed (URL, error),
     console_errors (console/log errors and uncaught exceptions); a full-page PNG is written to `screenshot`."""
     from selenium import webdriver
@@ -139,3 +143,29 @@ def break_report(src: Path, dst: Path, imgs: list[str]) -> tuple[str, str]:
     html.write_text(text.replace("</head>", f"<link rel='stylesheet' href='{CDN_STYLESHEET}'></head>", 1),
                     encoding="utf-8")
     return gone, empty
+
+
+def figure_problems(report: Path, images: list[dict], min_pt: float = 9.0) -> list[str]:
+    """What is wrong with the figures the browser showed (render()'s images): a figure's smallest text below
+    `min_pt` at the width the page shows it (from the sizes figtext.save_figure recorded in the PNG), a PNG
+    without that record, an image outside a <figure>, a caption missing or naming a file."""
+    import re
+
+    from nnunet_wmhloc.pipeline.figtext import read_figure_info
+
+    out = []
+    for i in images:
+        src = i["src"]
+        info = read_figure_info(Path(report) / src)
+        if not info:
+            out.append(f"{src}: no recorded font size (not drawn by figtext.save_figure)")
+        else:
+            shown = info["min_font_pt"] * i["shown_width"] / info["width_px"]
+            if shown < min_pt - 1e-6:
+                out.append(f"{src}: smallest text {shown:.1f} pt at its displayed width {i['shown_width']:.0f} px")
+        cap = i["caption"]
+        stem = Path(src).stem
+        if not i["in_figure"] or len(cap) < 20 or re.search(r"\.(png|svg|csv)\b", cap) \
+                or stem in cap or stem.replace("_", " ") in cap:
+            out.append(f"{src}: caption {cap!r} is missing or a file name")
+    return out

@@ -86,7 +86,7 @@ def test_volumes_and_census_hand_computed(tmp_path):
     # centroid of C: mean continuous index (x, y, z) = (15.5, 8.5, 4.5) mapped by SimpleITK itself
     img = sitk.ReadImage(str(tmp_path / "regions" / "s01.nii.gz"))
     expect = img.TransformContinuousIndexToPhysicalPoint((15.5, 8.5, 4.5))
-    got = [float(c[f"centroid_{k}_mm"]) for k in "xyz"]
+    got = [float(c[f"centroid_lps_{k}_mm"]) for k in "xyz"]
     np.testing.assert_allclose(got, expect, atol=1e-3)
     # regional map: lesion voxel -> region label, 0 elsewhere; geometry of the inputs
     m_img = sitk.ReadImage(str(out / "regional_maps" / "s01.nii.gz"))
@@ -157,7 +157,7 @@ def test_real_region_maps(shared_data, tmp_path):
         assert float(rows[name]["total_mm3"]) == pytest.approx(sum(e.values()), rel=1e-6)
         centre, nvox = balls[name]
         mine = [row for row in lesions if row["subject"] == name
-                and np.allclose([float(row[f"centroid_{k}_mm"]) for k in "xyz"], centre, atol=2e-3)]
+                and np.allclose([float(row[f"centroid_lps_{k}_mm"]) for k in "xyz"], centre, atol=2e-3)]
         assert len(mine) == 1 and int(mine[0]["voxels"]) == nvox
 
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from nnunet_wmhloc.evaluation import metrics as M
 from nnunet_wmhloc.evaluation.statistics import num as _num
+from nnunet_wmhloc.pipeline.figtext import HALF_PX, PAGE_PX, save_figure
 from nnunet_wmhloc.vocab import LEFT_REGIONS, REGION_NAMES, REST_REGIONS, RIGHT_REGIONS, region_column
 
 
@@ -41,13 +42,10 @@ def _violin(ax, values, pos, width, color):
     ax.hlines(np.median(v), pos - width * 0.3, pos + width * 0.3, color="black", linewidth=1.2, zorder=4)
 
 
-def _save(fig, stem: Path) -> list[Path]:
-    out = []
-    for ext in (".png", ".svg"):
-        p = stem.with_suffix(ext)
-        fig.savefig(p, dpi=200, bbox_inches="tight")
-        out.append(p)
-    return out
+def _save(fig, stem: Path, width_px: int) -> list[Path]:
+    """PNG and SVG drawn at the width the report shows them (text >= 9 pt there)."""
+    save_figure(fig, stem.with_suffix(".png"), width_px, svg=True)
+    return [stem.with_suffix(".png"), stem.with_suffix(".svg")]
 
 
 def violin_sites(data: dict[str, list[dict]], metric: str, stem: Path) -> list[Path]:
@@ -58,7 +56,7 @@ def violin_sites(data: dict[str, list[dict]], metric: str, stem: Path) -> list[P
     groups = ["all"] + sites if sites else ["all"]
     k = len(settings)
     width = 0.8 / k
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(groups) * max(k, 2) * 0.6), 3.4))
+    fig, ax = plt.subplots(figsize=(HALF_PX / 96, 3.6))
     for gi, g in enumerate(groups):
         for si, s in enumerate(settings):
             vals = [_num(r[metric]) for r in data[s] if g == "all" or r["site"] == g]
@@ -70,11 +68,8 @@ def violin_sites(data: dict[str, list[dict]], metric: str, stem: Path) -> list[P
     if metric in ("dice", "lesion_recall", "lesion_f1", "mean_dice_wm", "mean_dice_rest"):
         ax.set_ylim(-0.02, 1.02)
     handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[i % len(COLORS)], alpha=0.6) for i in range(k)]
-    ax.legend(handles, settings, frameon=False, ncol=min(k, 4), loc="upper center", bbox_to_anchor=(0.5, 1.15))
-    fig.tight_layout()
-    out = _save(fig, stem)
-    plt.close(fig)
-    return out
+    ax.legend(handles, settings, frameon=False, ncol=min(k, 4), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    return _save(fig, stem, HALF_PX)
 
 
 def violin_regions(data: dict[str, list[dict]], stem: Path) -> list[Path]:
@@ -86,8 +81,8 @@ def violin_regions(data: dict[str, list[dict]], stem: Path) -> list[Path]:
     width = 0.8 / k
     panels = [("Left hemisphere", tuple(LEFT_REGIONS), REST_REGIONS[0]),
               ("Right hemisphere", tuple(RIGHT_REGIONS), REST_REGIONS[1])]
-    n_pos = len(LEFT_REGIONS) + 2
-    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.3 * n_pos * max(k, 2) + 1.5), 7.5), sharey=True)
+    fig, axes = plt.subplots(2, 1, figsize=(PAGE_PX / 96, 9.0), sharey=True,
+                             layout="constrained")
     for ax, (title, wm, rest) in zip(axes, panels):
         labels = list(wm) + [rest]
         pos_of = {l: i for i, l in enumerate(wm)}
@@ -100,14 +95,11 @@ def violin_regions(data: dict[str, list[dict]], stem: Path) -> list[Path]:
         ax.axvline(len(wm), color="grey", linestyle=":", linewidth=0.8)
         ax.set_xticks([pos_of[l] for l in labels])
         ax.set_xticklabels([f"{REGION_NAMES[l][2:]} ({l})" if l != rest else f"other ({l})" for l in labels],
-                           rotation=40, ha="right", fontsize=7)
+                           rotation=40, ha="right", fontsize=9)
         ax.set_ylabel("Dice")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlim(-0.6, pos_of[rest] + 0.6)
         ax.set_title(title, fontsize=9, loc="left")
     handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[i % len(COLORS)], alpha=0.6) for i in range(k)]
-    fig.legend(handles, settings, frameon=False, ncol=min(k, 4), loc="upper center")
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    out = _save(fig, stem)
-    plt.close(fig)
-    return out
+    fig.legend(handles, settings, frameon=False, ncol=min(k, 4), loc="outside upper center")
+    return _save(fig, stem, PAGE_PX)

@@ -59,6 +59,11 @@ def _run_models(run: Path) -> tuple[dict, dict, dict, dict]:
         train = [r for r in rows if r.get("split") in ("train", "training")]
         training["subjects"] = {"training": len(train), "all": len(rows),
                                 "sites": sorted({r.get("site", "") for r in train} - {""})}
+    pred = layout.marker("predict")
+    if pred.is_file():  # so wmhloc_predict --models mirrors (or not) as the run did
+        tta = json.loads(pred.read_text(encoding="utf-8")).get("settings", {}).get("tta")
+        if tta is not None:
+            training["prediction"] = {"test_time_mirroring": bool(tta)}
     return models, folds, fusion, training
 
 
@@ -113,7 +118,7 @@ def export(output: Path, *, run: Path | None = None, lesion_model: Path | None =
     with tempfile.TemporaryDirectory(prefix="wmhloc_shim_") as shim:
         env = budget_environ(nnunet_environ(None), shim)
         return M.export_models(models, run_folds, chosen, output, training=training, overwrite=overwrite, env=env,
-                               say=say)
+                               prediction=training.pop("prediction", None), say=say)
 
 
 def _main(argv=None) -> int:

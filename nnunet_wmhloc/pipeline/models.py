@@ -243,8 +243,9 @@ def task_manifest(folder: Path, folds: list[str], task: str) -> dict:
 
 def export_models(models: dict[str, Path], folds: dict[str, list[str]], fusion: dict[str, dict], output: Path, *,
                   training: dict | None = None, overwrite: bool = False, env: dict | None = None,
-                  say=print) -> dict:
-    """Write the archive (atomically); returns the manifest."""
+                  prediction: dict | None = None, say=print) -> dict:
+    """Write the archive (atomically); returns the manifest. `prediction`: the run's prediction settings
+    ({"test_time_mirroring": bool}), which wmhloc_predict --models uses by default."""
     from importlib.metadata import version
 
     from nnunet_wmhloc import __version__
@@ -255,7 +256,7 @@ def export_models(models: dict[str, Path], folds: dict[str, list[str]], fusion: 
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "id": uuid.uuid4().hex,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "nnunet_wmhloc_version": __version__,
                 "nnunetv2_version": version("nnunetv2"), "models": tasks, "fusion": fusion,
-                "training_data": training or {}}
+                "training_data": training or {}} | ({"prediction": prediction} if prediction else {})
     env = dict(os.environ if env is None else env)
     hashes: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="wmhloc_export_") as tmp, \

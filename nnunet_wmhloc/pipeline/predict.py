@@ -17,6 +17,7 @@ masks or region maps listed in the cohort, and the report. Stages resume like wm
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import sys
@@ -105,7 +106,10 @@ def build_parser():
                    help="folds to ensemble (default: every fold with checkpoint_final.pth / the archive's folds)")
     p.add_argument("--device", choices=("cuda", "cpu", "mps"), default=None,
                    help="device for prediction (default: cuda when torch finds a GPU, else cpu)")
-    p.add_argument("--disable-tta", action="store_true", help="no test-time mirroring (faster)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time mirroring (default: the setting the archive's run predicted with, recorded in "
+                        "its manifest; else on)")
+    p.add_argument("--disable-tta", action="store_true", help="same as --no-tta")
     p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads per nnU-Net process on the CPU (default: cores minus one)")
     p.add_argument("--processes", type=cli.positive_int, default=None, help="nnU-Net preprocessing/export worker processes")
     p.add_argument("--register-t1", action="store_true",
@@ -132,6 +136,8 @@ class PredictPlan:
             self.manifest = M.open_archive(a.models)  # checked before anything is written
             self.models = {t: RunLayout(self.output).models / self.manifest["models"][t]["path"] for t in M.TASKS}
             self.folds = {t: [str(f) for f in self.manifest["models"][t]["folds"]] for t in M.TASKS}
+            if a.tta is None and not a.disable_tta:  # the run's own setting, so the archive reproduces its report
+                a.tta = self.manifest.get("prediction", {}).get("test_time_mirroring")
             if a.folds:
                 for t in M.TASKS:
                     extra = sorted(set(a.folds) - set(self.folds[t]))
@@ -149,6 +155,7 @@ class PredictPlan:
                                         configuration=a.configuration, plans=a.plans, results=a.nnunet_results)}
             self.folds = {t: model_folds(m, a.folds) for t, m in self.models.items()}
         self.fusion = self._fusion(a)
+        a.disable_tta = a.disable_tta if a.tta is None else not a.tta
         a.device = cli.check_device(a.device)  # before any stage: a missing GPU fails now, not at stage 2
         self.cohort = common.Cohort(a.cohort)  # loaded once: checks, convert, references and results use it
         common.check_pipeline_output(a.output, self.cohort)

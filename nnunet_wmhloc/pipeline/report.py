@@ -18,8 +18,11 @@ import numpy as np
 
 from nnunet_wmhloc.io import atomic_dir, read_csv, write_csv
 from nnunet_wmhloc.layout import RunLayout
+from nnunet_wmhloc.pipeline import review
+from nnunet_wmhloc.pipeline.figtext import read_figure_info
 from nnunet_wmhloc.pipeline.report_figures import REPORT_REGIONS, cohort_figure, region_mm3, subject_figure
 from nnunet_wmhloc.vocab import REGION_NAMES
+from nnunet_wmhloc.postprocessing.cluster import SIDE_SHARE
 
 MAX_TABLE_ROWS = 200
 TEMPLATE = "report.html.j2"
@@ -28,8 +31,10 @@ body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em au
 line-height:1.4;padding:0 1em} h1{font-size:1.6em} h2{border-bottom:2px solid #1f4e79;padding-bottom:.2em;
 margin-top:2em} h3{margin-top:1.4em} table{border-collapse:collapse;font-size:.82em;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right} th{background:#eef3f8}
-td:first-child,th:first-child{text-align:left} img{max-width:100%;border:1px solid #eee;margin:.3em 0}
+td:first-child,th:first-child{text-align:left} img{max-width:100%;height:auto;border:1px solid #eee}
+figure{margin:.6em 0} figcaption{color:#444;font-size:.85em;max-width:1100px}
 .note{color:#666;font-size:.85em} .fig{display:inline-block;vertical-align:top;margin-right:1em;max-width:48%}
+.warn{background:#fff4e0;border-left:4px solid #e67e22;padding:.3em .6em;margin:.4em 0}
 nav a{margin-right:1em} code{background:#f4f4f4;padding:0 .2em}
 """
 
@@ -65,14 +70,15 @@ class _Folder:
         (folder / "figures").mkdir(parents=True, exist_ok=True)
         (folder / "tables").mkdir(parents=True, exist_ok=True)
 
-    def figure(self, src: Path, name: str, caption: str = "", half: bool = False) -> dict | None:
-        """Copy a PNG into figures/; None (nothing shown) when there is none."""
+    def figure(self, src: Path, name: str, caption: str, half: bool = False) -> dict | None:
+        """Copy a PNG into figures/; None (nothing shown) when there is none. `caption`: what is plotted, in
+        what unit, on which subjects. Shown at the width it was drawn for (figtext), so its text keeps its size."""
         if not src.is_file():
             return None
         dst = self.folder / "figures" / name
         if src.resolve() != dst.resolve():
             shutil.copyfile(src, dst)
-        return {"name": name, "caption": caption, "half": half}
+        return {"name": name, "caption": caption, "half": half, "width": read_figure_info(dst).get("width_px")}
 
     def csv_table(self, src: Path, name: str, columns=None, rows=None) -> dict | None:
         """Copy a CSV into tables/ and show it (its rows, or the `rows` given); None when there is none."""
@@ -111,12 +117,16 @@ def build_report(output: Path, tables, *, title: str, images: Path, settings: di
     stages' outputs; returns the path of report.html."""
     run = RunLayout(output)
     stages = stages or {}
+    checks = review.cohort_review(run, tables.loads)
     with atomic_dir(run.report, overwrite=True) as tmp:
         rep = _Folder(tmp)
         ctx = {"title": title, "written": time.strftime("%Y-%m-%d %H:%M"), "n_subjects": len(tables.loads),
                "command": command, **_settings(settings, stages), "cohort": _cohort(rep, run, tables),
-               **_clustering(rep, run, stages), "evaluation": _evaluation(rep, run),
-               "subjects": _subjects(rep, run, tables.loads, images, progress)}
+               **_clustering(rep, run, stages, checks["subjects"]), "evaluation": _evaluation(rep, run),
+               "subjects": _subjects(rep, run, tables.loads, images, progress, checks["subjects"]),
+               "warnings": checks["text"], "synthetic": str(settings.get("input", "")).startswith("demo"),
+               "tta": settings.get("test-time mirroring"), "side_share": SIDE_SHARE,
+               "outside_share": review.OUTSIDE_SHARE, "load_ratio": review.LOAD_RATIO}
         (tmp / "report.html").write_text(render(ctx), encoding="utf-8")
     return run.report_html
 
@@ -155,24 +165,37 @@ def _cohort(rep: _Folder, run: RunLayout, tables) -> dict:
     if loads:
         cohort_figure(loads, rep.folder / "figures" / "cohort_loads.png")
         figures.append(rep.figure(rep.folder / "figures" / "cohort_loads.png", "cohort_loads.png",
-                                  "lesion volume per region and subject"))
+                                  f"Predicted lesion volume (mm³; colour on a log10(1 + mm³) scale) in each region "
+                                  f"(columns: 1-17 left, 18-34 right, 35/36 rest of hemisphere) of each of the "
+                                  f"{len(loads)} subjects (rows)."))
     return {"table": table(rows, csv="regional_loads.csv"), "lesions": True, "reference": bool(ref),
             "figures": figures}
 
 
-def _clustering(rep: _Folder, run: RunLayout, stages: dict) -> dict:
+def _clustering(rep: _Folder, run: RunLayout, stages: dict, warnings: dict) -> dict:
     cluster = run.cluster
     if not (cluster / "assignments.csv").is_file():
         why = (stages.get("cluster", {}).get("summary") or {}).get("skipped") if stages else None
         return {"cluster": None,
                 "cluster_note": why or "no clustering (fewer than 3 subjects with white-matter lesions)"}
     log = json.loads((cluster / "cluster_log.json").read_text()) if (cluster / "cluster_log.json").is_file() else {}
-    figures = [rep.figure(cluster / "silhouette.png", "cluster_silhouette.png", "mean silhouette per K", half=True),
-               rep.figure(cluster / "heatmap.png", "cluster_heatmap.png", "regional lesion share per group", half=True),
-               rep.figure(cluster / "atlas_maps.png", "cluster_atlas_maps.png", "group profiles on the atlas")]
+    n = log.get("clustered", "?")
+    figures = [rep.figure(cluster / "silhouette.png", "cluster_silhouette.png",
+                          f"Mean silhouette (-1 to 1, higher = better separated) of k-means on the regional lesion "
+                          f"loads of the {n} clustered subjects, per number of groups K; the circled K is kept.",
+                          half=True),
+               rep.figure(cluster / "heatmap.png", "cluster_heatmap.png",
+                          "Mean share (%) of the WM lesion volume that lies in each WM region (1-34), over the "
+                          "subjects of each group.", half=True),
+               rep.figure(cluster / "atlas_maps.png", "cluster_atlas_maps.png",
+                          "Each group's mean share (%) of WM lesion volume per region, painted on the atlas "
+                          "(axial and coronal slices; radiological view).")]
+    groups = read_csv(cluster / "groups.csv") if (cluster / "groups.csv").is_file() else []
+    flagged = review.group_warnings(read_csv(cluster / "assignments.csv"), warnings)
+    groups = [g | {"warnings": flagged.get(g.get("group", ""), "")} for g in groups]
     return {"cluster": {"normalise": str(log.get("normalise", "")), "k": log.get("k_chosen", "?"),
-                        "n": log.get("clustered", "?"), "figures": [f for f in figures if f],
-                        "groups": rep.csv_table(cluster / "groups.csv", "groups.csv"),
+                        "n": n, "figures": [f for f in figures if f],
+                        "groups": rep.csv_table(cluster / "groups.csv", "groups.csv", rows=groups),
                         "assignments": rep.csv_table(cluster / "assignments.csv", "assignments.csv")},
             "cluster_note": ""}
 
@@ -194,12 +217,27 @@ def _compare(rep: _Folder, comp: Path, task: str) -> dict:
                                                  "p_holm"])
     if (comp / "published_comparison.csv").is_file():
         pub = read_csv(comp / "published_comparison.csv")
-        # citations as text; their URLs stay in the CSV (the page itself links nothing online)
+        # each citation once, in the caption; URLs stay in the CSV (the page itself links nothing online)
         out["published"] = rep.csv_table(comp / "published_comparison.csv", f"{task}_published_comparison.csv",
-                                         rows=pub, columns=[c for c in (pub[0] if pub else {}) if c != "url"])
-    out["figures"] = [rep.figure(png, f"{task}_{png.name}", png.stem.replace("_", " "),
+                                         rows=pub, columns=[c for c in (pub[0] if pub else {})
+                                                            if c not in ("url", "citation")])
+        out["citations"] = sorted({f"{r['source']}: {r['citation']}" for r in pub if r.get("citation")})
+    n = max((int(r["n"]) for r in tab if str(r.get("n", "")).isdigit()), default=0)
+    out["figures"] = [rep.figure(png, f"{task}_{png.name}", _violin_caption(png.stem, task, n),
                                  half=png.name.startswith("violin_sites")) for png in sorted(comp.glob("violin_*.png"))]
     return out
+
+
+def _violin_caption(stem: str, task: str, n: int) -> str:
+    from nnunet_wmhloc.evaluation.metrics import METRIC_LABELS
+
+    who = f"the {n} test subjects with a reference {task} map" if n else "the test subjects"
+    if stem == "violin_regions":
+        return (f"Dice (0-1) of each region (left hemisphere above, right below; 35/36 apart) over {who}, one "
+                "violin per setting (FLAIR, T1, fused); the bar is the median.")
+    metric = stem[len("violin_sites_"):]
+    return (f"{METRIC_LABELS.get(metric, metric)} of the {task} segmentation over {who}, all together and per "
+            "site (n per group under it), one violin per setting; the bar is the median.")
 
 
 def _evaluation(rep: _Folder, run: RunLayout) -> list[dict]:
@@ -220,19 +258,21 @@ def _evaluation(rep: _Folder, run: RunLayout) -> list[dict]:
     return out
 
 
-def _subjects(rep: _Folder, run: RunLayout, loads: list[dict], images: Path, progress) -> list[dict]:
+def _subjects(rep: _Folder, run: RunLayout, loads: list[dict], images: Path, progress, warnings: dict) -> list[dict]:
     ref, out = _reference(run), []
     for r in (progress(loads, desc="report figures") if progress else loads):
         s = r["subject"]
         img, rmap = _find_image(images, s), run.regional_maps / f"{s}.nii.gz"
         lesion = run.segmentations("lesion") / f"{s}.nii.gz"
         if img is None or not rmap.is_file():
-            out.append({"name": s, "figure": None})
+            out.append({"name": s, "figure": None, "warnings": warnings.get(s, [])})
             continue
         png = rep.folder / "figures" / f"subject_{s}.png"
         subject_figure(img, rmap, lesion if lesion.is_file() else None, r, png, s)
         extra = f"; reference total {float(ref[s]['total_mm3']):.0f} mm³" if s in ref else ""
-        out.append({"name": s, "figure": rep.figure(png, png.name),
+        caption = (f"{s}: FLAIR in three planes through the slices with the most lesion voxels, predicted lesions "
+                   "coloured by region; below, its predicted lesion volume per region (mm³).")
+        out.append({"name": s, "figure": rep.figure(png, png.name, caption), "warnings": warnings.get(s, []),
                     "text": f"{r['n_lesions']} lesions, total {float(r['total_mm3']):.0f} mm³, WM "
                             f"{float(r['wm_mm3']):.0f} mm³{extra}; main regions: {_top_regions(r) or 'none'}"})
     return out

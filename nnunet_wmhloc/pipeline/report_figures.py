@@ -7,6 +7,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_wmhloc.io import WMHLocError
+from nnunet_wmhloc.pipeline.figtext import PAGE_PX, save_figure
 from nnunet_wmhloc.postprocessing.loads import mm3_column
 from nnunet_wmhloc.vocab import REGION_NAMES, REST_REGIONS, WM_REGIONS
 
@@ -43,7 +44,7 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 8, "axes.spines.top": False, "axes.spines.right": False})
+    plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
     return plt
 
 
@@ -79,8 +80,8 @@ def subject_figure(flair: Path, regional_map: Path, lesion: Path | None, row: di
     planes = [("axial", f[z], overlay[z], sy / sx, "upper"),
               ("coronal", f[:, y, :], overlay[:, y, :], sz / sx, "lower"),
               ("sagittal", f[:, :, x], overlay[:, :, x], sz / sy, "lower")]
-    fig = plt.figure(figsize=(10.5, 6.2))
-    gs = fig.add_gridspec(2, 3, height_ratios=[1.15, 1.0], hspace=0.35, wspace=0.05)
+    fig = plt.figure(figsize=(PAGE_PX / 96, 7.4), layout="constrained")
+    gs = fig.add_gridspec(2, 3, height_ratios=[1.15, 1.0])
     for i, (name, img, ov, asp, org) in enumerate(planes):
         ax = fig.add_subplot(gs[0, i])
         ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, aspect=asp, origin=org, interpolation="nearest")
@@ -92,15 +93,15 @@ def subject_figure(flair: Path, regional_map: Path, lesion: Path | None, row: di
         ax.set_yticks([])
         for s in ax.spines.values():
             s.set_visible(False)
-    fig.text(0.5, 0.955, f"{subject}: FLAIR with lesions coloured by region (radiological view: patient's left "
-             "on the right; white = outside all regions)", ha="center", fontsize=9)
+    fig.suptitle(f"{subject}: FLAIR with lesions coloured by region (radiological view: patient's left "
+                 "on the right; white = outside all regions)", fontsize=9)
     ax = fig.add_subplot(gs[1, :])
     labels = [lab for lab in REPORT_REGIONS if region_mm3(row, lab) > 0]
     if labels:
         vals = [region_mm3(row, lab) for lab in labels]
         ax.bar(range(len(labels)), vals, color=[lut[lab][:3] for lab in labels], edgecolor="black", linewidth=0.4)
         ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels([f"{lab} {REGION_NAMES[lab]}" for lab in labels], rotation=40, ha="right", fontsize=6.5)
+        ax.set_xticklabels([f"{lab} {REGION_NAMES[lab]}" for lab in labels], rotation=40, ha="right", fontsize=9)
         ax.set_ylabel("lesion volume (mm³)")
     else:
         ax.text(0.5, 0.5, "no lesion voxels in any region", ha="center", va="center", transform=ax.transAxes)
@@ -108,8 +109,7 @@ def subject_figure(flair: Path, regional_map: Path, lesion: Path | None, row: di
         ax.set_yticks([])
     ax.set_title(f"regional lesion load: total {float(row.get('total_mm3') or 0):.0f} mm³, WM (1-34) "
                  f"{float(row.get('wm_mm3') or 0):.0f} mm³, {row.get('n_lesions', '?')} lesions", fontsize=9)
-    fig.savefig(out_png, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, out_png, PAGE_PX)
 
 
 def cohort_figure(rows: list[dict], out_png: Path) -> None:
@@ -117,15 +117,14 @@ def cohort_figure(rows: list[dict], out_png: Path) -> None:
     plt = _plt()
     labels = REPORT_REGIONS
     m = np.array([[region_mm3(r, lab) for lab in labels] for r in rows])
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.22 * len(rows)))
+    fig, ax = plt.subplots(figsize=(PAGE_PX / 96, 1.6 + 0.22 * len(rows)))
     im = ax.imshow(np.log10(1 + m), aspect="auto", cmap="magma_r")
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([r["subject"] for r in rows], fontsize=7)
+    ax.set_yticklabels([r["subject"] for r in rows], fontsize=9)
     ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels([str(lab) for lab in labels], fontsize=6)
+    ax.set_xticklabels([str(lab) for lab in labels], fontsize=9)
     ax.set_xlabel("region (1-17 left, 18-34 right, 35/36 rest of hemisphere)")
     cb = fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
     cb.set_label("log10(1 + mm³)")
-    ax.set_title("regional lesion loads per subject", fontsize=9)
-    fig.savefig(out_png, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    ax.set_title("lesion volume per region and subject (mm³, log scale)", fontsize=9)
+    save_figure(fig, out_png, PAGE_PX)

@@ -13,7 +13,8 @@ The probability map thresholded at 0.5 (p > 0.5) is the lesion mask (see wmhloc_
 regional_loads: wmhloc_localize's table (lesion volume in mm³ per region and its share of the subject's
 lesion load); lesions:
 the 26-connected lesion census of wmhloc_localize. subjects: which modalities each task used, and whether a
-subject fell back from the chosen modality to the one it has.
+subject fell back from the chosen modality to the one it has, and its review warnings (pipeline.review: load
+far from the reference, much lesion volume outside WM, stage warnings). lesions' centroids are world mm in LPS.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from nnunet_wmhloc.io import WMHLocError, atomic_dir, read_csv, write_csv, write_json
 from nnunet_wmhloc.layout import RunLayout
 from nnunet_wmhloc.pipeline.models import describe_fusion
+from nnunet_wmhloc.pipeline.review import subject_warnings
 from nnunet_wmhloc.postprocessing.localize import LESION_COLUMNS, LOAD_COLUMNS
 from nnunet_wmhloc.vocab import REGION_NAMES
 
@@ -72,6 +74,7 @@ def write_results(output: Path, subjects: list, tables, *, layout: str, fusion: 
     run = RunLayout(output)
     loads = {r["subject"]: r for r in tables.loads}
     logs = {t: _fusion_rows(run, t) for t in ("lesion", "region")}
+    warnings = subject_warnings(run, tables.loads)
     subjects = [s for s in subjects if s.subject in loads]
     used: set = set()
     rows, load_table, lesion_table = [], [], []
@@ -91,6 +94,7 @@ def write_results(output: Path, subjects: list, tables, *, layout: str, fusion: 
                      f"{logs[t][s.subject]['missing_modalities']}: used {info[f'{t}_modalities']}"
                      for t in ("lesion", "region") if logs[t].get(s.subject, {}).get("fallback") == "yes"]
             info["note"] = "; ".join(notes)
+            info["warnings"] = "; ".join(warnings.get(s.subject, []))
             if layout == "bids":
                 sub, ses = bids_entities(s, used)
                 d = out / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
