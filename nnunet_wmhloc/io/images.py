@@ -216,3 +216,17 @@ def array_to_image(arr: np.ndarray, like: sitk.Image) -> sitk.Image:
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(like)
     return out
+
+
+def to_float32(img: sitk.Image, path, what: str = "image") -> sitk.Image:
+    """`img` as float32 (nnU-Net's input type), checked after the cast: finite float64 values beyond float32's
+    range (about 3.4e38) become inf, which ITK would read back as 0."""
+    if img.GetPixelID() == sitk.sitkFloat32:
+        return img
+    out = sitk.Cast(img, sitk.sitkFloat32)
+    arr = sitk.GetArrayViewFromImage(out)
+    n = int(arr.size - np.isfinite(arr).sum())
+    if n:
+        raise WMHLocError(f"{path}: {what} has {n} voxels beyond float32's range (|value| > 3.4e38); "
+                          "rescale the image")
+    return out
