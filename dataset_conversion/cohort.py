@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import SimpleITK as sitk
 
 from nnunet_wmhloc import cli
 from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_same_geometry, read_image, to_float32,
-                              write_csv)
+                              temp_dir, write_csv)
 from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, DatasetJob,
                                                      build_datasets, load_subject, raw_root_from, subject_row,
                                                      write_cases)
@@ -153,7 +152,7 @@ def convert_cohort(source: str | os.PathLike, *, output: str | os.PathLike | Non
         for i, n in ((lesion_id, f"{name}Lesion"), (region_id, f"{name}Region")):
             dataset_folder_name(i, n)  # a bad id or name fails now, not after the T1 registrations
     out = CohortConversion(mode, subjects)
-    with tempfile.TemporaryDirectory(prefix="wmhloc_t1reg_") as tmp:
+    with temp_dir("wmhloc_t1reg_") as tmp:  # tagged: a later run sweeps what a killed one left
         for s in cli.progress(subjects, desc="T1 -> FLAIR check"):
             _t1_to_flair(s, register_t1, Path(tmp))
         if mode == "predict":
