@@ -67,3 +67,15 @@ def test_cli_localize_mha_one_line(tmp_path, capfd):
     code, err = call("wmhloc_localize", ["--lesions", lesions, "--regions", regions, "-o", tmp_path / "out"], capfd)
     assert code == 1 and "s03.mha" in err and "only .nii.gz/.nii are read" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_complex_flair_one_line(synth_release, tmp_path, capfd):
+    # found by the second hostile pass: ITK's cast of a complex image failed with a traceback
+    import nibabel as nib
+
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(synth_release / "training/Utrecht/0/pre/FLAIR.nii.gz")))
+    nib.save(nib.Nifti1Image(arr.T.astype(np.complex64), np.eye(4)), str(tmp_path / "c.nii.gz"))
+    csv = write_csv([{"subject": "s0", "flair": tmp_path / "c.nii.gz", "t1": ""}], tmp_path / "cohort.csv")
+    code, err = call("wmhloc_convert_cohort", [csv, "--mode", "predict", "-o", tmp_path / "images"], capfd)
+    assert code == 1 and "c.nii.gz: FLAIR image holds complex values" in err, err
+    assert not (tmp_path / "images").exists()

@@ -31,6 +31,9 @@ def read_image(path: str | os.PathLike, *, what: str = "image", dim: int = 3,
         first = str(e).strip().splitlines()
         reason = next((ln.strip() for ln in first if "ERROR" in ln or "rror" in ln), "unreadable")
         raise WMHLocError(f"{path}: cannot read {what} (truncated or not a valid image: {reason[:160]})") from None
+    if img.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):  # ITK cannot cast them
+        raise WMHLocError(f"{path}: {what} holds complex values ({img.GetPixelIDTypeAsString()}); expected "
+                          "real intensities or labels")
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise WMHLocError(f"{path}: {what} has {img.GetNumberOfComponentsPerPixel()} components per voxel, expected 1")
     size = img.GetSize()
