@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +95,7 @@ def write_outcome(o: Outcome, output: Path, replace: bool, extra: dict[str, sitk
     sc = sidecars(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     # named as a task's staging folder, so a cohort run sweeps what a killed worker left
-    tmp = Path(tempfile.mkdtemp(prefix=f"{parallel.STAGING_PREFIX}{output.name}-", dir=output.parent))
+    tmp = io.new_temp_dir(f"{parallel.STAGING_PREFIX}{io.fit_name(output.name, 180)}-", dir=output.parent)
     try:
         io.write_json(o.quality, tmp / sc["json"].name)
         sitk.WriteTransform(o.transform, str(tmp / sc["tfm"].name))

@@ -46,7 +46,7 @@ def _parser():
                    "the built-in WM estimate")
     c = p.add_argument_group("a cohort")
     c.add_argument("--input", help="cohort folder or CSV (columns subject,t1[,flair,wm_mask])")
-    c.add_argument("--workers", type=cli.positive_int, default=1,
+    c.add_argument("--workers", type=cli.workers_int, default=1,
                    help="subjects processed in parallel (local processes)")
     parallel.add_argument(c)
     p.add_argument("--atlas-dir", required=True, help="folder written by wmhloc_build_atlas (or the raw Eve folder)")

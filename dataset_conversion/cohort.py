@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_output, check_same_geometry, read_image, write_csv
+from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_same_geometry, read_image, to_float32,
+                              temp_dir, write_csv)
 from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, DatasetJob,
                                                      build_datasets, load_subject, raw_root_from, subject_row,
                                                      write_cases)
@@ -66,7 +66,7 @@ def _t1_to_flair(s: Subject, register: bool, tmp: Path) -> None:
     except WMHLocError as e:
         if not register:
             raise WMHLocError(f"{e} (T1 not in FLAIR space: use --register-t1)") from None
-    tx = register_rigid(flair, t1)
+    tx = register_rigid(to_float32(flair, s.images["flair"], "FLAIR image"), to_float32(t1, s.images["t1"], "T1 image"))
     out = sitk.Resample(t1, flair, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     dst = tmp / f"{s.subject}_T1_in_FLAIR.nii.gz"
     sitk.WriteImage(out, str(dst), True)
@@ -152,7 +152,7 @@ def convert_cohort(source: str | os.PathLike, *, output: str | os.PathLike | Non
         for i, n in ((lesion_id, f"{name}Lesion"), (region_id, f"{name}Region")):
             dataset_folder_name(i, n)  # a bad id or name fails now, not after the T1 registrations
     out = CohortConversion(mode, subjects)
-    with tempfile.TemporaryDirectory(prefix="wmhloc_t1reg_") as tmp:
+    with temp_dir("wmhloc_t1reg_") as tmp:  # tagged: a later run sweeps what a killed one left
         for s in cli.progress(subjects, desc="T1 -> FLAIR check"):
             _t1_to_flair(s, register_t1, Path(tmp))
         if mode == "predict":

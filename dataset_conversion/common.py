@@ -14,7 +14,7 @@ from nnunet_wmhloc import cli
 from nnunet_wmhloc.dataset_conversion.subjects import Subject
 from nnunet_wmhloc.vocab import (ALL_LABELS, LESION_ALLOWED, LESION_LABELS, LR_PAIRS, LR_PAIRS_KEY, REST_REGIONS,
                                  case_name, dataset_folder_name, dataset_folders, region_column, split_case)
-from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_same_geometry, read_image,
+from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_same_geometry, read_image, to_float32,
                               read_labels, write_csv, write_json)
 
 # nnU-Net z-scores every channel whose name is not CT (or a few other keywords): "MRI" is safe
@@ -64,10 +64,6 @@ def load_subject(s: Subject, *, need_lesion: bool, read_regions: bool = True) ->
     return out
 
 
-def _as_float32(img: sitk.Image) -> sitk.Image:
-    return img if img.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(img, sitk.sitkFloat32)
-
-
 def _label_image(arr: np.ndarray, ref: sitk.Image) -> sitk.Image:
     # uint8 is nnU-Net's own label type; our evaluation never thresholds in the pixel type, so it is safe
     img = sitk.GetImageFromArray(arr.astype(np.uint8))
@@ -82,7 +78,8 @@ def write_cases(img_dir: Path, s: Subject, loaded: dict, lab_dir: Path | None = 
     cases = []
     for mod, img in loaded["images"].items():
         case = case_name(s.subject, mod)
-        sitk.WriteImage(_as_float32(img), str(img_dir / f"{case}_0000.nii.gz"), True)
+        img = to_float32(img, s.images[mod], f"{mod.upper()} image")  # checked after the cast
+        sitk.WriteImage(img, str(img_dir / f"{case}_0000.nii.gz"), True)
         if label_key is not None:
             lab_dir.mkdir(exist_ok=True)
             sitk.WriteImage(_label_image(loaded[label_key], loaded["ref"]), str(lab_dir / f"{case}.nii.gz"), True)

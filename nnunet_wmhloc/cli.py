@@ -86,6 +86,27 @@ def seed_int(text: str) -> int:
     return _int_in(text, 0, 2**32 - 1)
 
 
+def int_range(lo: int, hi: int) -> Callable[[str], int]:
+    """argparse type: an integer in lo..hi, refused by argparse before anything is allocated."""
+    def check(text: str) -> int:
+        return _int_in(text, lo, hi)
+    check.__name__ = f"integer in {lo}..{hi}"
+    return check
+
+
+def max_workers() -> int:
+    """Upper bound of --processes/--threads/--workers: twice this machine's cores, at least 4 (more only
+    oversubscribes the CPUs and multiplies memory)."""
+    from nnunet_wmhloc.pipeline.stages import cpu_count
+
+    return max(4, 2 * cpu_count())
+
+
+def workers_int(text: str) -> int:
+    """argparse type: a number of worker processes or threads, 1 .. max_workers()."""
+    return _int_in(text, 1, max_workers())
+
+
 def _int_in(text: str, lo: int | None, hi: int | None) -> int:
     try:
         v = int(text)

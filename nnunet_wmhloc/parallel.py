@@ -47,13 +47,14 @@ def require():
 def connect(address: str, timeout: float | None = None):
     """A Client of the scheduler at `address` (tcp://host:port, host:port, or a scheduler file); waits up to
     `timeout` s, by default Dask's distributed.comm.timeouts.connect (30 s)."""
+    from nnunet_wmhloc.scheduler_file import is_scheduler_file, read_scheduler_file
+
     distributed = require()
     kw = {} if timeout is None else {"timeout": timeout}
+    if is_scheduler_file(address):  # read by us: Dask's reader gives tracebacks on a hostile file
+        address = read_scheduler_file(address)
     try:
-        if Path(address).is_file():
-            client = distributed.Client(scheduler_file=address, **kw)
-        else:
-            client = distributed.Client(address, **kw)
+        client = distributed.Client(address, **kw)
     except (OSError, TimeoutError, ValueError) as e:
         why = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
         raise WMHLocError(f"--scheduler {address}: no Dask scheduler reachable ({type(e).__name__}: {why})") from None
@@ -102,8 +103,12 @@ def record_stamp() -> dict:
 def staging(folder: Path, name: str) -> Iterator[Path]:
     """A private temporary folder inside `folder` for one task's outputs; removed when the block ends
     (the task moves its finished files out of it). What a killed task leaves is removed by `sweep`."""
-    d = Path(folder) / f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
-    d.mkdir(parents=True)
+    from nnunet_wmhloc.io.temps import NAME_MAX, fit_name, new_temp_dir, tag
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    # tagged with pid and host: a later task on this machine sweeps what a killed one left (io.temps)
+    room = NAME_MAX - len(STAGING_PREFIX) - len(tag()) - 9
+    d = new_temp_dir(f"{STAGING_PREFIX}{fit_name(name, room)}-", dir=folder)
     try:
         yield d
     finally:

@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.io import atomic_dir
+from nnunet_wmhloc.io import WMHLocError, atomic_dir
 
 # site folder (relative to the split folder) -> (size xyz, spacing xyz, direction)
 _FLIP_Y = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
@@ -185,14 +185,23 @@ def _image(arr, site: Site, dtype=None) -> sitk.Image:
     return img
 
 
+# Sites' ids are first_id + 2k, as in the challenge (Utrecht 0.., Singapore 50.., ...): these bounds keep
+# them unique (a larger count would reuse the next site's ids and overwrite its region maps)
+MAX_PER_SITE = 25
+MAX_TEST_PER_SITE = 10
+
+
 def make_cohort(output: str | Path, *, seed: int = 0, per_site: int = 2, test_per_site: int = 1,
                 overwrite: bool = False, show_progress: bool = True) -> list[dict]:
     """Write the cohort; returns one dict per subject (id, split, site, path, lesion voxels)."""
-    plan = []
-    for site in SITES:
-        n = per_site if site.split == "training" else test_per_site
-        for k in range(n):
-            plan.append((site, site.first_id + 2 * k if site.split == "training" else site.first_id + 2 * k))
+    for name, n, hi in (("per_site", per_site, MAX_PER_SITE), ("test_per_site", test_per_site, MAX_TEST_PER_SITE)):
+        if not 1 <= n <= hi:
+            raise WMHLocError(f"{name}={n}: must be in 1..{hi} (subject ids are unique per site only up to {hi})")
+    plan = [(site, site.first_id + 2 * k) for site in SITES
+            for k in range(per_site if site.split == "training" else test_per_site)]
+    ids = [(site.split, sid) for site, sid in plan]
+    if len(set(ids)) != len(ids):  # the bounds above guarantee this; a new site must keep it
+        raise WMHLocError(f"synthetic subject ids repeat: {sorted(i for i in ids if ids.count(i) > 1)}")
     subjects = []
     with atomic_dir(output, overwrite=overwrite) as tmp:
         for i, (site, sid) in enumerate(cli.progress(plan, desc="synthetic subjects", disable=not show_progress)):
@@ -218,8 +227,10 @@ def _main(argv=None) -> int:
     p = cli.parser("wmhloc_synth", __doc__.split("\n\n")[0])
     p.add_argument("--output", "-o", required=True, help="folder to create (the release root)")
     p.add_argument("--seed", type=cli.seed_int, default=0, help="random seed; same seed, same cohort")
-    p.add_argument("--per-site", type=cli.positive_int, default=2, help="training subjects per training site (3 sites)")
-    p.add_argument("--test-per-site", type=cli.positive_int, default=1, help="test subjects per test site (5 sites)")
+    p.add_argument("--per-site", type=cli.int_range(1, MAX_PER_SITE), default=2,
+                   help=f"training subjects per training site (3 sites; 1..{MAX_PER_SITE}, ids stay unique)")
+    p.add_argument("--test-per-site", type=cli.int_range(1, MAX_TEST_PER_SITE), default=1,
+                   help=f"test subjects per test site (5 sites; 1..{MAX_TEST_PER_SITE})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     a = p.parse_args(argv)
     subs = make_cohort(a.output, seed=a.seed, per_site=a.per_site, test_per_site=a.test_per_site,

@@ -14,11 +14,12 @@ from nnunet_wmhloc.io.outputs import (OWNER_MARKER, atomic_dir, atomic_file, che
                                       check_overwrite, is_owned, make_owned_dir, mark_owned, not_owned_error,
                                       remove_owned, write_json, write_text)
 from nnunet_wmhloc.io.images import (array_to_image, check_same_geometry, geometry, read_array, read_image,
-                                     read_labels, voxel_volume_mm3, write_image)
+                                     read_labels, voxel_volume_mm3, write_image, to_float32)
 from nnunet_wmhloc.io.tables import csv_cell, formula_safe, read_csv, read_json, write_csv
 from nnunet_wmhloc.io.temps import claim, fit_name, new_temp_dir, sweep_stale, temp_dir
 
 __all__ = [
+    "to_float32",
     "NIFTI_SUFFIXES", "WMHLocError", "check_path", "few", "is_number", "list_inputs", "safe_name", "strip_nifti",
     "OWNER_MARKER", "atomic_dir", "atomic_file", "check_not_input", "check_output", "check_overwrite", "is_owned",
     "make_owned_dir", "mark_owned", "not_owned_error", "remove_owned", "write_json", "write_text",

@@ -31,6 +31,9 @@ def read_image(path: str | os.PathLike, *, what: str = "image", dim: int = 3,
         first = str(e).strip().splitlines()
         reason = next((ln.strip() for ln in first if "ERROR" in ln or "rror" in ln), "unreadable")
         raise WMHLocError(f"{path}: cannot read {what} (truncated or not a valid image: {reason[:160]})") from None
+    if img.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):  # ITK cannot cast them
+        raise WMHLocError(f"{path}: {what} holds complex values ({img.GetPixelIDTypeAsString()}); expected "
+                          "real intensities or labels")
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise WMHLocError(f"{path}: {what} has {img.GetNumberOfComponentsPerPixel()} components per voxel, expected 1")
     size = img.GetSize()
@@ -215,4 +218,18 @@ def write_image(img: sitk.Image, path: str | os.PathLike, *, overwrite: bool = F
 def array_to_image(arr: np.ndarray, like: sitk.Image) -> sitk.Image:
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(like)
+    return out
+
+
+def to_float32(img: sitk.Image, path, what: str = "image") -> sitk.Image:
+    """`img` as float32 (nnU-Net's input type), checked after the cast: finite float64 values beyond float32's
+    range (about 3.4e38) become inf, which ITK would read back as 0."""
+    if img.GetPixelID() == sitk.sitkFloat32:
+        return img
+    out = sitk.Cast(img, sitk.sitkFloat32)
+    arr = sitk.GetArrayViewFromImage(out)
+    n = int(arr.size - np.isfinite(arr).sum())
+    if n:
+        raise WMHLocError(f"{path}: {what} has {n} voxels beyond float32's range (|value| > 3.4e38); "
+                          "rescale the image")
     return out

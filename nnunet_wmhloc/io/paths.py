@@ -49,17 +49,29 @@ def check_path(path: str | os.PathLike, *, what: str, kind: str = "file") -> Pat
     return path
 
 
+# image formats ITK writes that the folder readers do not take (they read NIfTI only)
+OTHER_IMAGE_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".hdr", ".img", ".mnc", ".nii.bz2", ".nii.zst", ".dcm",
+                        ".tif", ".tiff", ".vtk")
+
+
 def list_inputs(folder: str | os.PathLike, suffixes: Sequence[str] = NIFTI_SUFFIXES, *,
                 what: str = "input") -> list[Path]:
     """The entries of `folder` named `*<suffix>` (hidden ones skipped), sorted. An entry with such a name
     that is not a readable file (broken link, link loop, a folder) is an error naming it: a subject must
     never silently drop out of the results."""
     folder = check_path(folder, what=f"{what} folder", kind="dir")
-    out = []
+    out, unread = [], []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.name.endswith(tuple(suffixes)):
+        if p.name.startswith("."):
+            continue
+        if not p.name.endswith(tuple(suffixes)):
+            if p.name.lower().endswith(OTHER_IMAGE_SUFFIXES):
+                unread.append(p.name)
             continue
         out.append(check_path(p, what=f"entry of the {what} folder"))
+    if unread:  # a subject given as .mha would silently drop out of the results
+        raise WMHLocError(f"{folder}: {len(unread)} image(s) in a format not read here ({few(unread)}); only "
+                          f"{'/'.join(suffixes)} are read: convert them (e.g. SimpleITK) or move them out")
     return out
 
 

@@ -21,7 +21,7 @@ from nnunet_wmhloc.layout import RunLayout
 from nnunet_wmhloc.vocab import split_case
 from nnunet_wmhloc.pipeline.budget import budget_environ
 from nnunet_wmhloc.pipeline.prediction import nifti_stems, predict_models  # noqa: F401  (run/predict use both)
-from nnunet_wmhloc.pipeline.stages import StageContext, clear_dir, cpu_count
+from nnunet_wmhloc.pipeline.stages import StageContext, clear_dir, cpu_count, input_fingerprint
 
 TASKS = ("lesion", "region")
 SETTINGS = (("FLAIR", "flair"), ("T1", "t1"), ("fused", None))
@@ -72,6 +72,11 @@ class Cohort:
     def inputs(self) -> list[Path]:
         """Every file the cohort names, and the cohort itself: what no output may replace."""
         return [self.source] + [f for s in self._subjects for f in s.files()]
+
+    def fingerprint(self) -> dict:
+        """The convert stage's inputs record: the CSV's content hash, size and mtime of every listed file."""
+        return input_fingerprint(self.source if self.source.is_file() else None,
+                                 [f for s in self._subjects for f in s.files()])
 
 
 def check_pipeline_output(output: Path, cohort: Cohort | None = None, extra_inputs=()) -> None:

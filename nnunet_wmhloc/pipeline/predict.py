@@ -110,8 +110,8 @@ def build_parser():
                    help="test-time mirroring (default: the setting the archive's run predicted with, recorded in "
                         "its manifest; else on)")
     p.add_argument("--disable-tta", action="store_true", help="same as --no-tta")
-    p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads per nnU-Net process on the CPU (default: cores minus one)")
-    p.add_argument("--processes", type=cli.positive_int, default=None, help="nnU-Net preprocessing/export worker processes")
+    p.add_argument("--threads", type=cli.workers_int, default=None, help="torch threads per nnU-Net process on the CPU (default: cores minus one)")
+    p.add_argument("--processes", type=cli.workers_int, default=None, help="nnU-Net preprocessing/export worker processes")
     p.add_argument("--register-t1", action="store_true",
                    help="rigidly register T1s that are not on the FLAIR grid (wmhloc_convert_cohort)")
     p.add_argument("--atlas", help="refined 36-label atlas for the cluster atlas maps")
@@ -287,7 +287,7 @@ class PredictPlan:
                                            "id": (self.manifest or {}).get("id")},
                   enabled=a.models is not None, description="unpack the model archive"),
             Stage("convert", self.convert, {"cohort": str(a.cohort.resolve()), "register_t1": a.register_t1},
-                  description="inference folder (wmhloc_convert_cohort)"),
+                  description="inference folder (wmhloc_convert_cohort)", inputs=self.cohort.fingerprint()),
             Stage("predict", self.predict, {"models": {t: str(m) for t, m in self.models.items()},
                                             "folds": self.folds, "tta": not a.disable_tta, "fusion": fusion},
                   description="nnUNetv2_predict_from_modelfolder, lesion and region models"),

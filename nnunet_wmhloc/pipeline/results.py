@@ -22,7 +22,7 @@ import re
 import shutil
 from pathlib import Path
 
-from nnunet_wmhloc.io import WMHLocError, atomic_dir, read_csv, write_csv, write_json
+from nnunet_wmhloc.io import WMHLocError, atomic_dir, formula_safe, read_csv, write_csv, write_json
 from nnunet_wmhloc.layout import RunLayout
 from nnunet_wmhloc.pipeline.models import describe_fusion
 from nnunet_wmhloc.pipeline.review import subject_warnings
@@ -150,7 +150,7 @@ def _write_tsv(rows: list[dict], path: Path, columns: list[str] | None = None) -
         w = csv.DictWriter(f, fieldnames=columns, delimiter="\t", lineterminator="\n")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("n/a" if r.get(k, "") in ("", None) else r[k]) for k in columns})
+            w.writerow({k: ("n/a" if r.get(k, "") in ("", None) else formula_safe(r[k])) for k in columns})
 
 
 def _bids_sidecars(d: Path, names: dict, info: dict, reference: str) -> None:

@@ -86,9 +86,9 @@ def build_parser():
                         f"epochs (region model {QUICK['region_epochs']}) x {QUICK['iterations']} iterations, batch "
                         f"size <= {QUICK['batch_cap']}, AdamW instead of SGD, no test-time mirroring")
     t.add_argument("--disable-tta", action="store_true", help="predict without test-time mirroring (faster)")
-    t.add_argument("--threads", type=cli.positive_int, default=None,
+    t.add_argument("--threads", type=cli.workers_int, default=None,
                    help="torch threads per nnU-Net process on the CPU (default: cores minus data-augmentation workers)")
-    t.add_argument("--processes", type=cli.positive_int, default=None,
+    t.add_argument("--processes", type=cli.workers_int, default=None,
                    help="nnU-Net worker processes for preprocessing and export (default 3 on a GPU machine, 1-2 on CPU)")
     a = p.add_argument_group("analysis")
     a.add_argument("--atlas", help="refined 36-label atlas (36_labels_merged.nii.gz) for the cluster atlas maps")
@@ -291,7 +291,8 @@ class RunPlan:
         train_key = {"configuration": self.configuration, "folds": self.folds}
         return [
             Stage("synth", self.synth, {"demo": DEMO}, enabled=a.demo, description="synthetic cohort"),
-            Stage("convert", self.convert, src, description="nnU-Net raw datasets"),
+            Stage("convert", self.convert, src, description="nnU-Net raw datasets",
+                  inputs=self.cohort.fingerprint() if self.cohort is not None else {}),
             Stage("preprocess", self.preprocess, {"configuration": self.configuration},
                   description="nnUNetv2_plan_and_preprocess"),
             Stage("train_lesion", lambda c: self.train(c, "lesion", force == "train_lesion"),

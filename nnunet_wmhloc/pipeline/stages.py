@@ -40,6 +40,44 @@ class Stage:
     settings: dict = field(default_factory=dict)  # a change re-runs the stage
     enabled: bool = True
     description: str = ""
+    inputs: dict = field(default_factory=dict)  # what its inputs are (input_fingerprint): a change re-runs it
+
+
+def input_fingerprint(table: Path | None, files=()) -> dict:
+    """What a stage's inputs are, for its done-marker: the content hash of a table (cohort CSV) and the size
+    and mtime of every file it lists, so that an edited cohort (a subject added, an image replaced) re-runs
+    the stage instead of returning the last run's results."""
+    import hashlib
+
+    out: dict = {}
+    if table is not None and Path(table).is_file():
+        out["table"] = {"path": str(Path(table).resolve()),
+                        "sha256": hashlib.sha256(Path(table).read_bytes()).hexdigest()}
+    listed = {}
+    for f in files:
+        try:
+            st = os.stat(f)
+            listed[str(Path(f).resolve())] = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            listed[str(f)] = None  # missing: the stage itself reports it
+    out["files"] = listed
+    return out
+
+
+def _input_changes(old: dict | None, new: dict) -> str:
+    """What differs between two input_fingerprint records, in a few words."""
+    if old is None:
+        return "not recorded by the last run"
+    what = []
+    if old.get("table") != new.get("table"):
+        what.append(f"{Path((new.get('table') or old.get('table') or {}).get('path', 'table')).name} edited")
+    a, b = old.get("files", {}), new.get("files", {})
+    added, removed = len(set(b) - set(a)), len(set(a) - set(b))
+    changed = sum(1 for k in set(a) & set(b) if a[k] != b[k])
+    for n, word in ((added, "added"), (removed, "removed"), (changed, "changed")):
+        if n:
+            what.append(f"{n} file(s) {word}")
+    return ", ".join(what) or "changed"
 
 
 def _last_error_line(text: str) -> str:
@@ -165,7 +203,12 @@ class Runner:
         for i, st in enumerate(self.stages, start=1):
             done = self.read_marker(st.name)
             settings = json.loads(json.dumps(st.settings, default=str))
+            inputs = json.loads(json.dumps(st.inputs, default=str))
             if st.name == self.force:
+                redo = True
+            elif done is not None and inputs and done.get("inputs") != inputs and not redo:
+                self._print(f"[{i}/{len(self.stages)}] {st.name}: inputs changed since the last run "
+                            f"({_input_changes(done.get('inputs'), inputs)}), redoing it and the stages after it")
                 redo = True
             elif done is not None and done.get("settings") != settings and not redo:
                 self._print(f"[{i}/{len(self.stages)}] {st.name}: settings changed since the last run, redoing "
@@ -189,6 +232,12 @@ class Runner:
                 summary = st.func(ctx) or {}
             except StageFailed as e:
                 raise WMHLocError(f"stage '{st.name}' failed: {e.reason} (log: {log_path})") from None
+            except SystemExit as e:  # an inner command's argparse exit: its reason went to the log
+                if e.code in (0, None):
+                    raise WMHLocError(f"stage '{st.name}' failed: it exited early (log: {log_path})") from None
+                tail = log_path.read_text(encoding="utf-8", errors="replace")[-20000:]
+                reason = str(e.code) if isinstance(e.code, str) else _last_error_line(tail)
+                raise WMHLocError(f"stage '{st.name}' failed: {reason} (log: {log_path})") from None
             except WMHLocError as e:
                 ctx.log(f"error: {e}")
                 raise WMHLocError(f"stage '{st.name}' failed: {e} (log: {log_path})") from None
@@ -197,7 +246,7 @@ class Runner:
                 raise WMHLocError(f"stage '{st.name}' failed: {type(e).__name__}: {e} (log: {log_path})") from None
             seconds = time.time() - t
             marker = {"stage": st.name, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(seconds, 1),
-                      "settings": settings, "commands": ctx.commands, "summary": summary}
+                      "settings": settings, "inputs": inputs, "commands": ctx.commands, "summary": summary}
             write_json(marker, self.marker(st.name), overwrite=True)
             ctx.log(f"# stage {st.name} done in {seconds:.1f} s")
             self._print(f"      done in {seconds:.0f} s")
