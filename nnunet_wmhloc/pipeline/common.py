@@ -11,8 +11,11 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import sys
 from pathlib import Path
+from typing import Callable
 
 from nnunet_wmhloc.env import nnunet_environ
 from nnunet_wmhloc.io import (WMHLocError, check_not_input, check_output, is_owned, make_owned_dir, mark_owned,
@@ -72,6 +75,16 @@ class Cohort:
     def inputs(self) -> list[Path]:
         """Every file the cohort names, and the cohort itself: what no output may replace."""
         return [self.source] + [f for s in self._subjects for f in s.files()]
+
+
+def pipeline_main(prog: str, parser, run: Callable[..., dict], argv=None) -> int:
+    """wmhloc_run's / wmhloc_predict's `_main`: parse, `run(options, command line)`, print where the report is."""
+    a = parser.parse_args(argv)
+    command = f"{prog} " + shlex.join(sys.argv[1:] if argv is None else [str(x) for x in argv])
+    results = run(a, command)
+    if not a.quiet:
+        print(f"done: {results.get('report', {}).get('summary', {}).get('report') or a.output.resolve()}")
+    return 0
 
 
 def check_pipeline_output(output: Path, cohort: Cohort | None = None, extra_inputs=()) -> None:
