@@ -25,6 +25,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from nnunet_wmhloc import cli
+from nnunet_wmhloc.registration import moments_mattes
 from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_output, check_same_geometry, read_image, write_csv
 from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, DatasetJob,
                                                      build_datasets, load_subject, raw_root_from, subject_row,
@@ -36,22 +37,10 @@ from nnunet_wmhloc.vocab import dataset_folder_name
 # ------------------------------------------------------------------------------- T1 -> FLAIR space
 def register_rigid(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
     """Rigid T1 -> FLAIR registration by Mattes mutual information (multi-resolution)."""
-    f = sitk.Cast(fixed, sitk.sitkFloat32)
-    m = sitk.Cast(moving, sitk.sitkFloat32)
-    init = sitk.CenteredTransformInitializer(f, m, sitk.Euler3DTransform(),
-                                             sitk.CenteredTransformInitializerFilter.MOMENTS)
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     # every voxel: at 3 mm slices a subject has ~1e6 voxels, and random sampling made results vary by run
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-4, numberOfIterations=300,
-                                                 relaxationFactor=0.6)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([4, 2, 1])
-    reg.SetSmoothingSigmasPerLevel([2, 1, 0])
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    reg.SetInitialTransform(init, inPlace=False)
-    return reg.Execute(f, m)
+    return moments_mattes(fixed, moving, sitk.Euler3DTransform(), bins=32, shrink=[4, 2, 1], sigmas=[2, 1, 0],
+                          optimizer=lambda r: r.SetOptimizerAsRegularStepGradientDescent(
+                              learningRate=2.0, minStep=1e-4, numberOfIterations=300, relaxationFactor=0.6))
 
 
 def _t1_to_flair(s: Subject, register: bool, tmp: Path) -> None:
