@@ -28,8 +28,8 @@ from nnunet_wmhloc import cli
 from nnunet_wmhloc.registration import moments_mattes
 from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_output, check_same_geometry, read_image, write_csv
 from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, DatasetJob,
-                                                     build_datasets, load_subject, raw_root_from, subject_row,
-                                                     write_cases)
+                                                     add_output_options, build_datasets, load_subject,
+                                                     raw_root_from, subject_row, write_cases)
 from nnunet_wmhloc.dataset_conversion.subjects import Subject, from_bids, from_csv, load_cohort  # noqa: F401
 from nnunet_wmhloc.vocab import dataset_folder_name
 
@@ -170,10 +170,7 @@ def _parser():
     p.add_argument("--name", default="Cohort", help="dataset name suffix (DatasetXXX_<name>Lesion/Region)")
     p.add_argument("--register-t1", action="store_true",
                    help="rigidly register T1s that are not on the FLAIR grid (mutual information)")
-    p.add_argument("--preprocessed", default=os.environ.get("nnUNet_preprocessed"),
-                   help="where splits_final.json goes (default: $nnUNet_preprocessed)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing datasets, splits or inference folder")
-    return p
+    return add_output_options(p, "replace existing datasets, splits or inference folder")
 
 
 def _main(argv=None) -> int:

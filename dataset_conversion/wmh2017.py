@@ -12,7 +12,7 @@ from pathlib import Path
 from nnunet_wmhloc import cli
 from nnunet_wmhloc.io import WMHLocError, few, is_number
 from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, DatasetJob,
-                                                     build_datasets, raw_root_from)
+                                                     add_output_options, build_datasets, raw_root_from)
 from nnunet_wmhloc.dataset_conversion.subjects import IMAGE_FILES, LESION_FILE, Subject, subject_folders
 from nnunet_wmhloc.vocab import MODALITIES, dataset_folder_name, subject_id, subject_of_file
 
@@ -139,10 +139,7 @@ def _parser():
                    help="challenge: train on the challenge's training subjects; paper: swapped, as the paper did")
     p.add_argument("--modalities", nargs="+", choices=MODALITIES, default=list(MODALITIES),
                    help="which images become cases")
-    p.add_argument("--preprocessed", default=os.environ.get("nnUNet_preprocessed"),
-                   help="where splits_final.json goes (default: $nnUNet_preprocessed)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing datasets and splits")
-    return p
+    return add_output_options(p, "replace existing datasets and splits")
 
 
 def _main(argv=None) -> int:
