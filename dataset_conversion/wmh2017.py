@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.io import WMHLocError, few, is_number
+from nnunet_wmhloc.io import WMHLocError, few, files_by_key, is_number
 from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, DatasetJob,
                                                      add_output_options, build_datasets, raw_root_from)
 from nnunet_wmhloc.dataset_conversion.subjects import IMAGE_FILES, LESION_FILE, Subject, subject_folders
@@ -60,16 +60,9 @@ def find_region_maps(folder: str | os.PathLike) -> dict[str, Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise WMHLocError(f"{folder}: region label folder not found")
-    maps: dict[str, Path] = {}
-    for p in sorted(folder.rglob("*.nii.gz")):
-        if p.name.startswith("."):
-            continue
-        sid = subject_of_file(p)
-        if sid is None:
-            continue  # e.g. wmhloc_region_labels' <subject>_brainmask.nii.gz beside the maps
-        if sid in maps:
-            raise WMHLocError(f"{p}: second region map for subject {sid} (also {maps[sid]})")
-        maps[sid] = p
+    # a file without a subject id (e.g. wmhloc_region_labels' <subject>_brainmask.nii.gz beside the maps) is skipped
+    maps = files_by_key((p for p in sorted(folder.rglob("*.nii.gz")) if not p.name.startswith(".")), subject_of_file,
+                        lambda p, sid, first: f"{p}: second region map for subject {sid} (also {first})")
     if not maps:
         raise WMHLocError(f"{folder}: no region maps found (WMH_<id>.nii.gz or <subject>.nii.gz)")
     return maps
