@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from nnunet_wmhloc.atlas import _atlas, _synthetic
 from nnunet_wmhloc.atlas.merge_table import merge_type2
 from nnunet_wmhloc.atlas.subject_labels import label_subject
+from nnunet_wmhloc.registration import moments_mattes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,23 +40,11 @@ def region_dice(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def baseline(atlas: _atlas.Atlas, subject_t1: sitk.Image) -> sitk.Transform:
     """The plain recipe: moments start, affine, Mattes MI, shrink 4/2/1 — on whole-brain T1s."""
-    fixed = sitk.Cast(subject_t1, sitk.sitkFloat32)
-    moving = sitk.Cast(atlas.t1, sitk.sitkFloat32)
-    init = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3),
-                                             sitk.CenteredTransformInitializerFilter.MOMENTS)
-    r = sitk.ImageRegistrationMethod()
-    r.SetMetricAsMattesMutualInformation(50)
-    r.SetMetricSamplingStrategy(r.RANDOM)
-    r.SetMetricSamplingPercentage(0.05, 1)
-    r.SetInterpolator(sitk.sitkLinear)
-    r.SetOptimizerAsGradientDescent(learningRate=1.0, numberOfIterations=100, convergenceMinimumValue=1e-6,
-                                    convergenceWindowSize=10)
-    r.SetOptimizerScalesFromPhysicalShift()
-    r.SetShrinkFactorsPerLevel([4, 2, 1])
-    r.SetSmoothingSigmasPerLevel([2, 1, 0])
-    r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    r.SetInitialTransform(init, inPlace=False)
-    return r.Execute(fixed, moving)
+    return moments_mattes(subject_t1, atlas.t1, sitk.AffineTransform(3), bins=50, sampling=(0.05, 1),
+                          shrink=[4, 2, 1], sigmas=[2, 1, 0],
+                          optimizer=lambda r: r.SetOptimizerAsGradientDescent(
+                              learningRate=1.0, numberOfIterations=100, convergenceMinimumValue=1e-6,
+                              convergenceWindowSize=10))
 
 
 def run_case(name, atlas, t1_path, ref_labels: np.ndarray, methods, tmp: Path, t1_img=None) -> dict:

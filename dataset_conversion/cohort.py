@@ -24,11 +24,12 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from nnunet_wmhloc import cli
+from nnunet_wmhloc.registration import moments_mattes
 from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_same_geometry, read_image, to_float32,
                               temp_dir, write_csv)
 from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, DatasetJob,
-                                                     build_datasets, load_subject, raw_root_from, subject_row,
-                                                     write_cases)
+                                                     add_output_options, build_datasets, load_subject,
+                                                     raw_root_from, subject_row, write_cases)
 from nnunet_wmhloc.dataset_conversion.subjects import Subject, from_bids, from_csv, load_cohort  # noqa: F401
 from nnunet_wmhloc.vocab import dataset_folder_name
 
@@ -36,22 +37,10 @@ from nnunet_wmhloc.vocab import dataset_folder_name
 # ------------------------------------------------------------------------------- T1 -> FLAIR space
 def register_rigid(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
     """Rigid T1 -> FLAIR registration by Mattes mutual information (multi-resolution)."""
-    f = sitk.Cast(fixed, sitk.sitkFloat32)
-    m = sitk.Cast(moving, sitk.sitkFloat32)
-    init = sitk.CenteredTransformInitializer(f, m, sitk.Euler3DTransform(),
-                                             sitk.CenteredTransformInitializerFilter.MOMENTS)
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     # every voxel: at 3 mm slices a subject has ~1e6 voxels, and random sampling made results vary by run
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-4, numberOfIterations=300,
-                                                 relaxationFactor=0.6)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([4, 2, 1])
-    reg.SetSmoothingSigmasPerLevel([2, 1, 0])
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    reg.SetInitialTransform(init, inPlace=False)
-    return reg.Execute(f, m)
+    return moments_mattes(fixed, moving, sitk.Euler3DTransform(), bins=32, shrink=[4, 2, 1], sigmas=[2, 1, 0],
+                          optimizer=lambda r: r.SetOptimizerAsRegularStepGradientDescent(
+                              learningRate=2.0, minStep=1e-4, numberOfIterations=300, relaxationFactor=0.6))
 
 
 def _t1_to_flair(s: Subject, register: bool, tmp: Path) -> None:
@@ -181,10 +170,7 @@ def _parser():
     p.add_argument("--name", default="Cohort", help="dataset name suffix (DatasetXXX_<name>Lesion/Region)")
     p.add_argument("--register-t1", action="store_true",
                    help="rigidly register T1s that are not on the FLAIR grid (mutual information)")
-    p.add_argument("--preprocessed", default=os.environ.get("nnUNet_preprocessed"),
-                   help="where splits_final.json goes (default: $nnUNet_preprocessed)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing datasets, splits or inference folder")
-    return p
+    return add_output_options(p, "replace existing datasets, splits or inference folder")
 
 
 def _main(argv=None) -> int:
@@ -195,5 +181,4 @@ def _main(argv=None) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    return cli.run(_main, argv)
+main = cli.entry(_main)

@@ -257,6 +257,14 @@ def _fill_dataset(tmp: Path, j: DatasetJob, train_cases: list[str], splits: list
     return rows
 
 
+def add_output_options(p, overwrite_help: str):
+    """The converters' last options, --preprocessed and --overwrite; returns `p`."""
+    p.add_argument("--preprocessed", default=os.environ.get("nnUNet_preprocessed"),
+                   help="where splits_final.json goes (default: $nnUNet_preprocessed)")
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    return p
+
+
 def raw_root_from(arg: str | None) -> Path:
     root = arg or os.environ.get("nnUNet_raw")
     if not root:

@@ -52,5 +52,4 @@ def _main(argv=None) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    return cli.run(_main, argv)
+main = cli.entry(_main)

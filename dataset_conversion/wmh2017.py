@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 from nnunet_wmhloc import cli
-from nnunet_wmhloc.io import WMHLocError, few, is_number
+from nnunet_wmhloc.io import WMHLocError, few, files_by_key, is_number
 from nnunet_wmhloc.dataset_conversion.common import (LESION_DESCRIPTION, REGION_DESCRIPTION, DatasetJob,
-                                                     build_datasets, raw_root_from)
+                                                     add_output_options, build_datasets, raw_root_from)
 from nnunet_wmhloc.dataset_conversion.subjects import IMAGE_FILES, LESION_FILE, Subject, subject_folders
 from nnunet_wmhloc.vocab import MODALITIES, dataset_folder_name, subject_id, subject_of_file
 
@@ -60,16 +60,9 @@ def find_region_maps(folder: str | os.PathLike) -> dict[str, Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise WMHLocError(f"{folder}: region label folder not found")
-    maps: dict[str, Path] = {}
-    for p in sorted(folder.rglob("*.nii.gz")):
-        if p.name.startswith("."):
-            continue
-        sid = subject_of_file(p)
-        if sid is None:
-            continue  # e.g. wmhloc_region_labels' <subject>_brainmask.nii.gz beside the maps
-        if sid in maps:
-            raise WMHLocError(f"{p}: second region map for subject {sid} (also {maps[sid]})")
-        maps[sid] = p
+    # a file without a subject id (e.g. wmhloc_region_labels' <subject>_brainmask.nii.gz beside the maps) is skipped
+    maps = files_by_key((p for p in sorted(folder.rglob("*.nii.gz")) if not p.name.startswith(".")), subject_of_file,
+                        lambda p, sid, first: f"{p}: second region map for subject {sid} (also {first})")
     if not maps:
         raise WMHLocError(f"{folder}: no region maps found (WMH_<id>.nii.gz or <subject>.nii.gz)")
     return maps
@@ -139,10 +132,7 @@ def _parser():
                    help="challenge: train on the challenge's training subjects; paper: swapped, as the paper did")
     p.add_argument("--modalities", nargs="+", choices=MODALITIES, default=list(MODALITIES),
                    help="which images become cases")
-    p.add_argument("--preprocessed", default=os.environ.get("nnUNet_preprocessed"),
-                   help="where splits_final.json goes (default: $nnUNet_preprocessed)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing datasets and splits")
-    return p
+    return add_output_options(p, "replace existing datasets and splits")
 
 
 def _main(argv=None) -> int:
@@ -153,5 +143,4 @@ def _main(argv=None) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    return cli.run(_main, argv)
+main = cli.entry(_main)

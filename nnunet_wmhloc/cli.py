@@ -66,6 +66,20 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
     return int(code or 0)
 
 
+def entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Sequence[str] | None], int]:
+    """A console script's `main(argv=None)`: `main` called through run()."""
+    def command(argv: Sequence[str] | None = None) -> int:
+        return run(main, argv)
+    return command
+
+
+def print_result(lines: Iterable[str], notes: Iterable[str] = ()) -> None:
+    """A stage's notes as `note: ...` lines on stderr, then its summary lines on stdout."""
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    print("\n".join(lines))
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     return _int_in(text, 1, None)

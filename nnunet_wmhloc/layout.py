@@ -24,6 +24,19 @@ REGIONAL_LOADS = "regional_loads.csv"
 LESIONS = "lesions.csv"
 
 
+def _below(*parts: str, doc: str | None = None) -> property:
+    """A layout property: the path <root>/<parts...>."""
+    return property(lambda self: self.root.joinpath(*parts), doc=doc)
+
+
+def _per_task(*parts: str, doc: str | None = None):
+    """A layout method: task -> the path <root>/<parts...>/<task>."""
+    def at(self, task: str) -> Path:
+        return self.root.joinpath(*parts, task)
+    at.__doc__ = doc
+    return at
+
+
 @dataclass(frozen=True)
 class RunLayout:
     root: Path
@@ -32,13 +45,8 @@ class RunLayout:
         object.__setattr__(self, "root", Path(self.root))
 
     # runner
-    @property
-    def stages(self) -> Path:
-        return self.root / "stages"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
+    stages = _below("stages")
+    logs = _below("logs")
 
     def marker(self, stage: str) -> Path:
         return self.stages / f"{stage}.done"
@@ -47,78 +55,31 @@ class RunLayout:
         return self.logs / f"{stage}.log"
 
     # models and inputs
-    @property
-    def nnunet(self) -> Path:
-        return self.root / "nnunet"
-
-    @property
-    def trainers(self) -> Path:
-        """Budget trainers' shim folder (on nnUNet_extTrainer)."""
-        return self.root / "wmhloc_trainers"
-
-    @property
-    def models(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def images(self) -> Path:
-        return self.root / "images"
-
-    def inputs(self, task: str) -> Path:
-        return self.root / "inputs" / task
-
-    def references(self, task: str) -> Path:
-        return self.root / "references" / task
-
-    @property
-    def choice(self) -> Path:
-        return self.root / "choice"
-
-    @property
-    def fusion_choice(self) -> Path:
-        return self.choice / "fusion.json"
+    nnunet = _below("nnunet")
+    trainers = _below("wmhloc_trainers", doc="Budget trainers' shim folder (on nnUNet_extTrainer).")
+    models = _below("models")
+    images = _below("images")
+    inputs = _per_task("inputs")
+    references = _per_task("references")
+    choice = _below("choice")
+    fusion_choice = _below("choice", "fusion.json")
 
     # prediction -> fusion
-    def predictions(self, task: str) -> Path:
-        return self.root / "predictions" / task
-
-    def prediction_records(self, task: str) -> Path:
-        return self.root / "predictions" / "records" / task
-
-    def segmentations(self, task: str) -> Path:
-        return self.root / "segmentations" / task
+    predictions = _per_task("predictions")
+    prediction_records = _per_task("predictions", "records")
+    segmentations = _per_task("segmentations")
 
     def fusion_log(self, task: str) -> Path:
         return self.segmentations(task) / "fusion_log.csv"
 
     # localisation, clustering, evaluation
-    @property
-    def localize(self) -> Path:
-        return self.root / "localize"
-
-    @property
-    def regional_loads(self) -> Path:
-        return self.localize / REGIONAL_LOADS
-
-    @property
-    def lesions(self) -> Path:
-        return self.localize / LESIONS
-
-    @property
-    def regional_maps(self) -> Path:
-        return self.localize / "regional_maps"
-
-    @property
-    def reference_loads(self) -> Path:
-        return self.localize / "reference" / REGIONAL_LOADS
-
-    @property
-    def cluster(self) -> Path:
-        return self.root / "cluster"
-
-    @property
-    def evaluation(self) -> Path:
-        return self.root / "evaluation"
+    localize = _below("localize")
+    regional_loads = _below("localize", REGIONAL_LOADS)
+    lesions = _below("localize", LESIONS)
+    regional_maps = _below("localize", "regional_maps")
+    reference_loads = _below("localize", "reference", REGIONAL_LOADS)
+    cluster = _below("cluster")
+    evaluation = _below("evaluation")
 
     def evaluation_setting(self, task: str, setting: str) -> Path:
         return self.evaluation / f"{task}_{setting.lower()}"
@@ -131,14 +92,6 @@ class RunLayout:
         return self.evaluation / f"compare_{task}"
 
     # what the user reads
-    @property
-    def results(self) -> Path:
-        return self.root / "results"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
-
-    @property
-    def report_html(self) -> Path:
-        return self.report / "report.html"
+    results = _below("results")
+    report = _below("report")
+    report_html = _below("report", "report.html")

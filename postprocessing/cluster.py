@@ -361,8 +361,7 @@ def _main(argv=None) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    return cli.run(_main, argv)
+main = cli.entry(_main)
 
 
 if __name__ == "__main__":

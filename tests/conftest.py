@@ -79,6 +79,18 @@ def nnunet_env(tmp_path_factory) -> dict:
     return env
 
 
+def trainer_env(monkeypatch, env: dict, results: Path, data_workers: str | None = "0") -> None:
+    """Environment for an nnU-Net trainer built in-process on the test datasets: their raw and preprocessed
+    folders, `results` (trainers make their output folders), no torch.compile, `data_workers` augmentation
+    processes (None: as set)."""
+    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(k, env[k])
+    monkeypatch.setenv("nnUNet_results", str(results))
+    monkeypatch.setenv("nnUNet_compile", "0")
+    if data_workers is not None:
+        monkeypatch.setenv("nnUNet_n_proc_DA", data_workers)
+
+
 def run_cmd(args, env=None, check=True, timeout=1800):
     """Run a command (console script or `python -m`), return CompletedProcess with text output."""
     p = subprocess.run([str(a) for a in args], env=env, capture_output=True, text=True, timeout=timeout)

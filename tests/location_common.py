@@ -10,6 +10,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from nnunet_wmhloc.location.priors import DEEP_GM, INFRATENTORIAL
+from nnunet_wmhloc.registration import moments_mattes
 
 CONN6 = ndi.generate_binary_structure(3, 1)
 
@@ -143,18 +144,7 @@ def icbm_reference(icbm: dict, shared: Path) -> dict:
 def intensity_affine(subject_t1: sitk.Image, atlas_t1: sitk.Image) -> sitk.Transform:
     """An independent registration (subject → atlas points): affine on the raw T1 intensities, moments
     start, Mattes MI, 4 then 2 mm: no tissue classes, no WM map, unlike the method under test."""
-    fixed = sitk.Cast(subject_t1, sitk.sitkFloat32)
-    moving = sitk.Cast(atlas_t1, sitk.sitkFloat32)
-    init = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3),
-                                             sitk.CenteredTransformInitializerFilter.MOMENTS)
-    r = sitk.ImageRegistrationMethod()
-    r.SetMetricAsMattesMutualInformation(48)
-    r.SetMetricSamplingStrategy(r.RANDOM)
-    r.SetMetricSamplingPercentage(0.05, 7)
-    r.SetInterpolator(sitk.sitkLinear)
-    r.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, 200, relaxationFactor=0.7)
-    r.SetOptimizerScalesFromPhysicalShift()
-    r.SetShrinkFactorsPerLevel([4, 2])
-    r.SetSmoothingSigmasPerLevel([2.0, 1.0])
-    r.SetInitialTransform(init, inPlace=False)
-    return r.Execute(fixed, moving)
+    return moments_mattes(subject_t1, atlas_t1, sitk.AffineTransform(3), bins=48, sampling=(0.05, 7),
+                          shrink=[4, 2], sigmas=[2.0, 1.0],
+                          optimizer=lambda r: r.SetOptimizerAsRegularStepGradientDescent(
+                              1.0, 1e-4, 200, relaxationFactor=0.7))

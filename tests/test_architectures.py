@@ -16,7 +16,7 @@ import torch
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from conftest import run_cmd
+from conftest import run_cmd, trainer_env
 from nnunet_wmhloc.training import arch_trainers, architectures
 from nnunet_wmhloc.training.architectures import MultiResBlock, MultiResUNet, PaddedUNETR
 
@@ -135,11 +135,7 @@ def test_trainers_deep_supervision_plumbing_in_process(preprocessed_2d, tmp_path
     """One training and one validation step of the MedNeXt trainer (its own 5 scales, not the plan's 3) and the
     UNETR trainer (no deep supervision: one target, no DeepSupervisionWrapper) on the real 2d data."""
     env = preprocessed_2d["env"]
-    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(k, env[k])
-    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    monkeypatch.setenv("nnUNet_compile", "0")
+    trainer_env(monkeypatch, env, tmp_path / "results")
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
     from nnunet_wmhloc.training.loss import DC_CE_SR_loss
 

@@ -48,14 +48,19 @@ def test_bids_training_dataset(synth_release, tmp_path):
     assert json.loads((ds / "dataset.json").read_text())["numTraining"] == 7
 
 
-def test_csv_inference_folder_and_t1_registration(synth_release, tmp_path):
-    src = synth_release / "training" / "Singapore" / "50"
-    t1 = sitk.ReadImage(str(src / "pre/T1.nii.gz"))
+def _misaligned(t1: sitk.Image) -> tuple[sitk.Transform, sitk.Image]:
+    """A known rigid misalignment (rotation about the centre, shift) and the T1 resampled by it."""
     true = sitk.Euler3DTransform()
     true.SetCenter(t1.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in t1.GetSize()]))
     true.SetRotation(0.0, 0.0, 0.15)
     true.SetTranslation((4.0, -3.0, 2.0))
-    moved = sitk.Resample(t1, t1, true, sitk.sitkLinear, 0.0)
+    return true, sitk.Resample(t1, t1, true, sitk.sitkLinear, 0.0)
+
+
+def test_csv_inference_folder_and_t1_registration(synth_release, tmp_path):
+    src = synth_release / "training" / "Singapore" / "50"
+    t1 = sitk.ReadImage(str(src / "pre/T1.nii.gz"))
+    _, moved = _misaligned(t1)
     moved.SetOrigin([o + 1.0 for o in moved.GetOrigin()])
     sitk.WriteImage(moved, str(tmp_path / "t1_moved.nii.gz"))
     rows = [{"subject": "a1", "flair": str(src / "pre/FLAIR.nii.gz"), "t1": "t1_moved.nii.gz"},
@@ -89,11 +94,7 @@ def test_rigid_registration_accuracy(synth_release):
     src = synth_release / "training" / "Singapore" / "50"
     t1 = sitk.ReadImage(str(src / "pre/T1.nii.gz"))
     flair = sitk.ReadImage(str(src / "pre/FLAIR.nii.gz"))
-    true = sitk.Euler3DTransform()
-    true.SetCenter(t1.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in t1.GetSize()]))
-    true.SetRotation(0.0, 0.0, 0.15)
-    true.SetTranslation((4.0, -3.0, 2.0))
-    moved = sitk.Resample(t1, t1, true, sitk.sitkLinear, 0.0)
+    true, moved = _misaligned(t1)
     tx = register_rigid(flair, moved)
     inv = true.GetInverse()
     rng = np.random.default_rng(0)

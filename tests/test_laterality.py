@@ -5,6 +5,7 @@ import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
+from conftest import trainer_env
 from nnunet_wmhloc.dataset_conversion.common import dataset_json
 from nnunet_wmhloc.training.laterality import (LRSwapMirrorTransform, lr_pairs, lr_patch_axis, lr_symmetry,
                                                make_lr_symmetric, set_lr_symmetry, swap_permutation)
@@ -149,10 +150,7 @@ def test_trainers_find_the_pairs_and_the_left_right_axis(preprocessed_2d, config
     from nnunet_wmhloc.training.arch_trainers import nnUNetTrainerWMHLoc_MultiResUNet
     from nnunet_wmhloc.training.trainers import nnUNetTrainerWMHLoc
 
-    monkeypatch.setenv("nnUNet_compile", "0")
-    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(k, preprocessed_2d["env"][k])
-    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))  # trainers make their output folders
+    trainer_env(monkeypatch, preprocessed_2d["env"], tmp_path / "results", data_workers=None)
     for dataset in ("Dataset602_WMHRegion", "Dataset601_WMHLesion"):
         plans, dj = _plans(preprocessed_2d, dataset)
         for cls in (nnUNetTrainerWMHLoc, nnUNetTrainerWMHLoc_MultiResUNet):

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import run_cmd
+from conftest import run_cmd, trainer_env
 
 SMOKE = "nnUNetTrainerWMHLoc_smoke"
 
@@ -80,11 +80,7 @@ def test_region_trainer_37_classes_steps_in_process(preprocessed_2d, tmp_path, m
     """nnUNetTrainerWMHLoc on the 37-class region dataset: the batch carries a skeleton channel at every
     deep-supervision scale, one training step and one validation step give finite losses."""
     env = preprocessed_2d["env"]
-    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(k, env[k])
-    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    monkeypatch.setenv("nnUNet_compile", "0")
+    trainer_env(monkeypatch, env, tmp_path / "results")
     from nnunet_wmhloc.training.trainers import nnUNetTrainerWMHLoc
     from nnunet_wmhloc.training.loss import DC_CE_SR_loss
 

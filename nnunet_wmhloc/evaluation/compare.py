@@ -141,14 +141,11 @@ def build_parser():
 def _main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     res = compare(parse_results(a.results), a.output, published=a.published, overwrite=a.overwrite)
-    for n in res.notes():
-        print(f"note: {n}", file=sys.stderr)
-    print("\n".join(res.lines()))
+    cli.print_result(res.lines(), res.notes())
     return 0
 
 
-def main(argv=None) -> int:
-    return cli.run(_main, argv)
+main = cli.entry(_main)
 
 
 if __name__ == "__main__":

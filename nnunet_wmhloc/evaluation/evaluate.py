@@ -245,14 +245,11 @@ def _main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     res = evaluate(a.pred, a.ref, a.task, a.output, sites=a.sites, site_column=a.site_column, include=a.include,
                    overwrite=a.overwrite)
-    for n in res.notes:
-        print(f"note: {n}", file=sys.stderr)
-    print("\n".join(res.lines()))
+    cli.print_result(res.lines(), res.notes)
     return 0
 
 
-def main(argv=None) -> int:
-    return cli.run(_main, argv)
+main = cli.entry(_main)
 
 
 if __name__ == "__main__":

@@ -43,12 +43,8 @@ class Pair:
 def nifti_files(folder: Path, what: str) -> dict[str, Path]:
     """stem → path of the .nii.gz/.nii files in `folder` (hidden files skipped)."""
     folder = Path(folder)
-    out: dict[str, Path] = {}
-    for p in io.list_inputs(folder, io.NIFTI_SUFFIXES, what=what):
-        stem = io.strip_nifti(p.name)
-        if stem in out:
-            raise WMHLocError(f"{p}: duplicate case name (also {out[stem].name}) in {what} folder")
-        out[stem] = p
+    out = io.files_by_key(io.list_inputs(folder, io.NIFTI_SUFFIXES, what=what), lambda p: io.strip_nifti(p.name),
+                          lambda p, stem, first: f"{p}: duplicate case name (also {first.name}) in {what} folder")
     if not out:
         raise WMHLocError(f"{folder}: no .nii.gz/.nii files in {what} folder")
     return out

@@ -8,8 +8,8 @@
 
 Nothing here knows the pipeline. The names below are the public ones; import them from `nnunet_wmhloc.io`.
 """
-from nnunet_wmhloc.io.paths import (NIFTI_SUFFIXES, WMHLocError, check_path, few, is_number, list_inputs, safe_name,
-                                    strip_nifti)
+from nnunet_wmhloc.io.paths import (NIFTI_SUFFIXES, WMHLocError, check_path, few, files_by_key, is_number, list_inputs,
+                                    safe_name, strip_nifti)
 from nnunet_wmhloc.io.outputs import (OWNER_MARKER, atomic_dir, atomic_file, check_not_input, check_output,
                                       check_overwrite, is_owned, make_owned_dir, mark_owned, not_owned_error,
                                       remove_owned, write_json, write_text)

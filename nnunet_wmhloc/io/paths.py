@@ -9,7 +9,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -72,6 +72,21 @@ def list_inputs(folder: str | os.PathLike, suffixes: Sequence[str] = NIFTI_SUFFI
     if unread:  # a subject given as .mha would silently drop out of the results
         raise WMHLocError(f"{folder}: {len(unread)} image(s) in a format not read here ({few(unread)}); only "
                           f"{'/'.join(suffixes)} are read: convert them (e.g. SimpleITK) or move them out")
+    return out
+
+
+def files_by_key(paths: Iterable[Path], key: Callable[[Path], str | None],
+                 duplicate: Callable[[Path, str, Path], str]) -> dict[str, Path]:
+    """{key(p): p} for the paths whose key is not None; a second path with a key already seen is a
+    WMHLocError with the message duplicate(path, key, first path)."""
+    out: dict[str, Path] = {}
+    for p in paths:
+        k = key(p)
+        if k is None:
+            continue
+        if k in out:
+            raise WMHLocError(duplicate(p, k, out[k]))
+        out[k] = p
     return out
 
 

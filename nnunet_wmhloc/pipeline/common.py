@@ -11,8 +11,11 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import sys
 from pathlib import Path
+from typing import Callable
 
 from nnunet_wmhloc.env import nnunet_environ
 from nnunet_wmhloc.io import (WMHLocError, check_not_input, check_output, is_owned, make_owned_dir, mark_owned,
@@ -77,6 +80,16 @@ class Cohort:
         """The convert stage's inputs record: the CSV's content hash, size and mtime of every listed file."""
         return input_fingerprint(self.source if self.source.is_file() else None,
                                  [f for s in self._subjects for f in s.files()])
+
+
+def pipeline_main(prog: str, parser, run: Callable[..., dict], argv=None) -> int:
+    """wmhloc_run's / wmhloc_predict's `_main`: parse, `run(options, command line)`, print where the report is."""
+    a = parser.parse_args(argv)
+    command = f"{prog} " + shlex.join(sys.argv[1:] if argv is None else [str(x) for x in argv])
+    results = run(a, command)
+    if not a.quiet:
+        print(f"done: {results.get('report', {}).get('summary', {}).get('report') or a.output.resolve()}")
+    return 0
 
 
 def check_pipeline_output(output: Path, cohort: Cohort | None = None, extra_inputs=()) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -314,16 +313,10 @@ def predict_cohort(a, command: str = "") -> dict:
 
 
 def _main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    command = "wmhloc_predict " + shlex.join(sys.argv[1:] if argv is None else [str(x) for x in argv])
-    results = predict_cohort(a, command)
-    if not a.quiet:
-        print(f"done: {results.get('report', {}).get('summary', {}).get('report') or a.output.resolve()}")
-    return 0
+    return common.pipeline_main("wmhloc_predict", build_parser(), predict_cohort, argv)
 
 
-def main(argv=None) -> int:
-    return cli.run(_main, argv)
+main = cli.entry(_main)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ A re-run skips finished stages; `--force STAGE` redoes that stage and the ones a
 """
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
@@ -334,16 +333,10 @@ def run_pipeline(a, command: str = "") -> dict:
 
 
 def _main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    command = "wmhloc_run " + shlex.join(sys.argv[1:] if argv is None else [str(x) for x in argv])
-    results = run_pipeline(a, command)
-    if not a.quiet:
-        print(f"done: {results.get('report', {}).get('summary', {}).get('report') or a.output.resolve()}")
-    return 0
+    return common.pipeline_main("wmhloc_run", build_parser(), run_pipeline, argv)
 
 
-def main(argv=None) -> int:
-    return cli.run(_main, argv)
+main = cli.entry(_main)
 
 
 if __name__ == "__main__":
