@@ -20,7 +20,7 @@ from nnunet_wmhloc.io.temps import claim, fit_name, new_temp_dir, sweep_stale, t
 
 __all__ = [
     "to_float32",
-    "NIFTI_SUFFIXES", "WMHLocError", "check_path", "few", "is_number", "list_inputs", "safe_name", "strip_nifti",
+    "NIFTI_SUFFIXES", "WMHLocError", "check_path", "few", "files_by_key", "is_number", "list_inputs", "safe_name", "strip_nifti",
     "OWNER_MARKER", "atomic_dir", "atomic_file", "check_not_input", "check_output", "check_overwrite", "is_owned",
     "make_owned_dir", "mark_owned", "not_owned_error", "remove_owned", "write_json", "write_text",
     "array_to_image", "check_same_geometry", "geometry", "read_array", "read_image", "read_labels",
