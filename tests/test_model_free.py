@@ -110,8 +110,12 @@ def test_planted_classes_and_location_images(cohort, grid):
     vent = sitk.GetArrayFromImage(sitk.ReadImage(str(sub / f"{name}_ventricles.nii.gz"))) > 0
     d = 2.0 * float((vent & s["ref_vent"]).sum()) / float(vent.sum() + s["ref_vent"].sum())
     assert d >= 0.8
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(sub / f"{name}_lesion_mask.nii.gz"))) > 0
+    if grid == "axial3":  # the cohort's probability map thresholded at --lesion-threshold 0.5
+        prob = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort["dir"] / f"{name}_lesion.nii.gz")))
+        assert np.array_equal(mask, prob >= 0.5)
     loc = sitk.GetArrayFromImage(sitk.ReadImage(str(sub / f"{name}_lesion_location.nii.gz")))
-    assert set(np.unique(loc[lab > 0]).tolist()) <= {1, 2, 3, 4} and not loc[lab == 0].any()
+    assert set(np.unique(loc[mask]).tolist()) <= {1, 2, 3, 4} and not loc[~mask].any()
     regions = sitk.ReadImage(str(sub / f"{name}_regions.nii.gz"))
     assert regions.GetSize() == s["t1"].GetSize()  # on the lesion map's grid
     atlas_mask = sitk.ReadImage(str(sub / f"{name}_space-atlas_lesion_mask.nii.gz"))
