@@ -119,8 +119,8 @@ def test_planted_classes_and_location_images(cohort, grid):
     regions = sitk.ReadImage(str(sub / f"{name}_regions.nii.gz"))
     assert regions.GetSize() == s["t1"].GetSize()  # on the lesion map's grid
     atlas_mask = sitk.ReadImage(str(sub / f"{name}_space-atlas_lesion_mask.nii.gz"))
-    assert atlas_mask.GetSize() == sitk.ReadImage(str(cohort["atlas_dir"] / "JHU_MNI_SS_T1.nii.gz")).GetSize() \
-        if (cohort["atlas_dir"] / "JHU_MNI_SS_T1.nii.gz").is_file() else True
+    atlas_t1 = sitk.ReadImage(str(cohort["atlas_dir"] / "JHU_MNI_SS_T1_brain.nii.gz"))
+    assert atlas_mask.GetSize() == atlas_t1.GetSize() and sitk.GetArrayViewFromImage(atlas_mask).any()
     freq = sitk.GetArrayFromImage(sitk.ReadImage(str(res / "lesion_frequency_atlas.nii.gz")))
     assert set(np.unique(freq).tolist()) <= {0.0, 0.5, 1.0} and (freq == 1.0).any()
 

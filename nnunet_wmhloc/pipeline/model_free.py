@@ -44,21 +44,22 @@ def model_tasks(a) -> tuple[str, ...]:
     return tuple(t for t in TASKS if not free[t])
 
 
-def check(a, subjects: list) -> None:
-    """Before anything is written: one line naming what is missing."""
+def check(a, cohort) -> None:
+    """Before anything is written: one line naming what is missing. The cohort's subjects are loaded only
+    when a model-free task needs them (else a cohort that does not load fails at the convert stage)."""
     if not 0.0 < a.lesion_threshold <= 1.0:
         raise WMHLocError(f"--lesion-threshold {a.lesion_threshold:g}: must lie in (0, 1]")
     if not a.pv_distance > 0:
         raise WMHLocError(f"--pv-distance {a.pv_distance:g}: must be > 0 mm")
     if a.lesions == "csv":
-        no = [s.subject for s in subjects if s.lesion is None]
+        no = [s.subject for s in cohort.subjects if s.lesion is None]
         if no:
             raise WMHLocError(f"{a.cohort}: --lesions csv needs a lesion map per subject (the cohort's `lesion` "
                               f"column); none for {few(no, 3)}")
     if a.regions == "atlas":
         if a.atlas_dir is None:
             raise WMHLocError("--regions atlas needs --atlas-dir (the atlas the subjects are registered to)")
-        no = [s.subject for s in subjects if not s.images.get("t1")]
+        no = [s.subject for s in cohort.subjects if not s.images.get("t1")]
         if no:
             raise WMHLocError(f"{a.cohort}: --regions atlas registers each subject's T1; no T1 for {few(no, 3)}")
     if a.atlas_dir is not None:

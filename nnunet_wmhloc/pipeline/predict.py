@@ -155,7 +155,7 @@ class PredictPlan:
         a.device = cli.check_device(a.device)  # before any stage: a missing GPU fails now, not at stage 2
         self.cohort = common.Cohort(a.cohort)  # loaded once: checks, convert, references and results use it
         common.check_pipeline_output(a.output, self.cohort)
-        model_free.check(a, self.cohort.subjects)
+        model_free.check(a, self.cohort)
         self.processes = a.processes or common.default_processes(a.device)
         self.env = common.pipeline_environ(None, RunLayout(self.output).trainers, device=a.device,
                                            threads=a.threads, processes=self.processes)
