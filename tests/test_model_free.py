@@ -165,3 +165,29 @@ def test_old_regional_loads_still_read(tmp_path):
             w.writerow({c: ("s1" if c == "subject" else "" if c in LOCATION_COLUMNS else
                             "x.nii.gz" if c.endswith("_file") else "0") for c in cols})
         assert read_loads(p)[0]["subject"] == "s1"
+
+
+def test_without_atlas_or_t1_the_location_cells_are_empty_with_a_note(tmp_path):
+    """The maps stage with no --atlas-dir (or a subject without a T1): no location images, one note per
+    subject, and the merged tables keep every localize column with empty location cells."""
+    from types import SimpleNamespace
+
+    from nnunet_wmhloc.dataset_conversion.subjects import Subject
+    from nnunet_wmhloc.pipeline import location_outputs as LO
+    from nnunet_wmhloc.pipeline.stages import StageContext
+    from nnunet_wmhloc.postprocessing.loads import LESION_LOCATION_COLUMNS, LOCATION_COLUMNS
+
+    ctx = StageContext("maps", tmp_path / "maps.log", {}, tmp_path / "run", quiet=True)
+    ctx.layout.segmentations("lesion").mkdir(parents=True)
+    sitk.WriteImage(sitk.Image([8, 8, 8], sitk.sitkUInt8), str(ctx.layout.segmentations("lesion") / "s1.nii.gz"))
+    s1 = Subject("s1", {"flair": str(tmp_path / "f.nii.gz")})
+    got = LO.locate_cohort(ctx, [s1, Subject("s2", {})], SimpleNamespace(atlas_dir=None, pv_distance=10.0),
+                           atlas_regions_too=False)
+    assert got == {"located": 0, "not_located": 1}  # s2 has no lesion map: no row, as in localize
+    assert not list(LO.folder(ctx.layout).glob("*.nii.gz"))
+    tables = SimpleNamespace(loads=[{"subject": "s1", "total_mm3": "0"}, {"subject": "s3", "total_mm3": "0"}],
+                             lesions=[{"subject": "s1", "lesion_id": "1"}])
+    m = LO.merged(ctx.layout, tables)
+    assert [r["location_note"] for r in m.loads] == [LO.NO_ATLAS, "location stage did not run"]
+    assert all(r[c] == "" for r in m.loads for c in LOCATION_COLUMNS if c != "location_note")
+    assert m.loads[0]["total_mm3"] == "0" and all(m.lesions[0][c] == "" for c in LESION_LOCATION_COLUMNS)
