@@ -5,6 +5,10 @@ axial grid, and the MNI152 brain, each with lesions planted as in tests/location
 printed beside wall time: on a shared machine the wall time depends on the load.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_location.py [--shared ../shared/data] [--repeat 1]
+    OMP_NUM_THREADS=2 python benchmarks/bench_location.py --predict   # the whole wmhloc_predict command
+
+--predict times `wmhloc_predict --lesions csv --regions atlas` (no model) on a cohort of those subjects
+(their T1 doubling as FLAIR), every stage from convert to the report: seconds per subject.
 """
 from __future__ import annotations
 
@@ -39,11 +43,42 @@ def subjects(shared: Path):
                                        sitk.sitkUInt8)
 
 
+def bench_predict(shared: Path) -> None:
+    import csv
+    import tempfile
+
+    from nnunet_wmhloc.pipeline.predict import build_parser, predict_cohort
+
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        rows = []
+        for i, (name, t1, lesion) in enumerate(subjects(shared)):
+            files = {"t1": d / f"s{i}_t1.nii.gz", "flair": d / f"s{i}_flair.nii.gz", "lesion": d / f"s{i}_les.nii.gz"}
+            for k, img in (("t1", t1), ("flair", t1), ("lesion", lesion)):
+                sitk.WriteImage(img, str(files[k]))
+            rows.append({"subject": f"s{i}", **{k: str(v) for k, v in files.items()}})
+        with open(d / "cohort.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        a = build_parser().parse_args([str(d / "cohort.csv"), "-o", str(d / "out"), "--lesions", "csv", "--regions",
+                                       "atlas", "--atlas-dir", str(shared / "eve_atlas"), "--device", "cpu", "--quiet"])
+        c0, w0 = time.process_time(), time.time()
+        predict_cohort(a)
+        wall, cpu = time.time() - w0, time.process_time() - c0
+    print(f"wmhloc_predict --lesions csv --regions atlas, {len(rows)} subjects: {wall:.1f} s wall, {cpu:.1f} s CPU; "
+          f"{wall / len(rows):.1f} s/subject wall, {cpu / len(rows):.1f} s/subject CPU")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--predict", action="store_true", help="time the whole wmhloc_predict command instead")
     a = p.parse_args()
+    if a.predict:
+        bench_predict(a.shared)
+        return 0
     eve = a.shared / "eve_atlas"
     c0, w0 = time.process_time(), time.time()
     atlas, priors = _atlas.load_atlas(eve), L.atlas_priors(eve)

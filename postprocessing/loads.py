@@ -5,7 +5,9 @@ Columns (LOAD_COLUMNS): subject, n_lesions, total_voxels, total_mm3; for each re
 `<region_column>_mm3` (lesion volume in the region) and `<region_column>_share` (its share of the subject's
 total lesion volume, 6 significant digits, "0" when the total is 0); wm_mm3 (regions 1-34), left_wm_mm3 /
 right_wm_mm3 (1-17 / 18-34), left_mm3 / right_mm3 (with 35 / 36), outside_voxels / outside_mm3 (lesion
-voxels in region 0), voxel_volume_mm3, lesion_file, region_file.
+voxels in region 0), voxel_volume_mm3, lesion_file, region_file; then LOCATION_COLUMNS (nnunet_wmhloc.location:
+periventricular/deep by the distance and continuity rules, juxtacortical, infratentorial, lobar loads, ICV),
+empty with the reason in location_note when the atlas registration did not run (wmhloc_localize alone).
 """
 from __future__ import annotations
 
@@ -32,16 +34,26 @@ def share_column(label: int) -> str:
     return f"{region_column(label)}_share"
 
 
-LOAD_COLUMNS = (["subject", "n_lesions", "total_voxels", "total_mm3"]
+LOBE_MM3_COLUMNS = [f"{lobe}_mm3" for lobe in ("frontal", "parietal", "temporal", "occipital", "limbic_insular",
+                                                "deep_central")]  # nnunet_wmhloc.location.LOBES
+LOCATION_COLUMNS = (["periventricular_mm3", "deep_mm3", "pv_distance_mm", "periventricular_cc_mm3", "deep_cc_mm3",
+                     "juxtacortical_mm3", "infratentorial_mm3"] + LOBE_MM3_COLUMNS
+                    + ["icv_mm3", "lesion_icv_fraction", "location_note"])
+NO_LOCATION = "no atlas registration here (wmhloc_predict --atlas-dir gives the location columns)"
+REGION_LOAD_COLUMNS = (["subject", "n_lesions", "total_voxels", "total_mm3"]
                 + [c for r in REGION_LABELS for c in (mm3_column(r), share_column(r))]
                 + ["wm_mm3", "left_wm_mm3", "right_wm_mm3", "left_mm3", "right_mm3", "outside_voxels",
                    "outside_mm3", "voxel_volume_mm3", "lesion_file", "region_file"])
+LOAD_COLUMNS = REGION_LOAD_COLUMNS + LOCATION_COLUMNS
 WM_MM3_COLUMNS = [mm3_column(r) for r in WM_REGIONS]
-TEXT_COLUMNS = ("subject", "lesion_file", "region_file")
+TEXT_COLUMNS = ("subject", "lesion_file", "region_file", "location_note")
 NUMBER_COLUMNS = tuple(c for c in LOAD_COLUMNS if c not in TEXT_COLUMNS)
-LESION_COLUMNS = ["subject", "lesion_id", "voxels", "volume_mm3", "centroid_lps_x_mm", "centroid_lps_y_mm",
-                  "centroid_lps_z_mm", "main_region", "main_region_name", "main_share", "outside_share",
-                  "n_regions", "regions"]
+LESION_BASE_COLUMNS = ["subject", "lesion_id", "voxels", "volume_mm3", "centroid_lps_x_mm", "centroid_lps_y_mm",
+                       "centroid_lps_z_mm", "main_region", "main_region_name", "main_share", "outside_share",
+                       "n_regions", "regions"]
+LESION_LOCATION_COLUMNS = ["location", "ventricle_distance_mm", "atlas_lps_x_mm", "atlas_lps_y_mm",
+                           "atlas_lps_z_mm"]
+LESION_COLUMNS = LESION_BASE_COLUMNS + LESION_LOCATION_COLUMNS
 
 
 @dataclass
@@ -55,10 +67,11 @@ class LocalizeResult:
     log: dict = field(default_factory=dict)
 
 
-def read_loads(path, *, required: Sequence[str] = LOAD_COLUMNS) -> list[dict]:
+def read_loads(path, *, required: Sequence[str] = REGION_LOAD_COLUMNS) -> list[dict]:
     """The rows of a regional-loads table, every number checked (finite, >= 0, plausible) and subjects unique.
 
-    A table in another layout is one short line naming a few of the `required` columns it lacks."""
+    A table in another layout is one short line naming a few of the `required` columns it lacks; tables
+    written before the location columns existed read as before, and empty location cells are allowed."""
     path = Path(path)
     rows = read_csv(path)
     if not rows:
@@ -77,7 +90,8 @@ def read_loads(path, *, required: Sequence[str] = LOAD_COLUMNS) -> list[dict]:
             raise WMHLocError(f"{path}: line {i}: subject {s} appears twice")
         seen.add(s)
         for c in numbers:
-            _check_number(path, i, c, row[c])
+            if not (c in LOCATION_COLUMNS and (row[c] or "").strip() == ""):
+                _check_number(path, i, c, row[c])
     return rows
 
 
@@ -106,4 +120,4 @@ def read_localize(folder) -> LocalizeResult:
 
 def _read_set(folder: Path, log: dict) -> LocalizeResult:
     return LocalizeResult(loads=read_loads(folder / REGIONAL_LOADS),
-                          lesions=read_csv(folder / LESIONS, required=LESION_COLUMNS), output=folder, log=log)
+                          lesions=read_csv(folder / LESIONS, required=LESION_BASE_COLUMNS), output=folder, log=log)

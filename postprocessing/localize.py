@@ -38,7 +38,8 @@ from nnunet_wmhloc import cli
 from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_output, check_same_geometry, read_image, write_csv, \
     write_json
 from nnunet_wmhloc.postprocessing._match import index_folder
-from nnunet_wmhloc.postprocessing.loads import (LESION_COLUMNS, LESIONS, LOAD_COLUMNS, REGION_LABELS,
+from nnunet_wmhloc.postprocessing.loads import (LESION_COLUMNS, LESION_LOCATION_COLUMNS, LESIONS, LOAD_COLUMNS,
+                                                LOCATION_COLUMNS, NO_LOCATION, REGION_LABELS,
                                                 REGIONAL_LOADS, LocalizeResult, mm3_column, read_loads,
                                                 read_localize, share_column)
 from nnunet_wmhloc.vocab import LEFT_REGIONS, REGION_NAMES, REST_LEFT, REST_RIGHT, RIGHT_REGIONS, WM_REGIONS
@@ -125,6 +126,7 @@ def subject_rows(subject: str, res: dict, vvol: float, lesion_file: Path, region
                 "right_mm3": _num(mm[list(RIGHT_REGIONS) + [REST_RIGHT]].sum()),
                 "outside_voxels": str(int(rv[0])), "outside_mm3": _num(mm[0]), "voxel_volume_mm3": _num(vvol),
                 "lesion_file": str(lesion_file), "region_file": str(region_file)})
+    row.update(dict.fromkeys(LOCATION_COLUMNS, "") | {"location_note": NO_LOCATION})  # wmhloc_predict fills them
     lesions = []
     for i, (counts, c) in enumerate(zip(res["lesion_region_voxels"], res["centroids"]), start=1):
         n = counts.sum()
@@ -137,7 +139,8 @@ def subject_rows(subject: str, res: dict, vvol: float, lesion_file: Path, region
                         "main_region_name": REGION_NAMES[main] if main else "outside regions",
                         "main_share": f"{share[main]:.4f}", "outside_share": f"{share[0]:.4f}",
                         "n_regions": str(len(touched)),
-                        "regions": ";".join(f"r{r:02d}:{share[r]:.3f}" for r in touched)})
+                        "regions": ";".join(f"r{r:02d}:{share[r]:.3f}" for r in touched)}
+                       | dict.fromkeys(LESION_LOCATION_COLUMNS, ""))
     return row, lesions
 
 

@@ -148,3 +148,27 @@ def intensity_affine(subject_t1: sitk.Image, atlas_t1: sitk.Image) -> sitk.Trans
                           shrink=[4, 2], sigmas=[2.0, 1.0],
                           optimizer=lambda r: r.SetOptimizerAsRegularStepGradientDescent(
                               1.0, 1e-4, 200, relaxationFactor=0.7))
+
+
+
+def stored_on(t1: sitk.Image, labels: np.ndarray, ref_vent: np.ndarray, grid: str) -> dict:
+    """The planted subject stored on `grid` ("1mm" or "axial3", the tilted 1x1x3 mm axial grid): its T1,
+    planted labels and reference ventricles there."""
+    if grid == "1mm":
+        return {"t1": t1, "planted": labels, "ref_vent": ref_vent}
+    g = tilted_axial_grid(t1)
+    planted = as_image(labels, t1)
+    mask = sitk.GetArrayFromImage(resample(sitk.Cast(planted > 0, sitk.sitkFloat32), g)) > 0.5
+    return {"t1": resample(t1, g), "planted": sitk.GetArrayFromImage(resample(planted, g, linear=False)) * mask,
+            "ref_vent": sitk.GetArrayFromImage(resample(as_image(ref_vent.astype(np.float32), t1), g)) > 0.5}
+
+
+def pv_deep_reference(s: dict, truth: dict, pv_mm: float = 10.0) -> tuple[float, float]:
+    """Exact periventricular / deep mm³ of the planted supratentorial lesions by the distance rule, from the
+    reference ventricles of a `stored_on` subject."""
+    sp = tuple(reversed(s["t1"].GetSpacing()))
+    dist = ndi.distance_transform_edt(~s["ref_vent"], sampling=sp)
+    it = [k for k, c in truth.items() if c == "infratentorial"]
+    supra = (s["planted"] > 0) & ~np.isin(s["planted"], it)
+    v = float(np.prod(s["t1"].GetSpacing()))
+    return float((supra & (dist <= pv_mm)).sum()) * v, float((supra & (dist > pv_mm)).sum()) * v

@@ -35,18 +35,8 @@ def subject(base, grid: str) -> dict:
     """The subject stored on `grid`, registered and located (cached: one registration per grid)."""
     if grid in _CACHE:
         return _CACHE[grid]
-    t1 = base["t1"]
-    planted = C.as_image(base["labels"], t1)
-    vent = C.as_image(base["ref"]["ventricles"].astype(np.float32), t1)
-    if grid == "axial3":
-        g = C.tilted_axial_grid(t1)
-        t1 = C.resample(t1, g)
-        mask = sitk.GetArrayFromImage(C.resample(sitk.Cast(planted > 0, sitk.sitkFloat32), g)) > 0.5
-        planted = sitk.GetArrayFromImage(C.resample(planted, g, linear=False)) * mask
-        vent = sitk.GetArrayFromImage(C.resample(vent, g)) > 0.5
-    else:
-        planted = base["labels"]
-        vent = base["ref"]["ventricles"]
+    st = C.stored_on(base["t1"], base["labels"], base["ref"]["ventricles"], grid)
+    t1, planted, vent = st["t1"], st["planted"], st["ref_vent"]
     lesion = C.as_image((planted > 0).astype(np.uint8), t1)
     reg = L.register_subject(t1, base["atlas"])
     loc = L.locate(lesion, reg, base["priors"], atlas_grid=base["atlas"].t1)
@@ -91,12 +81,7 @@ def test_planted_lesions_get_their_class(base, grid):
 @pytest.mark.parametrize("grid", GRIDS)
 def test_periventricular_deep_within_10_percent_of_reference(base, grid):
     s = subject(base, grid)
-    sp = L.context.spacing_zyx(s["t1"])
-    dist = ndi.distance_transform_edt(~s["ref_vent"], sampling=sp)
-    it = [k for k, c in base["truth"].items() if c == "infratentorial"]
-    supra = (s["planted"] > 0) & ~np.isin(s["planted"], it)
-    v = float(np.prod(s["t1"].GetSpacing()))
-    pv_ref, deep_ref = float((supra & (dist <= 10)).sum()) * v, float((supra & (dist > 10)).sum()) * v
+    pv_ref, deep_ref = C.pv_deep_reference(s, base["truth"])
     loads = s["loc"].loads
     print(f"{grid}: periventricular {loads['periventricular_mm3']:.0f} (ref {pv_ref:.0f}), deep "
           f"{loads['deep_mm3']:.0f} (ref {deep_ref:.0f}) mm3")

@@ -31,7 +31,7 @@ LOCATION_CODES = {"periventricular": 1, "juxtacortical": 2, "deep": 3, "infraten
 CONN26 = np.ones((3, 3, 3), bool)
 
 # lobe of each left WM region 1..17 (right = left + 17): the lobe holding most of the Eve WM of the type-II
-# labels merged into the region (LOCATION_README.md lists them)
+# labels merged into the region (README "Where the lesions are" lists them)
 LOBE_OF_LEFT = {1: "parietal", 2: "limbic_insular", 3: "frontal", 4: "frontal", 5: "frontal", 6: "frontal",
                 7: "occipital", 8: "temporal", 9: "occipital", 10: "temporal", 11: "frontal",
                 12: "deep_central", 13: "deep_central", 14: "deep_central", 15: "limbic_insular",

@@ -114,13 +114,13 @@ def default_processes(device: str) -> int:
     return 3 if device != "cpu" else max(1, min(2, cpu_count() - 1))
 
 
-def fuse_stage(ctx: StageContext, weights: dict[str, dict] | None = None) -> dict:
+def fuse_stage(ctx: StageContext, weights: dict[str, dict] | None = None, tasks=TASKS) -> dict:
     """wmhloc_fuse per task (FLAIR and T1 weights per task, default equal); the lesion task also writes the
     fused lesion probability map (segmentations/lesion/probabilities/). ctx.made["fuse"]: {task: FuseResult}."""
     from nnunet_wmhloc.postprocessing.fuse import fuse
 
     made = ctx.made["fuse"] = {}
-    for task in TASKS:
+    for task in tasks:  # a model-free task (wmhloc_predict --lesions csv / --regions atlas) has no predictions
         src, dst = ctx.layout.predictions(task), ctx.layout.segmentations(task)
         w = (weights or {}).get(task)
         if w and not any(src.glob("*.npz")):

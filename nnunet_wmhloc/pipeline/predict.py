@@ -25,11 +25,11 @@ from pathlib import Path
 from nnunet_wmhloc import cli, parallel
 from nnunet_wmhloc.io import WMHLocError, is_number, read_json
 from nnunet_wmhloc.layout import RunLayout
-from nnunet_wmhloc.pipeline import common
+from nnunet_wmhloc.pipeline import common, model_free
 from nnunet_wmhloc.pipeline import models as M
 from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext, clear_dir
 
-STAGES = ("models", "convert", "predict", "fuse", "localize", "results", "cluster", "evaluate", "report")
+STAGES = ("models", "convert", "predict", "fuse", "maps", "localize", "results", "cluster", "evaluate", "report")
 
 
 def resolve_model(spec: str, *, task: str, trainer: str, configuration: str, plans: str,
@@ -115,6 +115,7 @@ def build_parser():
                    help="rigidly register T1s that are not on the FLAIR grid (wmhloc_convert_cohort)")
     p.add_argument("--atlas", help="refined 36-label atlas for the cluster atlas maps")
     p.add_argument("--k-max", type=cli.positive_int, default=8, help="largest number of groups tried by the clustering")
+    model_free.add_arguments(p)
     parallel.add_argument(p)
     p.add_argument("--force", choices=STAGES, help="redo this stage and every stage after it")
     p.add_argument("--quiet", action="store_true", help="only errors on the terminal")
@@ -133,31 +134,34 @@ class PredictPlan:
             if a.lesion_model or a.region_model:
                 raise WMHLocError("--models replaces --lesion-model/--region-model: give one or the other")
             self.manifest = M.open_archive(a.models)  # checked before anything is written
-            self.models = {t: RunLayout(self.output).models / self.manifest["models"][t]["path"] for t in M.TASKS}
-            self.folds = {t: [str(f) for f in self.manifest["models"][t]["folds"]] for t in M.TASKS}
+            self.models = {t: RunLayout(self.output).models / self.manifest["models"][t]["path"]
+                           for t in model_free.model_tasks(a)}
+            self.folds = {t: [str(f) for f in self.manifest["models"][t]["folds"]] for t in self.models}
             if a.tta is None and not a.disable_tta:  # the run's own setting, so the archive reproduces its report
                 a.tta = self.manifest.get("prediction", {}).get("test_time_mirroring")
             if a.folds:
-                for t in M.TASKS:
+                for t in self.models:
                     extra = sorted(set(a.folds) - set(self.folds[t]))
                     if extra:
                         raise WMHLocError(f"{a.models}: the {t} model has no fold(s) {', '.join(extra)} "
                                           f"(archived: {', '.join(self.folds[t])})")
-                self.folds = {t: list(a.folds) for t in M.TASKS}
+                self.folds = {t: list(a.folds) for t in self.models}
         else:
-            if not (a.lesion_model and a.region_model):
-                raise WMHLocError("give --models ARCHIVE, or both --lesion-model and --region-model")
-            self.models = {
-                "lesion": resolve_model(a.lesion_model, task="lesion", trainer=a.trainer,
-                                        configuration=a.configuration, plans=a.plans, results=a.nnunet_results),
-                "region": resolve_model(a.region_model, task="region", trainer=a.region_trainer or a.trainer,
-                                        configuration=a.configuration, plans=a.plans, results=a.nnunet_results)}
+            need = model_free.model_tasks(a)
+            given = {"lesion": a.lesion_model, "region": a.region_model}
+            if not all(given[t] for t in need):
+                raise WMHLocError("give --models ARCHIVE, or both --lesion-model and --region-model (or "
+                                  "--lesions csv / --regions atlas --atlas-dir for no model)")
+            self.models = {t: resolve_model(given[t], task=t, trainer=(a.region_trainer if t == "region" else None)
+                                            or a.trainer, configuration=a.configuration, plans=a.plans,
+                                            results=a.nnunet_results) for t in need}
             self.folds = {t: model_folds(m, a.folds) for t, m in self.models.items()}
         self.fusion = self._fusion(a)
         a.disable_tta = a.disable_tta if a.tta is None else not a.tta
         a.device = cli.check_device(a.device)  # before any stage: a missing GPU fails now, not at stage 2
         self.cohort = common.Cohort(a.cohort)  # loaded once: checks, convert, references and results use it
         common.check_pipeline_output(a.output, self.cohort)
+        model_free.check(a, self.cohort)
         self.processes = a.processes or common.default_processes(a.device)
         self.env = common.pipeline_environ(None, RunLayout(self.output).trainers, device=a.device,
                                            threads=a.threads, processes=self.processes)
@@ -187,9 +191,11 @@ class PredictPlan:
                 "models": {t: self.manifest["models"][t]["path"] for t in M.TASKS}}
 
     def settings(self) -> dict:
-        return {"cohort": str(self.a.cohort.resolve()), "lesion model": str(self.models["lesion"]),
-                "region model": str(self.models["region"]), "lesion folds": self.folds["lesion"],
-                "region folds": self.folds["region"], "device": self.a.device,
+        return {"cohort": str(self.a.cohort.resolve()), "device": self.a.device,
+                **{f"{t} model": str(self.models.get(t, {"lesion": "none: the cohort's lesion column",
+                                                         "region": "none: atlas registration"}[t]))
+                   for t in M.TASKS},
+                **{f"{t} folds": f for t, f in self.folds.items()},
                 "test-time mirroring": not self.a.disable_tta,
                 "lesion fusion": M.describe_fusion(self.fusion["lesion"]) + f" ({self.fusion['lesion']['source']})",
                 "region fusion": M.describe_fusion(self.fusion["region"]) + f" ({self.fusion['region']['source']})"}
@@ -197,7 +203,7 @@ class PredictPlan:
     def convert(self, ctx: StageContext) -> dict:
         from nnunet_wmhloc.dataset_conversion.cohort import convert_cohort
 
-        subjects = self.cohort.subjects
+        subjects = model_free.convert_subjects(self.cohort.subjects, self.a)
         done = ctx.call(["wmhloc_convert_cohort", self.a.cohort, "--mode", "predict", "-o", self.images],
                         convert_cohort, self.a.cohort, subjects=subjects, mode="predict", output=self.images,
                         register_t1=self.a.register_t1, overwrite=True)
@@ -252,20 +258,26 @@ class PredictPlan:
         return common.predict_models(ctx, inputs, self.output, models, scheduler=self.a.scheduler)
 
     def fuse(self, ctx: StageContext) -> dict:
-        return common.fuse_stage(ctx, {t: f["weights"] for t, f in self.fusion.items()})
+        return common.fuse_stage(ctx, {t: f["weights"] for t, f in self.fusion.items()}, tasks=tuple(self.models))
 
     def results(self, ctx: StageContext) -> dict:
         from nnunet_wmhloc.pipeline.results import write_results
 
         bids_in = self.a.cohort.is_dir() and any(self.a.cohort.glob("sub-*"))
         layout = self.a.layout if self.a.layout != "auto" else ("bids" if bids_in else "flat")
-        return write_results(self.output, self.cohort.subjects, common.localize_tables(ctx), layout=layout,
+        from nnunet_wmhloc.pipeline.location_outputs import merged
+
+        tables = merged(self.layout, common.localize_tables(ctx))
+        return write_results(self.output, self.cohort.subjects, tables, layout=layout,
                              fusion=self.fusion, source=str(self.a.cohort.resolve()),
                              bids_root=self.a.cohort if bids_in else None, say=ctx.say)
 
     def references(self) -> dict:
         out = {}
         for task in ("lesion", "region"):
+            if task not in self.models:  # the cohort's map is this task's input, not a reference
+                out[task] = None
+                continue
             d = self.layout.references(task)
             out[task] = d if d.is_dir() and common.nifti_stems(d) else None
         return out
@@ -289,8 +301,12 @@ class PredictPlan:
                   description="inference folder (wmhloc_convert_cohort)", inputs=self.cohort.fingerprint()),
             Stage("predict", self.predict, {"models": {t: str(m) for t, m in self.models.items()},
                                             "folds": self.folds, "tta": not a.disable_tta, "fusion": fusion},
-                  description="nnUNetv2_predict_from_modelfolder, lesion and region models"),
-            Stage("fuse", self.fuse, {"fusion": fusion}, description="FLAIR + T1 fusion"),
+                  enabled=bool(self.models), description="nnUNetv2_predict_from_modelfolder, lesion and region models"),
+            Stage("fuse", self.fuse, {"fusion": fusion}, enabled=bool(self.models), description="FLAIR + T1 fusion"),
+            Stage("maps", lambda c: model_free.maps_stage(c, self.cohort.subjects, a),
+                  {"lesions": a.lesions, "regions": a.regions, "atlas_dir": str(a.atlas_dir),
+                   "threshold": a.lesion_threshold, "pv_distance": a.pv_distance},
+                  description="model-free lesion/region maps and location classes"),
             Stage("localize", lambda c: common.localize_stage(c, self.references()["lesion"]),
                   description="regional lesion loads"),
             Stage("results", self.results, {"layout": a.layout},

@@ -8,6 +8,8 @@ flat layout                                             BIDS derivative (--layou
 regional_loads.csv, lesions.csv, subjects.csv           phenotype/wmhloc_{regional_loads,subjects}.tsv,
                                                         lesions.tsv (in .bidsignore: one row per lesion),
                                                         participants.tsv, dataset_description.json
+<subject>/<subject>_{ventricles,lesion_location,space-atlas_lesion_mask}.nii.gz, lesion_frequency_atlas.nii.gz:
+the location outputs (pipeline/location_outputs.py) when the atlas registration ran
 
 The probability map thresholded at 0.5 (p > 0.5) is the lesion mask (see wmhloc_fuse --probability-label).
 regional_loads: wmhloc_localize's table (lesion volume in mm³ per region and its share of the subject's
@@ -26,6 +28,8 @@ from nnunet_wmhloc.io import WMHLocError, atomic_dir, formula_safe, read_csv, wr
 from nnunet_wmhloc.layout import RunLayout
 from nnunet_wmhloc.pipeline.models import describe_fusion
 from nnunet_wmhloc.pipeline.review import subject_warnings
+from nnunet_wmhloc.pipeline.location_outputs import frequency_file
+from nnunet_wmhloc.pipeline.location_outputs import result_files as location_files
 from nnunet_wmhloc.postprocessing.localize import LESION_COLUMNS, LOAD_COLUMNS
 from nnunet_wmhloc.vocab import REGION_NAMES
 
@@ -110,13 +114,19 @@ def write_results(output: Path, subjects: list, tables, *, layout: str, fusion: 
             d.mkdir(parents=True, exist_ok=True)
             _write_mask(files["mask"], d / f"{names['mask']}.nii.gz")
             for k in ("prob", "regions", "regional"):
-                _copy(files[k], d / f"{names[k]}.nii.gz")
+                if k != "prob" or files[k].is_file():  # --lesions csv with masks: no probability map
+                    _copy(files[k], d / f"{names[k]}.nii.gz")
+            for name, src in location_files(run, s.subject, stem if layout == "bids" else None).items():
+                _copy(src, d / name)
             if layout == "bids":
                 _bids_sidecars(d, names, info, _reference(s, bids_root))
             rows.append(ids | {k: v for k, v in info.items() if k != "subject"})
             load_table.append(ids | {k: v for k, v in loads[s.subject].items() if k != "subject"})
             lesion_table += [ids | {k: v for k, v in r.items() if k != "subject"} for r in tables.lesions
                              if r["subject"] == s.subject]
+        if frequency_file(run) is not None:  # the cohort's lesion-frequency map on the atlas grid
+            _copy(frequency_file(run), out / ("space-atlas_desc-lesionfrequency_probseg.nii.gz" if layout == "bids"
+                                              else "lesion_frequency_atlas.nii.gz"))
         if layout == "bids":
             _bids_tables(out, rows, load_table, lesion_table, source, __version__, bids_root)
         else:

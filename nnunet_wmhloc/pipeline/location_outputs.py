@@ -1,0 +1,151 @@
+"""Location outputs of a wmhloc_predict run (issue 20; rules in nnunet_wmhloc.location and the README's
+"Where the lesions are"): per subject with a T1 and --atlas-dir, the atlas registration, the location context
+and classes on the lesion map's grid, written under <output>/location/:
+
+    <subject>_ventricles.nii.gz, <subject>_lesion_location.nii.gz (1 periventricular, 2 juxtacortical,
+    3 deep, 4 infratentorial), <subject>_space-atlas_lesion_mask.nii.gz (atlas grid),
+    lesion_frequency_atlas.nii.gz, location_loads.csv, location_lesions.csv
+
+The results stage merges the tables into regional_loads.csv / lesions.csv (`merged`) and copies the images
+(`result_files`); a subject without them gets empty location cells and the reason in location_note."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_wmhloc import io
+from nnunet_wmhloc.io import WMHLocError, atomic_dir, read_csv, write_csv
+from nnunet_wmhloc.postprocessing.loads import LESION_LOCATION_COLUMNS, LOCATION_COLUMNS
+
+FOLDER = "location"
+LOADS, LESIONS, FREQUENCY = "location_loads.csv", "location_lesions.csv", "lesion_frequency_atlas.nii.gz"
+IMAGES = ("ventricles", "lesion_location", "space-atlas_lesion_mask")
+NO_ATLAS = "no --atlas-dir: location classes need the atlas registration"
+NO_T1 = "no T1: location classes need the atlas registration of a T1"
+
+
+def folder(layout) -> Path:
+    return layout.root / FOLDER
+
+
+def _t1(layout, s) -> Path | None:
+    """The converted T1 (on the FLAIR grid, registered with --register-t1), else the cohort's."""
+    p = layout.images / f"{s.subject}_t1_0000.nii.gz"
+    return p if p.is_file() else (Path(s.images["t1"]) if s.images.get("t1") else None)
+
+
+def _regions_on(path: Path, grid: sitk.Image) -> np.ndarray:
+    img = io.read_image(path, what="region map")
+    if io.geometry(img) != io.geometry(grid):  # the model's FLAIR grid vs a lesion map stored otherwise
+        img = sitk.Resample(img, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    return sitk.GetArrayFromImage(img).astype(np.int16)
+
+
+def locate_subject(s, lay, atlas, priors, *, t1: Path, atlas_regions: bool, pv_distance: float, tmp: Path,
+                   rtmp: Path | None) -> tuple[dict, list[dict], sitk.Image]:
+    """One subject: registration, region map when `atlas_regions` (into `rtmp`), location images (into
+    `tmp`); returns its location_loads row, its location_lesions rows and its atlas-space mask."""
+    from nnunet_wmhloc.location import locate, register_subject
+    from nnunet_wmhloc.pipeline.model_free import atlas_regions as carry_regions
+
+    lesion = io.read_image(lay.segmentations("lesion") / f"{s.subject}.nii.gz", what="lesion map")
+    mask = sitk.GetArrayFromImage(lesion) == 1
+    binary = io.array_to_image(mask.astype(np.uint8), lesion)
+    reg = register_subject(io.read_image(t1, what="T1"), atlas, where=str(t1))
+    if atlas_regions:
+        regions = carry_regions(reg, atlas, lesion, mask)
+        io.write_image(regions, rtmp / f"{s.subject}.nii.gz")
+        regions = sitk.GetArrayFromImage(regions)
+    else:
+        regions = _regions_on(lay.segmentations("region") / f"{s.subject}.nii.gz", lesion)
+    loc = locate(binary, reg, priors, atlas_grid=atlas.t1, regions=regions, pv_distance_mm=pv_distance)
+    for name, img in zip(IMAGES, (loc.context.ventricles_image(), loc.location_map, loc.atlas_mask)):
+        io.write_image(img, tmp / f"{s.subject}_{name}.nii.gz")
+    row = {"subject": s.subject, "location_note": ""} | {k: loc.loads[k] for k in LOCATION_COLUMNS if k in loc.loads}
+    lesions = [{"subject": s.subject, "lesion_id": str(r["lesion"]), "location": r["location"],
+                "ventricle_distance_mm": r["ventricle_distance_mm"], "atlas_lps_x_mm": r["atlas_x"],
+                "atlas_lps_y_mm": r["atlas_y"], "atlas_lps_z_mm": r["atlas_z"]} for r in loc.lesions]
+    return row, lesions, loc.atlas_mask
+
+
+def locate_cohort(ctx, subjects: list, a, *, atlas_regions_too: bool) -> dict:
+    """location/ for every subject (and segmentations/region/ with --regions atlas). A failed registration
+    stops the run with --regions atlas (no region map); else it is the subject's location_note."""
+    from nnunet_wmhloc.pipeline.model_free import load_atlas
+
+    lay = ctx.layout
+    atlas, priors = load_atlas(a.atlas_dir) if a.atlas_dir is not None else (None, None)
+    loads, lesions, masks = [], [], {}
+    regions_dir = atomic_dir(lay.segmentations("region"), overwrite=True) if atlas_regions_too else nullcontext()
+    with atomic_dir(folder(lay), overwrite=True) as tmp, regions_dir as rtmp:
+        for s in subjects:
+            if not (lay.segmentations("lesion") / f"{s.subject}.nii.gz").is_file():
+                continue  # not predicted: localize has no row for it either
+            t1 = _t1(lay, s)
+            if atlas is None or t1 is None:
+                loads.append({"subject": s.subject, "location_note": NO_ATLAS if atlas is None else NO_T1})
+                continue
+            try:
+                row, rows, masks[s.subject] = locate_subject(
+                    s, lay, atlas, priors, t1=t1, atlas_regions=atlas_regions_too, pv_distance=a.pv_distance,
+                    tmp=tmp, rtmp=rtmp)
+            except WMHLocError as e:
+                if atlas_regions_too:
+                    raise
+                loads.append({"subject": s.subject, "location_note": str(e)})
+                continue
+            loads.append(row)
+            lesions += rows
+            ctx.log(f"{s.subject}: located {len(rows)} lesions")
+        if masks:
+            from nnunet_wmhloc.location import frequency_map
+            io.write_image(frequency_map(masks.values()), tmp / FREQUENCY)
+        write_csv(loads, tmp / LOADS, columns=["subject", *LOCATION_COLUMNS])
+        write_csv(lesions, tmp / LESIONS, columns=["subject", "lesion_id", *LESION_LOCATION_COLUMNS])
+    ctx.say(f"location classes: {len(masks)} of {len(loads)} subjects -> {folder(lay)}")
+    return {"located": len(masks), "not_located": len(loads) - len(masks)}
+
+
+@dataclass
+class Tables:
+    loads: list
+    lesions: list
+
+
+def merged(layout, tables) -> Tables:
+    """The localize stage's `tables` with the location columns of location/ (empty cells and a note when a
+    subject has none)."""
+    d = folder(layout)
+    loc = {r["subject"]: r for r in read_csv(d / LOADS)} if (d / LOADS).is_file() else {}
+    les = {(r["subject"], r["lesion_id"]): r for r in read_csv(d / LESIONS)} if (d / LESIONS).is_file() else {}
+    gone = {"location_note": "location stage did not run"}
+    loads = [r | {c: loc.get(r["subject"], gone).get(c, "") for c in LOCATION_COLUMNS} for r in tables.loads]
+    lesions = [r | {c: les.get((r["subject"], r["lesion_id"]), {}).get(c, "") for c in LESION_LOCATION_COLUMNS}
+               for r in tables.lesions]
+    return Tables(loads=loads, lesions=lesions)
+
+
+def result_files(layout, subject: str, bids_stem: str | None = None) -> dict[str, Path]:
+    """{file name in results/<subject>/: source} of the subject's location images that exist."""
+    d = folder(layout)
+    bids = {"ventricles": "desc-ventricles_mask", "lesion_location": "desc-lesionlocation_dseg",
+            "space-atlas_lesion_mask": "desc-lesion_mask"}
+    out = {}
+    for name in IMAGES:
+        src = d / f"{subject}_{name}.nii.gz"
+        if src.is_file():
+            if bids_stem is None:
+                out[f"{subject}_{name}.nii.gz"] = src
+            else:  # the atlas mask is in the atlas's space, the others in the FLAIR's (the stem's)
+                stem = bids_stem.replace("_space-FLAIR", "_space-atlas") if name.startswith("space-") else bids_stem
+                out[f"{stem}_{bids[name]}.nii.gz"] = src
+    return out
+
+
+def frequency_file(layout) -> Path | None:
+    p = folder(layout) / FREQUENCY
+    return p if p.is_file() else None

@@ -1,0 +1,193 @@
+"""wmhloc_predict with no trained model (`--lesions csv --regions atlas`), end to end on real brains nobody
+here made (nilearn's ICBM152 2009a with lesions planted at known places), stored on a 1 mm grid (lesion
+mask) and on a tilted 1x1x3 mm axial grid (lesion probability map): location columns against exact values
+from the reference ventricles, planted classes, the location images; one-line errors."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_wmhloc import location as L
+import location_common as C
+
+pytest.importorskip("nilearn")
+GRIDS = ("1mm", "axial3")
+BIN = Path(sys.executable).parent
+
+
+def run(*args, cwd=None):
+    return subprocess.run([str(BIN / "wmhloc_predict"), *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def cohort(shared_data, tmp_path_factory):
+    icbm = C.icbm152()
+    ref = C.icbm_reference(icbm, shared_data)
+    labels, truth = C.plant(ref, np.random.default_rng(20))
+    t1 = C.darken(icbm["t1"], labels, ref["gm"])
+    gm, wm = (sitk.GetArrayFromImage(icbm[k]) for k in ("gm", "wm"))
+    flair = C.as_image((80 * gm + 60 * wm + 90 * (labels > 0)).astype(np.float32), t1)  # lesions bright
+    d = tmp_path_factory.mktemp("model_free")
+    rows, subjects = [], {}
+    for g in GRIDS:
+        s = C.stored_on(t1, labels, ref["ventricles"], g)
+        name = f"icbm{g}"
+        grid = s["t1"]
+        if g == "1mm":
+            lesion = C.as_image((labels > 0).astype(np.uint8), t1)  # a mask
+            fl = flair
+        else:  # a probability map: its 0.5 threshold is the stored planted mask
+            lesion = C.resample(sitk.Cast(C.as_image(labels, t1) > 0, sitk.sitkFloat32), grid)
+            fl = C.resample(flair, grid)
+        files = {k: d / f"{name}_{k}.nii.gz" for k in ("t1", "flair", "lesion")}
+        for k, img in (("t1", s["t1"]), ("flair", fl), ("lesion", lesion)):
+            sitk.WriteImage(img, str(files[k]))
+        rows.append({"subject": name, **{k: str(v) for k, v in files.items()}})
+        subjects[name] = s
+    manifest = d / "cohort.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["subject", "t1", "flair", "lesion"])
+        w.writeheader()
+        w.writerows(rows)
+    out = d / "out"
+    r = run(manifest, "-o", out, "--lesions", "csv", "--regions", "atlas", "--atlas-dir",
+            shared_data / "eve_atlas", "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {"dir": d, "manifest": manifest, "out": out, "truth": truth, "subjects": subjects,
+            "atlas_dir": shared_data / "eve_atlas"}
+
+
+def table(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_loads_match_the_reference_ventricles(cohort, grid):
+    name = f"icbm{grid}"
+    row = next(r for r in table(cohort["out"] / "results" / "regional_loads.csv") if r["subject"] == name)
+    pv_ref, deep_ref = C.pv_deep_reference(cohort["subjects"][name], cohort["truth"])
+    pv, deep = float(row["periventricular_mm3"]), float(row["deep_mm3"])
+    print(f"{grid}: periventricular {pv:.0f} (ref {pv_ref:.0f}), deep {deep:.0f} (ref {deep_ref:.0f}) mm3")
+    assert pv_ref > 500 and deep_ref > 500
+    assert abs(pv - pv_ref) <= 0.1 * pv_ref and abs(deep - deep_ref) <= 0.1 * deep_ref
+    total = float(row["total_mm3"])
+    assert pv + deep + float(row["infratentorial_mm3"]) == pytest.approx(total, rel=1e-4)
+    assert float(row["periventricular_cc_mm3"]) + float(row["deep_cc_mm3"]) + float(row["infratentorial_mm3"]) \
+        == pytest.approx(total, rel=1e-4)
+    lobes = sum(float(row[f"{lobe}_mm3"]) for lobe in L.LOBES)
+    assert lobes == pytest.approx(float(row["wm_mm3"]), rel=1e-4)  # the 34 regions, each in one lobe
+    # supratentorial lesions get one of the 34 WM regions (the infratentorial ones: 35/36 or none)
+    assert float(row["wm_mm3"]) >= 0.8 * (total - float(row["infratentorial_mm3"]))
+    assert 1.2e6 < float(row["icv_mm3"]) < 2.2e6
+    assert float(row["lesion_icv_fraction"]) == pytest.approx(total / float(row["icv_mm3"]), rel=1e-4)
+    assert row["location_note"] == "" and float(row["pv_distance_mm"]) == 10.0
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_planted_classes_and_location_images(cohort, grid):
+    name = f"icbm{grid}"
+    s = cohort["subjects"][name]
+    res = cohort["out"] / "results"
+    got = {r["lesion_id"]: r for r in table(res / "lesions.csv") if r["subject"] == name}
+    lab, n = L.components(s["planted"] > 0)
+    assert len(got) == n
+    right = 0
+    for k, cls in cohort["truth"].items():
+        ids = lab[s["planted"] == k]
+        right += ids.size > 0 and got[str(int(np.bincount(ids).argmax()))]["location"] == cls
+    print(f"{grid}: {right}/{len(cohort['truth'])} planted classes right")
+    assert right >= 0.9 * len(cohort["truth"])
+    for r in got.values():
+        assert float(r["ventricle_distance_mm"]) >= 0 and all(r[f"atlas_{a}_mm"] for a in "xyz")
+    sub = res / name
+    vent = sitk.GetArrayFromImage(sitk.ReadImage(str(sub / f"{name}_ventricles.nii.gz"))) > 0
+    d = 2.0 * float((vent & s["ref_vent"]).sum()) / float(vent.sum() + s["ref_vent"].sum())
+    assert d >= 0.8
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(sub / f"{name}_lesion_mask.nii.gz"))) > 0
+    if grid == "axial3":  # the cohort's probability map thresholded at --lesion-threshold 0.5
+        prob = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort["dir"] / f"{name}_lesion.nii.gz")))
+        assert np.array_equal(mask, prob >= 0.5)
+    loc = sitk.GetArrayFromImage(sitk.ReadImage(str(sub / f"{name}_lesion_location.nii.gz")))
+    assert set(np.unique(loc[mask]).tolist()) <= {1, 2, 3, 4} and not loc[~mask].any()
+    regions = sitk.ReadImage(str(sub / f"{name}_regions.nii.gz"))
+    assert regions.GetSize() == s["t1"].GetSize()  # on the lesion map's grid
+    atlas_mask = sitk.ReadImage(str(sub / f"{name}_space-atlas_lesion_mask.nii.gz"))
+    atlas_t1 = sitk.ReadImage(str(cohort["atlas_dir"] / "JHU_MNI_SS_T1_brain.nii.gz"))
+    assert atlas_mask.GetSize() == atlas_t1.GetSize() and sitk.GetArrayViewFromImage(atlas_mask).any()
+    freq = sitk.GetArrayFromImage(sitk.ReadImage(str(res / "lesion_frequency_atlas.nii.gz")))
+    assert set(np.unique(freq).tolist()) <= {0.0, 0.5, 1.0} and (freq == 1.0).any()
+
+
+def test_bad_input_is_one_line(cohort, tmp_path):
+    rows = table(cohort["manifest"])
+    cases = {}
+    no_lesion = tmp_path / "no_lesion.csv"
+    with open(no_lesion, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["subject", "t1", "flair"])
+        w.writeheader()
+        w.writerows({k: r[k] for k in ("subject", "t1", "flair")} for r in rows)
+    cases["lesion map per subject"] = [no_lesion, "--lesions", "csv", "--regions", "atlas", "--atlas-dir",
+                                       cohort["atlas_dir"]]
+    no_t1 = tmp_path / "no_t1.csv"
+    with open(no_t1, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["subject", "flair", "lesion"])
+        w.writeheader()
+        w.writerows({k: r[k] for k in ("subject", "flair", "lesion")} for r in rows)
+    cases["no T1 for"] = [no_t1, "--lesions", "csv", "--regions", "atlas", "--atlas-dir", cohort["atlas_dir"]]
+    cases["needs --atlas-dir"] = [cohort["manifest"], "--lesions", "csv", "--regions", "atlas"]
+    cases["--atlas-dir not found"] = [cohort["manifest"], "--lesions", "csv", "--regions", "atlas", "--atlas-dir",
+                                      tmp_path / "nowhere"]
+    cases["--region-model"] = [cohort["manifest"], "--lesions", "csv"]
+    for i, (want, args) in enumerate(cases.items()):
+        out = tmp_path / f"out{i}"
+        r = run(*args, "-o", out, "--device", "cpu")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode != 0 and len(lines) == 1 and want in lines[0], (want, r.stderr)
+        assert "Traceback" not in r.stderr and not out.exists()
+
+
+def test_old_regional_loads_still_read(tmp_path):
+    """A table written before the location columns existed reads as before; empty location cells too."""
+    from nnunet_wmhloc.postprocessing.loads import LOAD_COLUMNS, LOCATION_COLUMNS, REGION_LOAD_COLUMNS, read_loads
+
+    for cols, name in ((REGION_LOAD_COLUMNS, "old.csv"), (LOAD_COLUMNS, "new.csv")):
+        p = tmp_path / name
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerow({c: ("s1" if c == "subject" else "" if c in LOCATION_COLUMNS else
+                            "x.nii.gz" if c.endswith("_file") else "0") for c in cols})
+        assert read_loads(p)[0]["subject"] == "s1"
+
+
+def test_without_atlas_or_t1_the_location_cells_are_empty_with_a_note(tmp_path):
+    """The maps stage with no --atlas-dir (or a subject without a T1): no location images, one note per
+    subject, and the merged tables keep every localize column with empty location cells."""
+    from types import SimpleNamespace
+
+    from nnunet_wmhloc.dataset_conversion.subjects import Subject
+    from nnunet_wmhloc.pipeline import location_outputs as LO
+    from nnunet_wmhloc.pipeline.stages import StageContext
+    from nnunet_wmhloc.postprocessing.loads import LESION_LOCATION_COLUMNS, LOCATION_COLUMNS
+
+    ctx = StageContext("maps", tmp_path / "maps.log", {}, tmp_path / "run", quiet=True)
+    ctx.layout.segmentations("lesion").mkdir(parents=True)
+    sitk.WriteImage(sitk.Image([8, 8, 8], sitk.sitkUInt8), str(ctx.layout.segmentations("lesion") / "s1.nii.gz"))
+    s1 = Subject("s1", {"flair": str(tmp_path / "f.nii.gz")})
+    got = LO.locate_cohort(ctx, [s1, Subject("s2", {})], SimpleNamespace(atlas_dir=None, pv_distance=10.0),
+                           atlas_regions_too=False)
+    assert got == {"located": 0, "not_located": 1}  # s2 has no lesion map: no row, as in localize
+    assert not list(LO.folder(ctx.layout).glob("*.nii.gz"))
+    tables = SimpleNamespace(loads=[{"subject": "s1", "total_mm3": "0"}, {"subject": "s3", "total_mm3": "0"}],
+                             lesions=[{"subject": "s1", "lesion_id": "1"}])
+    m = LO.merged(ctx.layout, tables)
+    assert [r["location_note"] for r in m.loads] == [LO.NO_ATLAS, "location stage did not run"]
+    assert all(r[c] == "" for r in m.loads for c in LOCATION_COLUMNS if c != "location_note")
+    assert m.loads[0]["total_mm3"] == "0" and all(m.lesions[0][c] == "" for c in LESION_LOCATION_COLUMNS)
