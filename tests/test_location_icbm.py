@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scipy import ndimage as ndi
 
 from nnunet_wmhloc import location as L
 from nnunet_wmhloc.atlas import _atlas
