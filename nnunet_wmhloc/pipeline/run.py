@@ -263,6 +263,14 @@ class RunPlan:
         return {t: {"choice": c["candidate"], "weights": c["weights"], "mean_dice": c["mean_dice"],
                     "subjects": c["subjects"]} for t, c in out.items()}
 
+    def fuse(self, ctx: StageContext) -> dict:
+        """Fuse with the choose stage's weights (choice/fusion.json, what wmhloc_export_models archives), so the
+        report's figures are those the exported models give."""
+        from nnunet_wmhloc.io import read_json
+
+        choice = read_json(self.layout.fusion_choice)
+        return common.fuse_stage(ctx, {t: c["weights"] for t, c in choice.items()})
+
     def predict(self, ctx: StageContext) -> dict:
         images = self.dataset("lesion") / "imagesTs"
         if not images.is_dir():
@@ -301,7 +309,7 @@ class RunPlan:
             Stage("choose", self.choose, train_key,
                   description="FLAIR, T1 or fused per task, from the cross-validation probabilities"),
             Stage("predict", self.predict, {"tta": self.tta}, description="nnUNetv2_predict on the test split"),
-            Stage("fuse", common.fuse_stage, description="FLAIR + T1 fusion"),
+            Stage("fuse", self.fuse, description="FLAIR + T1 fusion, with the weights the choose stage picked"),
             Stage("localize", lambda c: common.localize_stage(c, self.references()["lesion"]),
                   description="regional lesion loads"),
             Stage("cluster", lambda c: common.cluster_stage(c, k_max=a.k_max, atlas=a.atlas),
