@@ -105,7 +105,7 @@ def test_planted_classes_and_location_images(cohort, grid):
     print(f"{grid}: {right}/{len(cohort['truth'])} planted classes right")
     assert right >= 0.9 * len(cohort["truth"])
     for r in got.values():
-        assert float(r["ventricle_distance_mm"]) >= 0 and all(r[f"atlas_{a}_mm"] for a in "xyz")
+        assert float(r["ventricle_distance_mm"]) >= 0 and all(r[f"atlas_lps_{a}_mm"] for a in "xyz")
     sub = res / name
     vent = sitk.GetArrayFromImage(sitk.ReadImage(str(sub / f"{name}_ventricles.nii.gz"))) > 0
     d = 2.0 * float((vent & s["ref_vent"]).sum()) / float(vent.sum() + s["ref_vent"].sum())
