@@ -9,6 +9,7 @@
 <root>/predictions/<task>/                       nnU-Net's output per case, <subject>_{flair,t1}
 <root>/segmentations/<task>/                     fused: one map per subject
 <root>/localize/                                 regional_loads.csv, lesions.csv, regional_maps/
+<root>/location/                                 location classes and atlas-space maps (--atlas-dir)
 <root>/cluster/                                  k-means groups (when >= 3 subjects have WM lesions)
 <root>/evaluation/<task>_<setting>/, compare_<task>/   scores per setting and their comparison
 <root>/results/                                  the user-facing per-subject outputs (flat or BIDS)
@@ -78,6 +79,7 @@ class RunLayout:
     lesions = _below("localize", LESIONS)
     regional_maps = _below("localize", "regional_maps")
     reference_loads = _below("localize", "reference", REGIONAL_LOADS)
+    location = _below("location", doc="Location classes, ventricles and atlas-space maps (location_outputs.py).")
     cluster = _below("cluster")
     evaluation = _below("evaluation")
 

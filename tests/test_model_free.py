@@ -184,7 +184,7 @@ def test_without_atlas_or_t1_the_location_cells_are_empty_with_a_note(tmp_path):
     got = LO.locate_cohort(ctx, [s1, Subject("s2", {})], SimpleNamespace(atlas_dir=None, pv_distance=10.0),
                            atlas_regions_too=False)
     assert got == {"located": 0, "not_located": 1}  # s2 has no lesion map: no row, as in localize
-    assert not list(LO.folder(ctx.layout).glob("*.nii.gz"))
+    assert not list(ctx.layout.location.glob("*.nii.gz"))
     tables = SimpleNamespace(loads=[{"subject": "s1", "total_mm3": "0"}, {"subject": "s3", "total_mm3": "0"}],
                              lesions=[{"subject": "s1", "lesion_id": "1"}])
     m = LO.merged(ctx.layout, tables)

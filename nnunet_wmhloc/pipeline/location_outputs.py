@@ -1,6 +1,6 @@
 """Location outputs of a wmhloc_predict run (issue 20; rules in nnunet_wmhloc.location and the README's
 "Where the lesions are"): per subject with a T1 and --atlas-dir, the atlas registration, the location context
-and classes on the lesion map's grid, written under <output>/location/:
+and classes on the lesion map's grid, written under RunLayout.location (<output>/location/):
 
     <subject>_ventricles.nii.gz, <subject>_lesion_location.nii.gz (1 periventricular, 2 juxtacortical,
     3 deep, 4 infratentorial), <subject>_space-atlas_lesion_mask.nii.gz (atlas grid),
@@ -21,15 +21,10 @@ from nnunet_wmhloc import io
 from nnunet_wmhloc.io import WMHLocError, atomic_dir, read_csv, write_csv
 from nnunet_wmhloc.postprocessing.loads import LESION_LOCATION_COLUMNS, LOCATION_COLUMNS
 
-FOLDER = "location"
 LOADS, LESIONS, FREQUENCY = "location_loads.csv", "location_lesions.csv", "lesion_frequency_atlas.nii.gz"
 IMAGES = ("ventricles", "lesion_location", "space-atlas_lesion_mask")
 NO_ATLAS = "no --atlas-dir: location classes need the atlas registration"
 NO_T1 = "no T1: location classes need the atlas registration of a T1"
-
-
-def folder(layout) -> Path:
-    return layout.root / FOLDER
 
 
 def _t1(layout, s) -> Path | None:
@@ -81,7 +76,7 @@ def locate_cohort(ctx, subjects: list, a, *, atlas_regions_too: bool) -> dict:
     atlas, priors = load_atlas(a.atlas_dir) if a.atlas_dir is not None else (None, None)
     loads, lesions, masks = [], [], {}
     regions_dir = atomic_dir(lay.segmentations("region"), overwrite=True) if atlas_regions_too else nullcontext()
-    with atomic_dir(folder(lay), overwrite=True) as tmp, regions_dir as rtmp:
+    with atomic_dir(lay.location, overwrite=True) as tmp, regions_dir as rtmp:
         for s in subjects:
             if not (lay.segmentations("lesion") / f"{s.subject}.nii.gz").is_file():
                 continue  # not predicted: localize has no row for it either
@@ -106,7 +101,7 @@ def locate_cohort(ctx, subjects: list, a, *, atlas_regions_too: bool) -> dict:
             io.write_image(frequency_map(masks.values()), tmp / FREQUENCY)
         write_csv(loads, tmp / LOADS, columns=["subject", *LOCATION_COLUMNS])
         write_csv(lesions, tmp / LESIONS, columns=["subject", "lesion_id", *LESION_LOCATION_COLUMNS])
-    ctx.say(f"location classes: {len(masks)} of {len(loads)} subjects -> {folder(lay)}")
+    ctx.say(f"location classes: {len(masks)} of {len(loads)} subjects -> {lay.location}")
     return {"located": len(masks), "not_located": len(loads) - len(masks)}
 
 
@@ -119,7 +114,7 @@ class Tables:
 def merged(layout, tables) -> Tables:
     """The localize stage's `tables` with the location columns of location/ (empty cells and a note when a
     subject has none)."""
-    d = folder(layout)
+    d = layout.location
     loc = {r["subject"]: r for r in read_csv(d / LOADS)} if (d / LOADS).is_file() else {}
     les = {(r["subject"], r["lesion_id"]): r for r in read_csv(d / LESIONS)} if (d / LESIONS).is_file() else {}
     gone = {"location_note": "location stage did not run"}
@@ -131,7 +126,7 @@ def merged(layout, tables) -> Tables:
 
 def result_files(layout, subject: str, bids_stem: str | None = None) -> dict[str, Path]:
     """{file name in results/<subject>/: source} of the subject's location images that exist."""
-    d = folder(layout)
+    d = layout.location
     bids = {"ventricles": "desc-ventricles_mask", "lesion_location": "desc-lesionlocation_dseg",
             "space-atlas_lesion_mask": "desc-lesion_mask"}
     out = {}
@@ -147,5 +142,5 @@ def result_files(layout, subject: str, bids_stem: str | None = None) -> dict[str
 
 
 def frequency_file(layout) -> Path | None:
-    p = folder(layout) / FREQUENCY
+    p = layout.location / FREQUENCY
     return p if p.is_file() else None
