@@ -113,3 +113,24 @@ def test_cli_run_dash_cohort_one_line(synth_release, tmp_path):
                         "--quick", "--device", "cpu"], capture_output=True, text=True, cwd=csv.parent)
     err = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 1 and len(err) == 1 and err[0].startswith("error: stage 'convert' failed"), p.stderr
+
+
+def test_marker_without_inputs_is_adopted_not_redone(synth_release, tmp_path, capsys):
+    """A run folder from before inputs were recorded: its stages are kept (no retraining on an upgrade), the
+    user is told they were not checked, and from then on a changed input re-runs them."""
+    csv = write_csv(_rows(synth_release, [0, 2]), tmp_path / "cohort.csv")
+    out = tmp_path / "run"
+    first = Runner(out, _stages(csv, out), {}).run()
+    marker = out / "stages" / "convert.done"
+    old = json.loads(marker.read_text())
+    del old["inputs"]
+    marker.write_text(json.dumps(old))
+    capsys.readouterr()
+    again = Runner(out, _stages(csv, out), {}).run()
+    shown = capsys.readouterr().out
+    assert again["convert"]["finished"] == first["convert"]["finished"], shown
+    assert "convert: the last run recorded no inputs (older version): not checked" in shown, shown
+    assert json.loads(marker.read_text())["inputs"] == Cohort(csv).fingerprint()
+    write_csv(_rows(synth_release, [0, 2, 50]), csv, overwrite=True)
+    third = Runner(out, _stages(csv, out), {}, quiet=True).run()
+    assert third["listing"]["summary"]["subjects"] == ["s0", "s2", "s50"]

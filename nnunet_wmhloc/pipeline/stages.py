@@ -206,6 +206,13 @@ class Runner:
             inputs = json.loads(json.dumps(st.inputs, default=str))
             if st.name == self.force:
                 redo = True
+            elif done is not None and inputs and "inputs" not in done and not redo:
+                # a marker from a version that recorded no inputs: redoing would retrain on an upgrade, so
+                # adopt today's inputs (changes from now on re-run) and say that the old ones were not checked
+                self._print(f"[{i}/{len(self.stages)}] {st.name}: the last run recorded no inputs (older "
+                            f"version): not checked; --force {st.name} redoes it")
+                done["inputs"] = inputs
+                write_json(done, self.marker(st.name), overwrite=True)
             elif done is not None and inputs and done.get("inputs") != inputs and not redo:
                 self._print(f"[{i}/{len(self.stages)}] {st.name}: inputs changed since the last run "
                             f"({_input_changes(done.get('inputs'), inputs)}), redoing it and the stages after it")
