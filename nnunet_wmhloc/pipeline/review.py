@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_wmhloc.io import read_csv
+from nnunet_wmhloc.io import read_csv, read_labels
 from nnunet_wmhloc.layout import RunLayout
 from nnunet_wmhloc.vocab import REGION_NAMES
 
@@ -71,8 +71,6 @@ def subject_warnings(run: RunLayout, loads: list[dict]) -> dict[str, list[str]]:
 
 def never_predicted(run: RunLayout, subjects: list[str]) -> list[int]:
     """Region labels 1-36 that no predicted region map of `subjects` holds (subjects without one ignored)."""
-    import SimpleITK as sitk
-
     seen = np.zeros(N_REGIONS + 1, dtype=bool)
     found = False
     for s in subjects:
@@ -80,7 +78,7 @@ def never_predicted(run: RunLayout, subjects: list[str]) -> list[int]:
         if not p.is_file():
             continue
         found = True
-        a = sitk.GetArrayFromImage(sitk.ReadImage(str(p))).ravel()
+        a = read_labels(p, what="region map")[0].ravel()
         seen |= np.bincount(np.clip(a, 0, N_REGIONS).astype(np.int64), minlength=N_REGIONS + 1) > 0
     return [int(lab) for lab in np.flatnonzero(~seen[1:]) + 1] if found else []
 
