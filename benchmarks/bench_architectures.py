@@ -101,7 +101,7 @@ def synthetic_plans(root: Path, task: str) -> tuple[Path, Path]:
     subprocess.run(["wmhloc_convert_wmh2017", str(release), "--region-labels", str(release / "region_labels")],
                    **run)
     dataset_id = "601" if task == "lesion" else "602"
-    subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "--no_pp", "-np", "1"], **run)
+    subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "--no_pp", "-np", "1", "-npfp", "1"], **run)
     name = "Dataset601_WMHLesion" if task == "lesion" else "Dataset602_WMHRegion"
     pre = Path(env["nnUNet_preprocessed"]) / name
     return pre / "nnUNetPlans.json", pre / "dataset.json"

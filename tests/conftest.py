@@ -113,8 +113,9 @@ def converted(synth_release, nnunet_env) -> dict:
 @pytest.fixture(scope="session")
 def preprocessed_2d(converted) -> dict:
     """`converted`, then nnUNetv2_plan_and_preprocess -d 601 602 -c 2d --verify_dataset_integrity."""
+    # -npfp 1: nnU-Net's fingerprint step otherwise starts 8 processes (each importing torch) on 2 cores
     run_cmd(["nnUNetv2_plan_and_preprocess", "-d", "601", "602", "-c", "2d", "--verify_dataset_integrity",
-             "-np", "1"], env=converted["env"])
+             "-np", "1", "-npfp", "1"], env=converted["env"])
     return converted
 
 
