@@ -191,3 +191,40 @@ def test_without_atlas_or_t1_the_location_cells_are_empty_with_a_note(tmp_path):
     assert [r["location_note"] for r in m.loads] == [LO.NO_ATLAS, "location stage did not run"]
     assert all(r[c] == "" for r in m.loads for c in LOCATION_COLUMNS if c != "location_note")
     assert m.loads[0]["total_mm3"] == "0" and all(m.lesions[0][c] == "" for c in LESION_LOCATION_COLUMNS)
+
+
+def test_report_shows_where_the_lesions_are(cohort, tmp_path):
+    """The report's location section: per subject the four classes in mm³ as in regional_loads.csv (and their
+    % of the subject's lesion volume, which they add up to by the distance rule), the cohort row, and the
+    atlas-space frequency figure with a caption and >= 9 pt text; the linked tables carry the location
+    columns. In a browser (offline) when chromium is here."""
+    import re
+
+    from browser import figure_problems, find_chromium, render
+
+    from nnunet_wmhloc.pipeline.figtext import read_figure_info
+
+    rep = cohort["out"] / "report"
+    html = (rep / "report.html").read_text(encoding="utf-8")
+    sec = html[html.index("<h2 id='location'>"):html.index("<h2 id='clustering'>")]
+    loads = {r["subject"]: r for r in table(cohort["out"] / "results" / "regional_loads.csv")}
+    for name, r in loads.items():
+        row = re.search(rf"<tr><td>{name}</td>(.*?)</tr>", sec).group(1)
+        cells = re.findall(r"<td>(.*?)</td>", row)
+        total = sum(float(r[c]) for c in ("periventricular_mm3", "deep_mm3", "infratentorial_mm3"))
+        assert cells[0] == f"{total:.0f}" and total > 0
+        for i, c in ((1, "periventricular_cc_mm3"), (2, "juxtacortical_mm3"), (4, "infratentorial_mm3"),
+                     (5, "periventricular_mm3"), (6, "deep_mm3")):
+            assert cells[i] == f"{float(r[c]):.0f} ({100 * float(r[c]) / total:.0f} %)", (c, cells)
+        classes = [float(cells[i].split()[0]) for i in range(1, 5)]  # whole lesions: they make up the volume
+        assert abs(sum(classes) - total) <= 2 and classes[2] > 0
+    assert "<td>all subjects</td><td>2</td>" in sec
+    png = rep / "figures" / "lesion_frequency_atlas.png"
+    assert "figures/lesion_frequency_atlas.png" in sec and read_figure_info(png)["min_font_pt"] >= 9
+    assert "share (%, colour) of the 2 subjects" in sec
+    linked = table(rep / "tables" / "regional_loads.csv")
+    assert [r["periventricular_mm3"] for r in linked] == [loads[r["subject"]]["periventricular_mm3"] for r in linked]
+    if find_chromium() is not None:
+        seen = render(rep / "report.html", tmp_path / "shot.png")
+        assert not seen["remote"] and any(i["src"] == "figures/lesion_frequency_atlas.png" for i in seen["images"])
+        assert figure_problems(rep, seen["images"]) == []

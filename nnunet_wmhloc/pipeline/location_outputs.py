@@ -18,10 +18,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_wmhloc import io
-from nnunet_wmhloc.io import WMHLocError, atomic_dir, read_csv, write_csv
+from nnunet_wmhloc.io import WMHLocError, atomic_dir, read_csv, write_csv, write_json
 from nnunet_wmhloc.postprocessing.loads import LESION_LOCATION_COLUMNS, LOCATION_COLUMNS
 
 LOADS, LESIONS, FREQUENCY = "location_loads.csv", "location_lesions.csv", "lesion_frequency_atlas.nii.gz"
+SETTINGS = "location.json"  # the atlas folder (the report's underlay) and the rule's distance
 IMAGES = ("ventricles", "lesion_location", "space-atlas_lesion_mask")
 NO_ATLAS = "no --atlas-dir: location classes need the atlas registration"
 NO_T1 = "no T1: location classes need the atlas registration of a T1"
@@ -67,12 +68,14 @@ def locate_subject(s, lay, atlas, priors, *, t1: Path, atlas_regions: bool, pv_d
     return row, lesions, loc.atlas_mask
 
 
-def locate_cohort(ctx, subjects: list, a, *, atlas_regions_too: bool) -> dict:
+def locate_cohort(ctx, subjects: list, a, *, atlas_regions_too: bool, t1_of=None) -> dict:
     """location/ for every subject (and segmentations/region/ with --regions atlas). A failed registration
-    stops the run with --regions atlas (no region map); else it is the subject's location_note."""
+    stops the run with --regions atlas (no region map); else it is the subject's location_note.
+    `t1_of(subject)`: its T1 path or None (default: wmhloc_predict's converted or cohort T1)."""
     from nnunet_wmhloc.pipeline.model_free import load_atlas
 
     lay = ctx.layout
+    t1_of = t1_of or (lambda s: _t1(lay, s))
     atlas, priors = load_atlas(a.atlas_dir) if a.atlas_dir is not None else (None, None)
     loads, lesions, masks = [], [], {}
     regions_dir = atomic_dir(lay.segmentations("region"), overwrite=True) if atlas_regions_too else nullcontext()
@@ -80,7 +83,7 @@ def locate_cohort(ctx, subjects: list, a, *, atlas_regions_too: bool) -> dict:
         for s in subjects:
             if not (lay.segmentations("lesion") / f"{s.subject}.nii.gz").is_file():
                 continue  # not predicted: localize has no row for it either
-            t1 = _t1(lay, s)
+            t1 = t1_of(s)
             if atlas is None or t1 is None:
                 loads.append({"subject": s.subject, "location_note": NO_ATLAS if atlas is None else NO_T1})
                 continue
@@ -100,6 +103,8 @@ def locate_cohort(ctx, subjects: list, a, *, atlas_regions_too: bool) -> dict:
             from nnunet_wmhloc.location import frequency_map
             io.write_image(frequency_map(masks.values()), tmp / FREQUENCY)
         write_csv(loads, tmp / LOADS, columns=["subject", *LOCATION_COLUMNS])
+        write_json({"atlas_dir": str(Path(a.atlas_dir).resolve()) if a.atlas_dir is not None else None,
+                    "pv_distance_mm": a.pv_distance}, tmp / SETTINGS)
         write_csv(lesions, tmp / LESIONS, columns=["subject", "lesion_id", *LESION_LOCATION_COLUMNS])
     ctx.say(f"location classes: {len(masks)} of {len(loads)} subjects -> {lay.location}")
     return {"located": len(masks), "not_located": len(loads) - len(masks)}
