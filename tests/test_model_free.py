@@ -228,3 +228,36 @@ def test_report_shows_where_the_lesions_are(cohort, tmp_path):
         seen = render(rep / "report.html", tmp_path / "shot.png")
         assert not seen["remote"] and any(i["src"] == "figures/lesion_frequency_atlas.png" for i in seen["images"])
         assert figure_problems(rep, seen["images"]) == []
+
+
+def test_wmhloc_run_location_stage_matches_wmhloc_predict(cohort, tmp_path):
+    """wmhloc_run's location stage on the maps and T1 cases wmhloc_predict had (fused maps in segmentations/,
+    T1 cases as in imagesTs): the same location rows; without --atlas-dir one line, nothing written."""
+    import shutil
+    from types import SimpleNamespace
+
+    from nnunet_wmhloc.pipeline import location_outputs as LO
+    from nnunet_wmhloc.pipeline.stages import StageContext
+
+    ctx = StageContext("location", tmp_path / "location.log", {}, tmp_path / "run", quiet=True)
+    for task in ("lesion", "region"):
+        dst = ctx.layout.segmentations(task)
+        dst.mkdir(parents=True)
+        for p in (cohort["out"] / "segmentations" / task).glob("*.nii.gz"):
+            shutil.copyfile(p, dst / p.name)
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    for p in (cohort["out"] / "images").glob("*_t1_0000.nii.gz"):
+        shutil.copyfile(p, images / p.name)
+    a = SimpleNamespace(atlas_dir=cohort["atlas_dir"], pv_distance=10.0)
+    assert LO.run_stage(ctx, images, a) == {"located": 2, "not_located": 0}
+    cols = ["periventricular_mm3", "deep_mm3", "juxtacortical_mm3", "infratentorial_mm3", "icv_mm3"]
+    got = {r["subject"]: [r[c] for c in cols] for r in table(ctx.layout.location / LO.LOADS)}
+    want = {r["subject"]: [r[c] for c in cols] for r in table(cohort["out"] / "location" / LO.LOADS)}
+    assert got == want and len(got) == 2
+    assert (ctx.layout.location / LO.FREQUENCY).is_file()
+
+    said = []
+    ctx.say = said.append
+    assert LO.run_stage(ctx, images, SimpleNamespace(atlas_dir=None, pv_distance=10.0)) == {"skipped": LO.NO_ATLAS}
+    assert len(said) == 1 and "--atlas-dir" in said[0] and not ctx.layout.location.exists()

@@ -110,6 +110,25 @@ def locate_cohort(ctx, subjects: list, a, *, atlas_regions_too: bool, t1_of=None
     return {"located": len(masks), "not_located": len(loads) - len(masks)}
 
 
+def run_stage(ctx, images: Path, a) -> dict:
+    """wmhloc_run's location stage: every subject with a fused lesion map and a T1 among the test cases
+    (`images`); with no --atlas-dir one line and nothing written (an earlier run's location/ is removed)."""
+    from types import SimpleNamespace
+
+    if a.atlas_dir is None:
+        io.remove_owned(ctx.layout.location)
+        ctx.say(f"location classes skipped: {NO_ATLAS} (wmhloc_run --atlas-dir ATLAS)")
+        return {"skipped": NO_ATLAS}
+    subjects = [SimpleNamespace(subject=p.name[:-len(".nii.gz")], images={})
+                for p in sorted(ctx.layout.segmentations("lesion").glob("*.nii.gz"))]
+
+    def t1_of(s) -> Path | None:
+        t1 = images / f"{s.subject}_t1_0000.nii.gz"
+        return t1 if t1.is_file() else None
+
+    return locate_cohort(ctx, subjects, a, atlas_regions_too=False, t1_of=t1_of)
+
+
 @dataclass
 class Tables:
     loads: list
