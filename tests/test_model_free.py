@@ -261,3 +261,42 @@ def test_wmhloc_run_location_stage_matches_wmhloc_predict(cohort, tmp_path):
     ctx.say = said.append
     assert LO.run_stage(ctx, images, SimpleNamespace(atlas_dir=None, pv_distance=10.0)) == {"skipped": LO.NO_ATLAS}
     assert len(said) == 1 and "--atlas-dir" in said[0] and not ctx.layout.location.exists()
+
+
+def test_wmhloc_localize_with_t1_and_atlas_writes_the_location_columns(cohort, tmp_path):
+    """wmhloc_localize --t1 DIR --atlas-dir: the subject with a T1 in DIR gets the location columns
+    wmhloc_predict gave it (same lesion map, region map and T1) and its location images; the subject
+    without one keeps empty cells and a note; --t1 without --atlas-dir is one line, nothing written."""
+    import shutil
+
+    seg = cohort["out"] / "segmentations"
+    t1 = tmp_path / "t1"
+    t1.mkdir()
+    shutil.copyfile(cohort["out"] / "images" / "icbm1mm_t1_0000.nii.gz", t1 / "icbm1mm_t1.nii.gz")
+    out = tmp_path / "loc"
+    args = ["--lesions", seg / "lesion", "--regions", seg / "region", "-o", out]
+    r = subprocess.run([str(BIN / "wmhloc_localize"), *map(str, args), "--t1", str(t1), "--atlas-dir",
+                        str(cohort["atlas_dir"])], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = {row["subject"]: row for row in table(out / "regional_loads.csv")}
+    want = {row["subject"]: row for row in table(cohort["out"] / "results" / "regional_loads.csv")}
+    from nnunet_wmhloc.postprocessing._location import NO_T1
+    from nnunet_wmhloc.postprocessing.loads import LOCATION_COLUMNS
+
+    for c in LOCATION_COLUMNS:
+        if c != "pv_distance_mm":
+            assert got["icbm1mm"][c] == want["icbm1mm"][c], c
+    assert got["icbmaxial3"]["location_note"] == NO_T1 and got["icbmaxial3"]["periventricular_mm3"] == ""
+    lesions = [row for row in table(out / "lesions.csv") if row["subject"] == "icbm1mm"]
+    before = {row["lesion_id"]: row["location"] for row in table(cohort["out"] / "results" / "lesions.csv")
+              if row["subject"] == "icbm1mm"}
+    assert lesions and {row["lesion_id"]: row["location"] for row in lesions} == before
+    for name in ("ventricles", "lesion_location", "space-atlas_lesion_mask"):
+        assert (out / "location" / f"icbm1mm_{name}.nii.gz").is_file()
+    assert (out / "location" / "lesion_frequency_atlas.nii.gz").is_file()
+
+    bad = tmp_path / "bad"
+    r = subprocess.run([str(BIN / "wmhloc_localize"), *map(str, args[:-1]), str(bad), "--t1", str(t1)],
+                       capture_output=True, text=True)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and "--atlas-dir" in lines[0] and not bad.exists(), r.stderr

@@ -19,11 +19,11 @@ import SimpleITK as sitk
 
 from nnunet_wmhloc import io
 from nnunet_wmhloc.io import WMHLocError, atomic_dir, read_csv, write_csv, write_json
+from nnunet_wmhloc.location.rows import IMAGES, locate_files
 from nnunet_wmhloc.postprocessing.loads import LESION_LOCATION_COLUMNS, LOCATION_COLUMNS
 
 LOADS, LESIONS, FREQUENCY = "location_loads.csv", "location_lesions.csv", "lesion_frequency_atlas.nii.gz"
 SETTINGS = "location.json"  # the atlas folder (the report's underlay) and the rule's distance
-IMAGES = ("ventricles", "lesion_location", "space-atlas_lesion_mask")
 NO_ATLAS = "no --atlas-dir: location classes need the atlas registration"
 NO_T1 = "no T1: location classes need the atlas registration of a T1"
 
@@ -45,27 +45,20 @@ def locate_subject(s, lay, atlas, priors, *, t1: Path, atlas_regions: bool, pv_d
                    rtmp: Path | None) -> tuple[dict, list[dict], sitk.Image]:
     """One subject: registration, region map when `atlas_regions` (into `rtmp`), location images (into
     `tmp`); returns its location_loads row, its location_lesions rows and its atlas-space mask."""
-    from nnunet_wmhloc.location import locate, register_subject
     from nnunet_wmhloc.pipeline.model_free import atlas_regions as carry_regions
 
     lesion = io.read_image(lay.segmentations("lesion") / f"{s.subject}.nii.gz", what="lesion map")
     mask = sitk.GetArrayFromImage(lesion) == 1
-    binary = io.array_to_image(mask.astype(np.uint8), lesion)
-    reg = register_subject(io.read_image(t1, what="T1"), atlas, where=str(t1))
-    if atlas_regions:
-        regions = carry_regions(reg, atlas, lesion, mask)
-        io.write_image(regions, rtmp / f"{s.subject}.nii.gz")
-        regions = sitk.GetArrayFromImage(regions)
-    else:
-        regions = _regions_on(lay.segmentations("region") / f"{s.subject}.nii.gz", lesion)
-    loc = locate(binary, reg, priors, atlas_grid=atlas.t1, regions=regions, pv_distance_mm=pv_distance)
-    for name, img in zip(IMAGES, (loc.context.ventricles_image(), loc.location_map, loc.atlas_mask)):
-        io.write_image(img, tmp / f"{s.subject}_{name}.nii.gz")
-    row = {"subject": s.subject, "location_note": ""} | {k: loc.loads[k] for k in LOCATION_COLUMNS if k in loc.loads}
-    lesions = [{"subject": s.subject, "lesion_id": str(r["lesion"]), "location": r["location"],
-                "ventricle_distance_mm": r["ventricle_distance_mm"], "atlas_lps_x_mm": r["atlas_x"],
-                "atlas_lps_y_mm": r["atlas_y"], "atlas_lps_z_mm": r["atlas_z"]} for r in loc.lesions]
-    return row, lesions, loc.atlas_mask
+
+    def regions(reg) -> np.ndarray:
+        if not atlas_regions:
+            return _regions_on(lay.segmentations("region") / f"{s.subject}.nii.gz", lesion)
+        img = carry_regions(reg, atlas, lesion, mask)
+        io.write_image(img, rtmp / f"{s.subject}.nii.gz")
+        return sitk.GetArrayFromImage(img)
+
+    return locate_files(s.subject, lesion, mask, t1, atlas, priors, regions=regions, pv_distance=pv_distance,
+                        out=tmp)
 
 
 def locate_cohort(ctx, subjects: list, a, *, atlas_regions_too: bool, t1_of=None) -> dict:

@@ -97,7 +97,7 @@ def build_parser():
                         "gets location classes (periventricular/deep, ...) and its lesion mask in atlas space")
     a.add_argument("--pv-distance", type=float, default=10.0,
                    help="distance rule: supratentorial lesion voxels within this many mm of the lateral "
-                        "ventricles are periventricular (default 10, BIANCA's DM10)")
+                        "ventricles are periventricular (BIANCA's DM10)")
     p.add_argument("--force", choices=STAGES, help="redo this stage and every stage after it")
     parallel.add_argument(p)
     p.add_argument("--quiet", action="store_true", help="only errors on the terminal (logs are complete anyway)")
