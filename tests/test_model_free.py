@@ -300,3 +300,16 @@ def test_wmhloc_localize_with_t1_and_atlas_writes_the_location_columns(cohort, t
                        capture_output=True, text=True)
     lines = r.stderr.strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1 and "--atlas-dir" in lines[0] and not bad.exists(), r.stderr
+
+
+def test_wmhloc_run_location_options_checked_first(tmp_path):
+    """wmhloc_run --atlas-dir / --pv-distance: a wrong value is one line before anything is made."""
+    for want, args in (("--atlas-dir not found", ["--atlas-dir", tmp_path / "nowhere"]),
+                       ("neither a built atlas", ["--atlas-dir", tmp_path]),
+                       ("--pv-distance 0", ["--pv-distance", "0"])):
+        out = tmp_path / "run"
+        r = subprocess.run([str(BIN / "wmhloc_run"), "--demo", "-o", str(out), *map(str, args)],
+                           capture_output=True, text=True)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode != 0 and len(lines) == 1 and want in lines[0], (want, r.stderr)
+        assert "Traceback" not in r.stderr and not out.exists()
