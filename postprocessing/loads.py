@@ -39,7 +39,8 @@ LOBE_MM3_COLUMNS = [f"{lobe}_mm3" for lobe in ("frontal", "parietal", "temporal"
 LOCATION_COLUMNS = (["periventricular_mm3", "deep_mm3", "pv_distance_mm", "periventricular_cc_mm3", "deep_cc_mm3",
                      "juxtacortical_mm3", "infratentorial_mm3"] + LOBE_MM3_COLUMNS
                     + ["icv_mm3", "lesion_icv_fraction", "location_note"])
-NO_LOCATION = "no atlas registration here (wmhloc_predict --atlas-dir gives the location columns)"
+NO_LOCATION = ("no atlas registration here (wmhloc_localize --t1 --atlas-dir, or wmhloc_predict / wmhloc_run "
+               "--atlas-dir, give the location columns)")
 REGION_LOAD_COLUMNS = (["subject", "n_lesions", "total_voxels", "total_mm3"]
                 + [c for r in REGION_LABELS for c in (mm3_column(r), share_column(r))]
                 + ["wm_mm3", "left_wm_mm3", "right_wm_mm3", "left_mm3", "right_mm3", "outside_voxels",

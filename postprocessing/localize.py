@@ -37,6 +37,7 @@ from scipy import ndimage
 from nnunet_wmhloc import cli
 from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_output, check_same_geometry, read_image, write_csv, \
     write_json
+from nnunet_wmhloc.postprocessing import _location
 from nnunet_wmhloc.postprocessing._match import index_folder
 from nnunet_wmhloc.postprocessing.loads import (LESION_COLUMNS, LESION_LOCATION_COLUMNS, LESIONS, LOAD_COLUMNS,
                                                 LOCATION_COLUMNS, NO_LOCATION, REGION_LABELS,
@@ -188,16 +189,18 @@ def _stderr(text: str) -> None:
 
 def localize(lesions, regions, output, *, reference_lesions=None, lesion_label: int = 1,
              max_lesion_label: int = 2, modality_priority=("flair", "t1"), write_maps: bool = True,
-             overwrite: bool = False, say: Callable[[str], None] = _stderr, progress: bool = True
-             ) -> LocalizeResult:
+             overwrite: bool = False, say: Callable[[str], None] = _stderr, progress: bool = True,
+             t1=None, atlas_dir=None, pv_distance: float = 10.0) -> LocalizeResult:
     """Regional loads, lesion census and regional maps of every lesion file in `lesions` (and of
     `reference_lesions`, under reference/) over its region map in `regions`, written to the folder `output`
-    atomically. Notes (files passed over, unused region maps) go to `say`."""
+    atomically. Notes (files passed over, unused region maps) go to `say`. With a folder of T1 images `t1`
+    and `atlas_dir`: the location columns too (postprocessing/_location.py)."""
     if not 1 <= lesion_label <= max_lesion_label <= 255:
         raise WMHLocError(f"--lesion-label {lesion_label}: must be in 1..--max-lesion-label "
                           f"({max_lesion_label}, at most 255)")
-    check_output(output, overwrite=overwrite, inputs=[lesions, regions, reference_lesions])
+    check_output(output, overwrite=overwrite, inputs=[lesions, regions, reference_lesions, t1, atlas_dir])
     priority = list(modality_priority)
+    t1s = _location.check(t1, atlas_dir, pv_distance, priority)
     region_files, reg_notes = index_folder(regions, priority, what="regions")
     pairs, notes = _pair(lesions, region_files, priority, "lesions")
     ref_pairs, ref_notes = ([], [])
@@ -214,9 +217,16 @@ def localize(lesions, regions, output, *, reference_lesions=None, lesion_label: 
     output = Path(output)
     with atomic_dir(output, overwrite=overwrite) as out:
         rows, found = _run_set(pairs, out, desc="localize", **kw)
+        if t1s:
+            located = _location.add_location(pairs, rows, found, t1s, atlas_dir, lesion_label=lesion_label,
+                                             pv_distance=pv_distance, out=out, progress=progress)
+            write_csv(rows, out / REGIONAL_LOADS, columns=LOAD_COLUMNS, overwrite=True)
+            write_csv(found, out / LESIONS, columns=LESION_COLUMNS, overwrite=True)
+            say(f"location classes: {located} of {len(rows)} subjects -> {out.name}/location")
         log = {"lesions": str(lesions), "regions": str(regions), "lesion_label": lesion_label,
                "subjects": len(rows), "lesions_found": len(found), "pairs": _pairs_log(pairs),
-               "notes": reg_notes + notes, "region_maps_without_lesions": unused}
+               "notes": reg_notes + notes, "region_maps_without_lesions": unused,
+               "location": {"t1": str(t1), "atlas_dir": str(atlas_dir), "pv_distance_mm": pv_distance} if t1s else None}
         ref = None
         if ref_pairs:
             ref_rows, ref_found = _run_set(ref_pairs, out / "reference", desc="reference", **kw)
@@ -241,6 +251,14 @@ def _build_parser():
     p.add_argument("--modality-priority", nargs="+", default=["flair", "t1"],
                    help="file-name suffixes stripped to find the subject, in order of preference")
     p.add_argument("--no-maps", action="store_true", help="do not write the regional lesion maps")
+    p.add_argument("--t1", default=None,
+                   help="folder of T1 images (matched by subject; on the lesion maps' physical space): with "
+                        "--atlas-dir, the location columns (periventricular/deep, juxtacortical, ...) and location/")
+    p.add_argument("--atlas-dir", default=None,
+                   help="atlas folder (wmhloc_build_atlas output or the Eve folder) each T1 is registered to")
+    p.add_argument("--pv-distance", type=float, default=10.0,
+                   help="distance rule: supratentorial lesion voxels within this many mm of the lateral "
+                        "ventricles are periventricular (BIANCA's DM10)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return p
 
@@ -249,7 +267,8 @@ def _main(argv=None) -> int:
     a = _build_parser().parse_args(argv)
     res = localize(a.lesions, a.regions, a.output, reference_lesions=a.reference_lesions,
                    lesion_label=a.lesion_label, max_lesion_label=a.max_lesion_label,
-                   modality_priority=a.modality_priority, write_maps=not a.no_maps, overwrite=a.overwrite)
+                   modality_priority=a.modality_priority, write_maps=not a.no_maps, overwrite=a.overwrite,
+                   t1=a.t1, atlas_dir=a.atlas_dir, pv_distance=a.pv_distance)
     print(f"localized {len(res.lesions)} lesions in {len(res.loads)} subjects -> {a.output}", file=sys.stderr)
     return 0
 

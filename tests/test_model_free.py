@@ -191,3 +191,125 @@ def test_without_atlas_or_t1_the_location_cells_are_empty_with_a_note(tmp_path):
     assert [r["location_note"] for r in m.loads] == [LO.NO_ATLAS, "location stage did not run"]
     assert all(r[c] == "" for r in m.loads for c in LOCATION_COLUMNS if c != "location_note")
     assert m.loads[0]["total_mm3"] == "0" and all(m.lesions[0][c] == "" for c in LESION_LOCATION_COLUMNS)
+
+
+def test_report_shows_where_the_lesions_are(cohort, tmp_path):
+    """The report's location section: per subject the four classes in mm³ as in regional_loads.csv (and their
+    % of the subject's lesion volume, which they add up to by the distance rule), the cohort row, and the
+    atlas-space frequency figure with a caption and >= 9 pt text; the linked tables carry the location
+    columns. In a browser (offline) when chromium is here."""
+    import re
+
+    from browser import figure_problems, find_chromium, render
+
+    from nnunet_wmhloc.pipeline.figtext import read_figure_info
+
+    rep = cohort["out"] / "report"
+    html = (rep / "report.html").read_text(encoding="utf-8")
+    sec = html[html.index("<h2 id='location'>"):html.index("<h2 id='clustering'>")]
+    loads = {r["subject"]: r for r in table(cohort["out"] / "results" / "regional_loads.csv")}
+    for name, r in loads.items():
+        row = re.search(rf"<tr><td>{name}</td>(.*?)</tr>", sec).group(1)
+        cells = re.findall(r"<td>(.*?)</td>", row)
+        total = sum(float(r[c]) for c in ("periventricular_mm3", "deep_mm3", "infratentorial_mm3"))
+        assert cells[0] == f"{total:.0f}" and total > 0
+        for i, c in ((1, "periventricular_cc_mm3"), (2, "juxtacortical_mm3"), (4, "infratentorial_mm3"),
+                     (5, "periventricular_mm3"), (6, "deep_mm3")):
+            assert cells[i] == f"{float(r[c]):.0f} ({100 * float(r[c]) / total:.0f} %)", (c, cells)
+        classes = [float(cells[i].split()[0]) for i in range(1, 5)]  # whole lesions: they make up the volume
+        assert abs(sum(classes) - total) <= 2 and classes[2] > 0
+    assert "<td>all subjects</td><td>2</td>" in sec
+    png = rep / "figures" / "lesion_frequency_atlas.png"
+    assert "figures/lesion_frequency_atlas.png" in sec and read_figure_info(png)["min_font_pt"] >= 9
+    assert "share (%, colour) of the 2 subjects" in sec
+    linked = table(rep / "tables" / "regional_loads.csv")
+    assert [r["periventricular_mm3"] for r in linked] == [loads[r["subject"]]["periventricular_mm3"] for r in linked]
+    if find_chromium() is not None:
+        seen = render(rep / "report.html", tmp_path / "shot.png")
+        assert not seen["remote"] and any(i["src"] == "figures/lesion_frequency_atlas.png" for i in seen["images"])
+        assert figure_problems(rep, seen["images"]) == []
+
+
+def test_wmhloc_run_location_stage_matches_wmhloc_predict(cohort, tmp_path):
+    """wmhloc_run's location stage on the maps and T1 cases wmhloc_predict had (fused maps in segmentations/,
+    T1 cases as in imagesTs): the same location rows; without --atlas-dir one line, nothing written."""
+    import shutil
+    from types import SimpleNamespace
+
+    from nnunet_wmhloc.pipeline import location_outputs as LO
+    from nnunet_wmhloc.pipeline.stages import StageContext
+
+    ctx = StageContext("location", tmp_path / "location.log", {}, tmp_path / "run", quiet=True)
+    for task in ("lesion", "region"):
+        dst = ctx.layout.segmentations(task)
+        dst.mkdir(parents=True)
+        for p in (cohort["out"] / "segmentations" / task).glob("*.nii.gz"):
+            shutil.copyfile(p, dst / p.name)
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    for p in (cohort["out"] / "images").glob("*_t1_0000.nii.gz"):
+        shutil.copyfile(p, images / p.name)
+    a = SimpleNamespace(atlas_dir=cohort["atlas_dir"], pv_distance=10.0)
+    assert LO.run_stage(ctx, images, a) == {"located": 2, "not_located": 0}
+    cols = ["periventricular_mm3", "deep_mm3", "juxtacortical_mm3", "infratentorial_mm3", "icv_mm3"]
+    got = {r["subject"]: [r[c] for c in cols] for r in table(ctx.layout.location / LO.LOADS)}
+    want = {r["subject"]: [r[c] for c in cols] for r in table(cohort["out"] / "location" / LO.LOADS)}
+    assert got == want and len(got) == 2
+    assert (ctx.layout.location / LO.FREQUENCY).is_file()
+
+    said = []
+    ctx.say = said.append
+    assert LO.run_stage(ctx, images, SimpleNamespace(atlas_dir=None, pv_distance=10.0)) == {"skipped": LO.NO_ATLAS}
+    assert len(said) == 1 and "--atlas-dir" in said[0] and not ctx.layout.location.exists()
+
+
+def test_wmhloc_localize_with_t1_and_atlas_writes_the_location_columns(cohort, tmp_path):
+    """wmhloc_localize --t1 DIR --atlas-dir: the subject with a T1 in DIR gets the location columns
+    wmhloc_predict gave it (same lesion map, region map and T1) and its location images; the subject
+    without one keeps empty cells and a note; --t1 without --atlas-dir is one line, nothing written."""
+    import shutil
+
+    seg = cohort["out"] / "segmentations"
+    t1 = tmp_path / "t1"
+    t1.mkdir()
+    shutil.copyfile(cohort["out"] / "images" / "icbm1mm_t1_0000.nii.gz", t1 / "icbm1mm_t1.nii.gz")
+    out = tmp_path / "loc"
+    args = ["--lesions", seg / "lesion", "--regions", seg / "region", "-o", out]
+    r = subprocess.run([str(BIN / "wmhloc_localize"), *map(str, args), "--t1", str(t1), "--atlas-dir",
+                        str(cohort["atlas_dir"])], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = {row["subject"]: row for row in table(out / "regional_loads.csv")}
+    want = {row["subject"]: row for row in table(cohort["out"] / "results" / "regional_loads.csv")}
+    from nnunet_wmhloc.postprocessing._location import NO_T1
+    from nnunet_wmhloc.postprocessing.loads import LOCATION_COLUMNS
+
+    for c in LOCATION_COLUMNS:
+        if c != "pv_distance_mm":
+            assert got["icbm1mm"][c] == want["icbm1mm"][c], c
+    assert got["icbmaxial3"]["location_note"] == NO_T1 and got["icbmaxial3"]["periventricular_mm3"] == ""
+    lesions = [row for row in table(out / "lesions.csv") if row["subject"] == "icbm1mm"]
+    before = {row["lesion_id"]: row["location"] for row in table(cohort["out"] / "results" / "lesions.csv")
+              if row["subject"] == "icbm1mm"}
+    assert lesions and {row["lesion_id"]: row["location"] for row in lesions} == before
+    for name in ("ventricles", "lesion_location", "space-atlas_lesion_mask"):
+        assert (out / "location" / f"icbm1mm_{name}.nii.gz").is_file()
+    assert (out / "location" / "lesion_frequency_atlas.nii.gz").is_file()
+
+    bad = tmp_path / "bad"
+    r = subprocess.run([str(BIN / "wmhloc_localize"), *map(str, args[:-1]), str(bad), "--t1", str(t1)],
+                       capture_output=True, text=True)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and "--atlas-dir" in lines[0] and not bad.exists(), r.stderr
+
+
+def test_wmhloc_run_location_options_checked_first(tmp_path):
+    """wmhloc_run --atlas-dir / --pv-distance: a wrong value is one line before anything is made."""
+    for want, args in (("--atlas-dir not found", ["--atlas-dir", tmp_path / "nowhere"]),
+                       ("neither a built atlas", ["--atlas-dir", tmp_path]),
+                       ("--pv-distance 0", ["--pv-distance", "0"])):
+        out = tmp_path / "run"
+        r = subprocess.run([str(BIN / "wmhloc_run"), "--demo", "-o", str(out), *map(str, args)],
+                           capture_output=True, text=True)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode != 0 and len(lines) == 1 and want in lines[0], (want, r.stderr)
+        assert "Traceback" not in r.stderr and not out.exists()

@@ -18,7 +18,7 @@ import pytest
 from browser import CDN_STYLESHEET, break_report, find_chromium, render
 
 STAGES = ["synth", "convert", "preprocess", "train_lesion", "train_region", "choose", "predict", "fuse", "localize",
-          "cluster", "evaluate", "report"]
+          "location", "cluster", "evaluate", "report"]
 
 
 def _run(args, timeout=1800, env=None):
@@ -101,6 +101,10 @@ def test_demo_report_and_outputs(demo):
     for s in STAGES:
         assert (out / "stages" / f"{s}.done").is_file(), s
         assert (out / "logs" / f"{s}.log").is_file(), s
+    # the demo has no atlas for registration (its synthetic heads are not brain-like): the location stage says
+    # so in one line and writes nothing, and the report has no location section
+    assert "location classes skipped: no --atlas-dir" in (out / "logs" / "location.log").read_text()
+    assert not (out / "location").exists() and "id='location'" not in (out / "report" / "report.html").read_text()
     # the figures come from a real training: nnU-Net's own log and checkpoints are there
     train_log = (out / "logs" / "train_lesion.log").read_text()
     assert "$ nnUNetv2_train 601 2d 0 -tr nnUNetTrainerWMHLoc_" in train_log and "Epoch time" in train_log

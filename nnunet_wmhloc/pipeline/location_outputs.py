@@ -18,11 +18,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_wmhloc import io
-from nnunet_wmhloc.io import WMHLocError, atomic_dir, read_csv, write_csv
+from nnunet_wmhloc.io import WMHLocError, atomic_dir, read_csv, write_csv, write_json
+from nnunet_wmhloc.location.rows import IMAGES, locate_files
 from nnunet_wmhloc.postprocessing.loads import LESION_LOCATION_COLUMNS, LOCATION_COLUMNS
 
 LOADS, LESIONS, FREQUENCY = "location_loads.csv", "location_lesions.csv", "lesion_frequency_atlas.nii.gz"
-IMAGES = ("ventricles", "lesion_location", "space-atlas_lesion_mask")
+SETTINGS = "location.json"  # the atlas folder (the report's underlay) and the rule's distance
 NO_ATLAS = "no --atlas-dir: location classes need the atlas registration"
 NO_T1 = "no T1: location classes need the atlas registration of a T1"
 
@@ -44,35 +45,30 @@ def locate_subject(s, lay, atlas, priors, *, t1: Path, atlas_regions: bool, pv_d
                    rtmp: Path | None) -> tuple[dict, list[dict], sitk.Image]:
     """One subject: registration, region map when `atlas_regions` (into `rtmp`), location images (into
     `tmp`); returns its location_loads row, its location_lesions rows and its atlas-space mask."""
-    from nnunet_wmhloc.location import locate, register_subject
     from nnunet_wmhloc.pipeline.model_free import atlas_regions as carry_regions
 
     lesion = io.read_image(lay.segmentations("lesion") / f"{s.subject}.nii.gz", what="lesion map")
     mask = sitk.GetArrayFromImage(lesion) == 1
-    binary = io.array_to_image(mask.astype(np.uint8), lesion)
-    reg = register_subject(io.read_image(t1, what="T1"), atlas, where=str(t1))
-    if atlas_regions:
-        regions = carry_regions(reg, atlas, lesion, mask)
-        io.write_image(regions, rtmp / f"{s.subject}.nii.gz")
-        regions = sitk.GetArrayFromImage(regions)
-    else:
-        regions = _regions_on(lay.segmentations("region") / f"{s.subject}.nii.gz", lesion)
-    loc = locate(binary, reg, priors, atlas_grid=atlas.t1, regions=regions, pv_distance_mm=pv_distance)
-    for name, img in zip(IMAGES, (loc.context.ventricles_image(), loc.location_map, loc.atlas_mask)):
-        io.write_image(img, tmp / f"{s.subject}_{name}.nii.gz")
-    row = {"subject": s.subject, "location_note": ""} | {k: loc.loads[k] for k in LOCATION_COLUMNS if k in loc.loads}
-    lesions = [{"subject": s.subject, "lesion_id": str(r["lesion"]), "location": r["location"],
-                "ventricle_distance_mm": r["ventricle_distance_mm"], "atlas_lps_x_mm": r["atlas_x"],
-                "atlas_lps_y_mm": r["atlas_y"], "atlas_lps_z_mm": r["atlas_z"]} for r in loc.lesions]
-    return row, lesions, loc.atlas_mask
+
+    def regions(reg) -> np.ndarray:
+        if not atlas_regions:
+            return _regions_on(lay.segmentations("region") / f"{s.subject}.nii.gz", lesion)
+        img = carry_regions(reg, atlas, lesion, mask)
+        io.write_image(img, rtmp / f"{s.subject}.nii.gz")
+        return sitk.GetArrayFromImage(img)
+
+    return locate_files(s.subject, lesion, mask, t1, atlas, priors, regions=regions, pv_distance=pv_distance,
+                        out=tmp)
 
 
-def locate_cohort(ctx, subjects: list, a, *, atlas_regions_too: bool) -> dict:
+def locate_cohort(ctx, subjects: list, a, *, atlas_regions_too: bool, t1_of=None) -> dict:
     """location/ for every subject (and segmentations/region/ with --regions atlas). A failed registration
-    stops the run with --regions atlas (no region map); else it is the subject's location_note."""
+    stops the run with --regions atlas (no region map); else it is the subject's location_note.
+    `t1_of(subject)`: its T1 path or None (default: wmhloc_predict's converted or cohort T1)."""
     from nnunet_wmhloc.pipeline.model_free import load_atlas
 
     lay = ctx.layout
+    t1_of = t1_of or (lambda s: _t1(lay, s))
     atlas, priors = load_atlas(a.atlas_dir) if a.atlas_dir is not None else (None, None)
     loads, lesions, masks = [], [], {}
     regions_dir = atomic_dir(lay.segmentations("region"), overwrite=True) if atlas_regions_too else nullcontext()
@@ -80,7 +76,7 @@ def locate_cohort(ctx, subjects: list, a, *, atlas_regions_too: bool) -> dict:
         for s in subjects:
             if not (lay.segmentations("lesion") / f"{s.subject}.nii.gz").is_file():
                 continue  # not predicted: localize has no row for it either
-            t1 = _t1(lay, s)
+            t1 = t1_of(s)
             if atlas is None or t1 is None:
                 loads.append({"subject": s.subject, "location_note": NO_ATLAS if atlas is None else NO_T1})
                 continue
@@ -100,9 +96,30 @@ def locate_cohort(ctx, subjects: list, a, *, atlas_regions_too: bool) -> dict:
             from nnunet_wmhloc.location import frequency_map
             io.write_image(frequency_map(masks.values()), tmp / FREQUENCY)
         write_csv(loads, tmp / LOADS, columns=["subject", *LOCATION_COLUMNS])
+        write_json({"atlas_dir": str(Path(a.atlas_dir).resolve()) if a.atlas_dir is not None else None,
+                    "pv_distance_mm": a.pv_distance}, tmp / SETTINGS)
         write_csv(lesions, tmp / LESIONS, columns=["subject", "lesion_id", *LESION_LOCATION_COLUMNS])
     ctx.say(f"location classes: {len(masks)} of {len(loads)} subjects -> {lay.location}")
     return {"located": len(masks), "not_located": len(loads) - len(masks)}
+
+
+def run_stage(ctx, images: Path, a) -> dict:
+    """wmhloc_run's location stage: every subject with a fused lesion map and a T1 among the test cases
+    (`images`); with no --atlas-dir one line and nothing written (an earlier run's location/ is removed)."""
+    from types import SimpleNamespace
+
+    if a.atlas_dir is None:
+        io.remove_owned(ctx.layout.location)
+        ctx.say(f"location classes skipped: {NO_ATLAS} (wmhloc_run --atlas-dir ATLAS)")
+        return {"skipped": NO_ATLAS}
+    subjects = [SimpleNamespace(subject=p.name[:-len(".nii.gz")], images={})
+                for p in sorted(ctx.layout.segmentations("lesion").glob("*.nii.gz"))]
+
+    def t1_of(s) -> Path | None:
+        t1 = images / f"{s.subject}_t1_0000.nii.gz"
+        return t1 if t1.is_file() else None
+
+    return locate_cohort(ctx, subjects, a, atlas_regions_too=False, t1_of=t1_of)
 
 
 @dataclass

@@ -8,7 +8,6 @@ tasks, then the location outputs, so "localize" and everything after it are unch
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import SimpleITK as sitk
 
 from nnunet_wmhloc import io
 from nnunet_wmhloc.io import WMHLocError, few
+from nnunet_wmhloc.location.rows import load_atlas  # noqa: F401  (wmhloc_predict's check and stage)
 
 TASKS = ("lesion", "region")
 
@@ -70,21 +70,6 @@ def convert_subjects(subjects: list, a) -> list:
     """The subjects as the convert stage sees them: with --lesions csv the lesion column is the input (read
     by the maps stage, probability maps allowed), not a reference mask to check and link."""
     return [replace(s, lesion=None) for s in subjects] if a.lesions == "csv" else subjects
-
-
-@lru_cache(maxsize=2)
-def load_atlas(atlas_dir: Path):
-    """(atlas, location priors) of `atlas_dir` (cached: the check and the stage share them); WMHLocError
-    naming it when it is not an atlas folder."""
-    from nnunet_wmhloc.atlas import _atlas
-    from nnunet_wmhloc.location import atlas_priors
-
-    if not Path(atlas_dir).is_dir():
-        raise WMHLocError(f"{atlas_dir}: --atlas-dir not found")
-    try:
-        return _atlas.load_atlas(atlas_dir), atlas_priors(atlas_dir)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise WMHLocError(f"{atlas_dir}: not an atlas folder ({str(e).strip().splitlines()[-1][:120]})") from None
 
 
 def read_lesion(path: Path, threshold: float) -> tuple[sitk.Image, sitk.Image | None]:

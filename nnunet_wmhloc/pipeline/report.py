@@ -2,7 +2,8 @@
 
 <output>/report/report.html, with every figure it shows in report/figures/ (PNG, linked relatively) and
 every table in report/tables/ (CSV): the folder opens in a browser without network and can be zipped and
-shared. Sections: settings and stage timings; per cohort the regional lesion loads, the clustering figures
+shared. Sections: settings and stage timings; per cohort the regional lesion loads, where the lesions are (location
+classes and the atlas-space frequency map, when the location stage ran), the clustering figures
 and group table, and (when references exist) the evaluation tables and violin plots; per subject the FLAIR
 with lesions coloured by region in three planes and a bar chart of its regional loads.
 The page is rendered from templates/report.html.j2 (Jinja2, autoescaped); this module gathers its content.
@@ -18,8 +19,10 @@ import numpy as np
 
 from nnunet_wmhloc.io import atomic_dir, read_csv, write_csv
 from nnunet_wmhloc.layout import RunLayout
+from nnunet_wmhloc.pipeline import location_outputs as LO
 from nnunet_wmhloc.pipeline import review
 from nnunet_wmhloc.pipeline.figtext import read_figure_info
+from nnunet_wmhloc.pipeline.report_location import location_section
 from nnunet_wmhloc.pipeline.report_figures import REPORT_REGIONS, cohort_figure, region_mm3, subject_figure
 from nnunet_wmhloc.vocab import REGION_NAMES
 from nnunet_wmhloc.postprocessing.cluster import SIDE_SHARE
@@ -117,12 +120,15 @@ def build_report(output: Path, tables, *, title: str, images: Path, settings: di
     stages' outputs; returns the path of report.html."""
     run = RunLayout(output)
     stages = stages or {}
+    if (run.location / LO.LOADS).is_file():  # the tables shown and linked carry the location columns
+        tables = LO.merged(run, tables)
     checks = review.cohort_review(run, tables.loads)
     with atomic_dir(run.report, overwrite=True) as tmp:
         rep = _Folder(tmp)
         ctx = {"title": title, "written": time.strftime("%Y-%m-%d %H:%M"), "n_subjects": len(tables.loads),
                "command": command, **_settings(settings, stages), "cohort": _cohort(rep, run, tables),
                **_clustering(rep, run, stages, checks["subjects"]), "evaluation": _evaluation(rep, run),
+               "location": location_section(rep, run, tables.loads),
                "subjects": _subjects(rep, run, tables.loads, images, progress, checks["subjects"]),
                "warnings": checks["text"], "synthetic": str(settings.get("input", "")).startswith("demo"),
                "tta": settings.get("test-time mirroring"), "side_share": SIDE_SHARE,

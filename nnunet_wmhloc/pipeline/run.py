@@ -7,8 +7,8 @@
 Stages (each resumable, logged to <output>/logs/<stage>.log, marked done in <output>/stages/<stage>.done):
 synth (--demo) -> convert -> preprocess -> train_lesion -> train_region -> choose (FLAIR, T1 or fused per task,
 from the cross-validation probabilities; recorded in <output>/choice/fusion.json for wmhloc_export_models) ->
-predict (T1 and FLAIR cases of the test split) -> fuse -> localize -> cluster -> evaluate (when references
-exist) -> report.
+predict (T1 and FLAIR cases of the test split) -> fuse -> localize -> location (location classes and atlas-space
+lesion maps, with --atlas-dir) -> cluster -> evaluate (when references exist) -> report.
 A re-run skips finished stages; `--force STAGE` redoes that stage and the ones after it.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext
 from nnunet_wmhloc.vocab import dataset_folders
 
 STAGES = ("synth", "convert", "preprocess", "train_lesion", "train_region", "choose", "predict", "fuse", "localize",
-          "cluster", "evaluate", "report")
+          "location", "cluster", "evaluate", "report")
 # --quick: what a 2-core CPU trains in a few minutes per model: 2d, fold 0, epochs of 20 steps of the planned batch
 # (at most 8), AdamW (nnU-Net's SGD barely starts learning in so few steps); the 37-class region model gets more
 # epochs. Measured on the demo: batch 6 beats batch 4 at equal epochs (lesion Dice 0.50 vs 0.37)
@@ -92,6 +92,12 @@ def build_parser():
     a = p.add_argument_group("analysis")
     a.add_argument("--atlas", help="refined 36-label atlas (36_labels_merged.nii.gz) for the cluster atlas maps")
     a.add_argument("--k-max", type=cli.positive_int, default=8, help="largest number of groups tried by the clustering")
+    a.add_argument("--atlas-dir", type=Path, default=None,
+                   help="atlas folder (wmhloc_build_atlas output or the Eve folder): every test subject with a T1 "
+                        "gets location classes (periventricular/deep, ...) and its lesion mask in atlas space")
+    a.add_argument("--pv-distance", type=float, default=10.0,
+                   help="distance rule: supratentorial lesion voxels within this many mm of the lateral "
+                        "ventricles are periventricular (BIANCA's DM10)")
     p.add_argument("--force", choices=STAGES, help="redo this stage and every stage after it")
     parallel.add_argument(p)
     p.add_argument("--quiet", action="store_true", help="only errors on the terminal (logs are complete anyway)")
@@ -116,6 +122,12 @@ class RunPlan:
                            ("--atlas", a.atlas)):
             if path is not None and not Path(path).exists():
                 raise WMHLocError(f"{path}: not found ({flag})")
+        if not a.pv_distance > 0:
+            raise WMHLocError(f"--pv-distance {a.pv_distance:g}: must be > 0 mm")
+        if a.atlas_dir is not None:
+            from nnunet_wmhloc.pipeline.model_free import load_atlas
+
+            load_atlas(a.atlas_dir)  # a wrong folder fails now, not after the training
         self.cohort = common.Cohort(a.cohort) if a.cohort is not None else None  # loaded once per run
         common.check_pipeline_output(a.output, self.cohort, [a.release, a.region_labels])
         self.quick = a.quick or a.demo
@@ -312,6 +324,8 @@ class RunPlan:
             Stage("fuse", self.fuse, description="FLAIR + T1 fusion, with the weights the choose stage picked"),
             Stage("localize", lambda c: common.localize_stage(c, self.references()["lesion"]),
                   description="regional lesion loads"),
+            Stage("location", self.location, {"atlas_dir": str(a.atlas_dir), "pv_distance": a.pv_distance},
+                  description="location classes and atlas-space lesion maps (--atlas-dir)"),
             Stage("cluster", lambda c: common.cluster_stage(c, k_max=a.k_max, atlas=a.atlas),
                   {"k_max": a.k_max, "atlas": a.atlas}, description="k-means on regional loads"),
             Stage("evaluate", lambda c: common.evaluate_stage(c, self.references(),
@@ -319,6 +333,11 @@ class RunPlan:
                   description="against the references"),
             Stage("report", self.report, description="report.html"),
         ]
+
+    def location(self, ctx: StageContext) -> dict:
+        from nnunet_wmhloc.pipeline.location_outputs import run_stage
+
+        return run_stage(ctx, self.dataset("lesion") / "imagesTs", self.a)
 
     def report(self, ctx: StageContext) -> dict:
         from nnunet_wmhloc.pipeline.report import build_report
