@@ -100,6 +100,11 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def extra_args(value) -> list:
+    """What a case's edit returned, as more argv (edits that only change files return something else)."""
+    return list(value) if isinstance(value, (list, tuple)) else []
+
+
 def copy(base: Path, w: Path, *names: str) -> None:
     for n in names:
         src = base / n

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 import hostile_files as F
-from hostile_cases import Case, copy, no_cell_starts_with, read_rows, rows_have, write_rows
+from hostile_cases import extra_args, Case, copy, no_cell_starts_with, read_rows, rows_have, write_rows
 
 LOADS = "loc/regional_loads.csv"
 
@@ -197,7 +197,7 @@ def _eval(name, edit, expect="error", check=None, extra=()):
         for d in ("lesions", "ref"):
             for f in sorted((w / d).iterdir())[3:]:
                 f.unlink()
-        more = edit(w, base) or [] if edit else []
+        more = extra_args(edit(w, base)) if edit else []
         return ["--pred", w / "lesions", "--ref", w / "ref", "--task", "lesion", "-o", w / "out", *extra, *more]
     return C(f"eval:{name}", "wmhloc_evaluate", setup, expect, check)
 

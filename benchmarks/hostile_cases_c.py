@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import hostile_files as F
-from hostile_cases import Case, copy, rows_have, write_rows
+from hostile_cases import extra_args, Case, copy, rows_have, write_rows
 
 C = Case
 MANIFEST = "wmhloc_manifest.json"
@@ -23,7 +23,7 @@ MANIFEST = "wmhloc_manifest.json"
 def _fuse(name, edit=None, expect="error", check=None, extra=()):
     def setup(w, base):
         copy(base, w, "preds/pred_flair", "preds/pred_t1")
-        more = (edit(w) or []) if edit else []
+        more = extra_args(edit(w)) if edit else []
         return [w / "pred_flair", w / "pred_t1", "-o", w / "out", *extra, *more]
     return C(f"fuse:{name}", "wmhloc_fuse", setup, expect, check)
 
@@ -191,7 +191,7 @@ def archive_cases() -> list[Case]:
         _archive("manifest_path_traversal", man(lambda x: x["models"]["lesion"].update(path="../../etc"))),
         _archive("manifest_folds_traversal", man(lambda x: x["models"]["lesion"].update(folds=["../0"]))),
         _archive("manifest_unknown_format", man(lambda x: x.update(format_version=999))),
-        _archive("manifest_fusion_weight_nan", man(lambda x: x["fusion"]["region"].update(flair_weight=float("nan")))),
+        _archive("manifest_fusion_weight_nan", man(lambda x: x["fusion"]["region"]["weights"].update(flair=float("nan")))),
         _archive("manifest_id_formula", man(lambda x: x.update(id="=cmd|' /C calc'!A0")), "any"),
         _archive("extra_member_text", _zip(lambda m, b: m.update({"README.txt": b"hi"}))),
         _archive("plans_not_json", _zip(lambda m, b: m.update(

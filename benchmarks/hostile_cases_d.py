@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 import hostile_files as F
-from hostile_cases import SHARED, Case, copy
+from hostile_cases import extra_args, SHARED, Case, copy
 
 C = Case
 
@@ -40,7 +40,7 @@ def synth_cases() -> list[Case]:
 def _release(name, edit, expect="error", extra=(), out="out"):
     def setup(w, base):
         copy(base, w, "rel")
-        more = edit(w / "rel") or [] if edit else []
+        more = extra_args(edit(w / "rel")) if edit else []
         return [w / "rel", "-o", w / "out", "--preprocessed", w / "pre", *extra, *more]
     return C(f"release:{name}", "wmhloc_convert_wmh2017", setup, expect, out=out)
 
@@ -118,7 +118,7 @@ def _splits(name, edit, extra=(), expect="error"):
             shutil.copy2(base / "seg/flair" / f"{s}.nii.gz", ds / "imagesTr" / f"{s}_flair_0000.nii.gz")
         (ds / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": {"background": 0, "WMH": 1},
                                                      "numTraining": 3, "file_ending": ".nii.gz"}))
-        more = (edit(w, ds) or []) if edit else []
+        more = extra_args(edit(w, ds)) if edit else []
         return ["-d", "601", "--raw", raw, "--preprocessed", w / "pre", "--folds", "2", *extra, *more]
     return C(f"splits:{name}", "wmhloc_splits", setup, expect, out="pre")
 
@@ -132,7 +132,7 @@ def splits_cases() -> list[Case]:
         _splits("no_labels", lambda w, ds: shutil.rmtree(ds / "labelsTr")),
         _splits("folds_zero", None, ("--folds", "0")), _splits("folds_huge", None, ("--folds", "1000")),
         _splits("two_datasets_same_id", lambda w, ds: shutil.copytree(ds, ds.parent / "Dataset601_Other")),
-        _splits("raw_is_file", lambda w, ds: (w / "rawfile").write_text("x") or ["--raw", w / "rawfile"]),
+        _splits("raw_is_file", lambda w, ds: [(w / "rawfile").write_text("x"), "--raw", w / "rawfile"][1:]),
         _splits("ok", None, (), "ok"),
     ]
 
@@ -146,7 +146,7 @@ def _eve(name, edit, out="out"):
         (w / "eve").mkdir()
         for f in EVE:
             os.symlink(SHARED / "eve_atlas" / f, w / "eve" / f)
-        more = edit(w / "eve") or [] if edit else []
+        more = extra_args(edit(w / "eve")) if edit else []
         return ["--eve-dir", w / "eve", "-o", w / "out", *more]
     return C(f"eve:{name}", "wmhloc_build_atlas", setup, "error", out=out, timeout=300)
 
@@ -255,9 +255,9 @@ def export_cases() -> list[Case]:
 # ---------------------------------------------------------------------------------------------- run
 def _run(name, extra, setup_more=None, **kw):
     def setup(w, base):
-        more = (setup_more(w, base) or []) if setup_more else []
+        more = extra_args(setup_more(w, base)) if setup_more else []
         return ["-o", w / "out", "--device", "cpu", "--nnunet-root", w / "nn", *extra, *more]
-    return C(f"run:{name}", "wmhloc_run", setup, "error", timeout=300, **kw)
+    return C(f"run:{name}", "wmhloc_run", setup, "error", timeout=300, may_change="nn", **kw)
 
 
 def run_cases() -> list[Case]:
@@ -267,12 +267,13 @@ def run_cases() -> list[Case]:
         _run("demo_and_cohort", ["--demo"], lambda w, b: ["--cohort", b / "cohort.csv"]),
         _run("epochs_zero", ["--epochs", "0"]), _run("epochs_neg", ["--epochs", "-5"]),
         _run("k_max_one", ["--k-max", "1"], lambda w, b: ["--cohort", b / "cohort.csv"]),
+        _run("k_max_huge", ["--k-max", "100000"], lambda w, b: ["--cohort", b / "cohort.csv"]),
         _run("folds_bad", ["-f", "x"], lambda w, b: ["--cohort", b / "cohort.csv"]),
         _run("ids_equal", ["--lesion-id", "700", "--region-id", "700"], lambda w, b: ["--cohort", b / "cohort.csv"]),
-        _run("out_is_file", [], lambda w, b: (w / "out").write_text("precious") or ["--cohort", b / "cohort.csv"]),
+        _run("out_is_file", [], lambda w, b: [(w / "out").write_text("precious"), "--cohort", b / "cohort.csv"][1:]),
         _run("trainer_unknown", ["--trainer", "os.system"], lambda w, b: ["--cohort", b / "cohort.csv"]),
-        _run("cohort_bad_id", [], lambda w, b: (w / "c.csv").write_text(
-            f"subject,flair,lesion\n../x,{b}/seg/flair/s01.nii.gz,{b}/seg/lesions/s01.nii.gz\n") or ["--cohort", w / "c.csv"]),
+        _run("cohort_bad_id", [], lambda w, b: [(w / "c.csv").write_text(
+            f"subject,flair,lesion\n../x,{b}/seg/flair/s01.nii.gz,{b}/seg/lesions/s01.nii.gz\n"), "--cohort", w / "c.csv"][1:]),
     ]
 
 
@@ -302,7 +303,7 @@ def env_cases() -> list[Case]:
         C("env:root_shell_metachars", "wmhloc_env", shell_root, "any", check_shell, out=""),
         C("env:root_dollar", "wmhloc_env", lambda w, b: ["--root", f"{w}/$(touch {w}/PWNED2)"], "any", check_dollar, out=""),
         C("env:root_empty", "wmhloc_env", lambda w, b: ["--root", ""], "any", out=""),
-        C("env:root_is_file", "wmhloc_env", lambda w, b: (w / "f").write_text("x") or ["--root", w / "f"], "any", out=""),
+        C("env:root_is_file", "wmhloc_env", lambda w, b: [(w / "f").write_text("x"), "--root", w / "f"][1:], "any", out=""),
         C("env:root_newline", "wmhloc_env", lambda w, b: ["--root", f"{w}/a\nexport X=1"], "any", out=""),
     ]
 

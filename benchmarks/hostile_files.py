@@ -46,7 +46,7 @@ def write_sitk(path: Path, arr: np.ndarray, spacing=(1.0, 1.0, 2.0), origin=(0.0
 def _nib(path: Path, arr_xyz: np.ndarray, *, dtype=None, affine=None, edit=None) -> Path:
     """A NIfTI written by nibabel from an x,y,z array; `edit(header)` changes the header after the fact."""
     affine = np.diag([1.0, 1.0, 2.0, 1.0]) if affine is None else affine
-    img = nib.Nifti1Image(arr_xyz if dtype is None else arr_xyz.astype(dtype), affine)
+    img = nib.Nifti1Image(arr_xyz if dtype is None else arr_xyz.astype(dtype), affine, dtype=dtype)
     if dtype is not None:
         img.set_data_dtype(dtype)
     if edit is not None:
@@ -94,15 +94,13 @@ def variants() -> dict:
         aff[0, 3] = np.nan
         return _nib(p, xyz(a), affine=aff)
 
-    def inf_affine(p, a):
-        aff = np.diag([1.0, 1.0, 2.0, 1.0])
-        aff[1, 1] = np.inf
-        return _nib(p, xyz(a), affine=aff)
+    def inf_affine(p, a):  # nibabel refuses to write these: patch srow_y (offset 296) of the header
+        _nib(p, xyz(a))
+        _raw_header_edit(p, 296, np.array([0.0, np.inf, 0.0, 0.0], "<f4").tobytes())
 
-    def singular_affine(p, a):
-        aff = np.diag([1.0, 1.0, 2.0, 1.0])
-        aff[2, :3] = aff[0, :3]
-        return _nib(p, xyz(a), affine=aff)
+    def singular_affine(p, a):  # srow_z = srow_x
+        _nib(p, xyz(a))
+        _raw_header_edit(p, 312, np.array([1.0, 0.0, 0.0, 0.0], "<f4").tobytes())
 
     def sform_qform_mismatch(p, a):
         def edit(h):
@@ -114,6 +112,11 @@ def variants() -> dict:
 
     def int64(p, a):
         return _nib(p, xyz(a), dtype=np.int64)
+
+    def int64_wraps(p, a):  # a label 2**32 + 1: wraps to 1 in int32
+        b = xyz(a).astype(np.int64)
+        b[b == 1] = 2 ** 32 + 1
+        return _nib(p, b, dtype=np.int64)
 
     def int8_negative(p, a):
         b = xyz(a).astype(np.int8)

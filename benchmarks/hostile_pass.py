@@ -32,16 +32,14 @@ BIN = Path(sys.executable).parent
 TIMEOUT = 120
 
 
-def snapshot(folder: Path, skip: set[str]) -> dict:
+def snapshot(folder: Path, skip: str = "") -> dict:
+    """relative path -> content hash of everything below `folder` but `skip` (a relative path) and locks."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(folder):
-        rel_dir = Path(dirpath).relative_to(folder)
-        if rel_dir.parts and rel_dir.parts[0] in skip:
-            continue
         for name in dirnames + filenames:
             p = Path(dirpath) / name
             rel = str(p.relative_to(folder))
-            if rel.split(os.sep)[0] in skip or ".wmhloc-lock" in name:
+            if (skip and (rel == skip or rel.startswith(skip + os.sep))) or ".wmhloc-lock" in name:
                 continue
             if p.is_symlink():
                 out[rel] = "link:" + os.readlink(p)
@@ -71,6 +69,11 @@ def error_lines(err: str) -> list[str]:
     return keep
 
 
+def _skip(case: Case) -> str:
+    """What the snapshot leaves out: the output, unless it existed before (then it is the user's, and kept)."""
+    return case.out if case.out and not case.out_existed else ""
+
+
 def judge(case: Case, rc: int | None, out: str, err: str, w: Path, before: dict) -> str | None:
     """None when the case held, else why it failed."""
     if rc is None:
@@ -78,7 +81,7 @@ def judge(case: Case, rc: int | None, out: str, err: str, w: Path, before: dict)
     if "Traceback" in err or "Traceback" in out:
         last = [ln for ln in err.splitlines() if ln.strip()][-1:] or [""]
         return f"traceback: {last[0][:160]}"
-    after = snapshot(w, {case.out.split('/')[0]} if case.out else set())
+    after = snapshot(w, _skip(case))
     if after != before:
         changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
         if not case.may_change or any(not k.startswith(case.may_change) for k in changed):
@@ -92,7 +95,10 @@ def judge(case: Case, rc: int | None, out: str, err: str, w: Path, before: dict)
                 return f"argparse exit without its error line: {err[-200:]!r}"
         elif len(lines) != 1 or not lines[0].startswith("error: "):
             return f"not one error line (rc {rc}): {' | '.join(lines)[:200]!r}"
-        if case.out and (w / case.out).exists() and not case.out_existed:
+        # a run folder of wmhloc_run/wmhloc_predict stays after a failed stage (the re-run resumes it), the
+        # error then names the stage and its log
+        resumable = case.cmd in ("wmhloc_run", "wmhloc_predict") and "stage '" in lines[-1]
+        if case.out and (w / case.out).exists() and not case.out_existed and not resumable:
             return f"partial output left: {case.out}"
         if leftovers(w):
             return f"leftover temporaries: {leftovers(w)[:3]}"
@@ -115,10 +121,11 @@ def run_case(case: Case, base: Path, scratch: Path) -> tuple[Case, str | None, f
     t0 = time.perf_counter()
     try:
         argv = case.setup(w, base)
+        assert isinstance(argv, list), f"setup returned {argv!r}, not argv"
     except Exception as e:  # a broken case is the harness's bug: report it, do not count it as held
         return case, f"HARNESS: setup failed: {type(e).__name__}: {e}", 0.0
     case.out_existed = bool(case.out) and (w / case.out).exists()
-    before = snapshot(w, {case.out.split('/')[0]} if case.out and not case.out_existed else set())
+    before = snapshot(w, _skip(case))
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", OMP_NUM_THREADS="1",
                nnUNet_raw=str(w / "nnunet" / "raw"), nnUNet_preprocessed=str(w / "nnunet" / "pre"),
                nnUNet_results=str(w / "nnunet" / "res"), TMPDIR=str(w / "tmp"), PYTHONWARNINGS="ignore")
@@ -129,10 +136,8 @@ def run_case(case: Case, base: Path, scratch: Path) -> tuple[Case, str | None, f
         rc, out, err = p.returncode, p.stdout, p.stderr
     except subprocess.TimeoutExpired as e:
         rc, out, err = None, str(e.stdout or ""), str(e.stderr or "")
-    if any((w / "tmp").iterdir()):
-        leftover_tmp = sorted(x.name for x in (w / "tmp").iterdir())
-    else:
-        leftover_tmp = []
+    # ours only: torch keeps its compile cache (torchinductor_<user>) in $TMPDIR
+    leftover_tmp = sorted(x.name for x in (w / "tmp").iterdir() if "wmhloc" in x.name)
     shutil.rmtree(w / "tmp", ignore_errors=True)
     verdict = judge(case, rc, out, err, w, before)
     if verdict is None and leftover_tmp:
@@ -142,6 +147,8 @@ def run_case(case: Case, base: Path, scratch: Path) -> tuple[Case, str | None, f
         shutil.rmtree(w, ignore_errors=True)
     else:
         case.workdir = w
+        (w.parent / f"{w.name}.log").write_text(f"{case.cmd} {case.name}\nargv: {argv}\nrc: {rc}\n"
+                                                f"--- stdout\n{out[-3000:]}\n--- stderr\n{err[-6000:]}\n")
     return case, verdict, dt
 
 
