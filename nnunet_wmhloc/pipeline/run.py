@@ -91,7 +91,8 @@ def build_parser():
                    help="nnU-Net worker processes for preprocessing and export (default 3 on a GPU machine, 1-2 on CPU)")
     a = p.add_argument_group("analysis")
     a.add_argument("--atlas", help="refined 36-label atlas (36_labels_merged.nii.gz) for the cluster atlas maps")
-    a.add_argument("--k-max", type=cli.positive_int, default=8, help="largest number of groups tried by the clustering")
+    a.add_argument("--k-max", type=cli.int_range(2, 50), default=8,
+                   help="largest number of groups tried by the clustering (2..50)")
     p.add_argument("--force", choices=STAGES, help="redo this stage and every stage after it")
     parallel.add_argument(p)
     p.add_argument("--quiet", action="store_true", help="only errors on the terminal (logs are complete anyway)")
