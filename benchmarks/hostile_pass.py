@@ -158,11 +158,13 @@ def main(argv=None) -> int:
     p.add_argument("--only", default=None, help="cases whose name contains this")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--list", action="store_true")
+    p.add_argument("--skip", type=int, default=0, help="leave out the first N cases (to split a pass)")
     p.add_argument("--keep", default=None, help="folder for the failed cases' work folders (default: removed)")
     a = p.parse_args(argv)
     cases = all_cases(quick=a.quick)
     if a.only:
         cases = [c for c in cases if a.only in c.name]
+    cases = cases[a.skip:]
     if a.list:
         print("\n".join(f"{c.cmd:24} {c.name}" for c in cases))
         return 0
