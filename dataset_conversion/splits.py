@@ -48,7 +48,9 @@ def _main(argv=None) -> int:
     if not a.raw or not a.preprocessed:
         raise WMHLocError("set nnUNet_raw and nnUNet_preprocessed (or give --raw and --preprocessed)")
     s = make_splits(a.raw, a.dataset_id, a.preprocessed, folds=a.folds, overwrite=a.overwrite)
-    print(f"wrote {len(s.splits)} subject-grouped folds for {len(s.cases)} cases to {s.target}")
+    notes = [f"{a.folds} folds asked for, but the cases hold only {len(s.splits)} subjects: {len(s.splits)} folds"
+             ] if len(s.splits) < a.folds else []  # not silently fewer
+    cli.print_result([f"wrote {len(s.splits)} subject-grouped folds for {len(s.cases)} cases to {s.target}"], notes)
     return 0
 
 

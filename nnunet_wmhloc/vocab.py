@@ -113,11 +113,17 @@ AUTHORS_PREFIX = "WMH_"  # the authors' region maps are WMH_<challenge id>.nii.g
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 
 
+MAX_ID_LENGTH = 100
+
+
 def subject_id(raw: str, where: str = "") -> str:
     """The one subject-id rule: a challenge number ('12', or the authors' 'WMH_12') -> 'wmh012'; other ids
     are kept if nnU-Net-safe (ASCII letters, digits, '-': '_' separates a case's modality), else refused.
     `where` (e.g. 'cohort.csv: line 3') leads the error message."""
     raw = raw.strip() if isinstance(raw, str) else ""
+    if len(raw) > MAX_ID_LENGTH:  # ids name files and folders (with suffixes): the 255-byte name limit
+        lead = f"{where}: " if where else ""
+        raise WMHLocError(f"{lead}subject id {raw[:20]!r}... is {len(raw)} characters long (at most {MAX_ID_LENGTH})")
     if raw.startswith(AUTHORS_PREFIX) and is_number(raw[len(AUTHORS_PREFIX):]):
         raw = raw[len(AUTHORS_PREFIX):]
     if is_number(raw):

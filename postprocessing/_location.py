@@ -6,6 +6,8 @@ location/lesion_frequency_atlas.nii.gz. A subject without a T1, or whose registr
 location cells and the reason in location_note."""
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ def check(t1_dir, atlas_dir, pv_distance: float, priority) -> dict[str, Path]:
                           "to the atlas")
     if t1_dir is None:
         return {}
-    if not pv_distance > 0:
+    if not (math.isfinite(pv_distance) and pv_distance > 0):
         raise WMHLocError(f"--pv-distance {pv_distance:g}: must be > 0 mm")
     load_atlas(Path(atlas_dir))
     t1s, _ = index_folder(t1_dir, ["t1", *[m for m in priority if m != "t1"]], what="T1")

@@ -344,7 +344,7 @@ def _build_parser():
     p.add_argument("--zero-load", choices=("group", "exclude"), default="group",
                    help="subjects without WM lesion volume: own group 0, or left out of the outputs")
     p.add_argument("--seed", type=cli.seed_int, default=0, help="k-means random state (0 .. 2**32-1)")
-    p.add_argument("--n-init", type=cli.positive_int, default=20, help="k-means restarts per K")
+    p.add_argument("--n-init", type=cli.int_range(1, 1000), default=20, help="k-means restarts per K (1..1000)")
     p.add_argument("--top-regions", type=cli.positive_int, default=3, help="regions named per group in tables/maps")
     p.add_argument("--atlas", default=None,
                    help="refined 36-label atlas NIfTI (e.g. 36_labels_merged.nii.gz) for atlas_maps.png")

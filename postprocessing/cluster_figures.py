@@ -70,15 +70,9 @@ def plot_atlas(atlas_path: Path, profiles: np.ndarray, group_labels: list[str], 
     """Axial and coronal atlas slices coloured by each group's mean regional share (radiological view)."""
     import SimpleITK as sitk
 
-    from nnunet_wmhloc.io import read_image
+    from nnunet_wmhloc.io import read_labels
 
-    src = read_image(atlas_path, what="atlas")
-    arr = sitk.GetArrayFromImage(src)
-    if arr.dtype.kind == "f":
-        arr = np.rint(arr)
-    if arr.min() < 0 or arr.max() > 36:
-        raise WMHLocError(f"{atlas_path}: atlas labels must be 0..36 (refined 36-label atlas), found "
-                          f"{int(arr.min())}..{int(arr.max())}")
+    arr, src = read_labels(atlas_path, allowed=range(37), what="atlas (refined 36-label atlas, labels 0..36)")
     if not np.isin(np.arange(1, 35), np.unique(arr)).any():
         raise WMHLocError(f"{atlas_path}: atlas has none of the WM labels 1..34")
     img = sitk.GetImageFromArray(arr.astype(np.int16))

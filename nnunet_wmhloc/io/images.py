@@ -82,6 +82,7 @@ def _check_nifti_file(path: Path, what: str, allow_nonfinite: bool) -> bool:
             raise WMHLocError(f"{path}: cannot read {what} (truncated or not a valid image: "
                               f"{type(e).__name__}: {str(e)[:120]})") from None
         return False
+    _check_header_layout(path, what, hdr, ndim, shape)
     bad = [v for v in pixdim if not (np.isfinite(v) and v > 0)]
     if bad:
         raise WMHLocError(f"{path}: {what} has voxel size {_vec(pixdim)} in its header (zero or negative "
@@ -93,6 +94,27 @@ def _check_nifti_file(path: Path, what: str, allow_nonfinite: bool) -> bool:
         raise WMHLocError(f"{path}: {what} is truncated ({have} of {need} bytes of image data; "
                           "copy it again)")
     return dtype.kind == "f" and not allow_nonfinite
+
+
+def _check_header_layout(path: Path, what: str, hdr, ndim: int, shape: list[int]) -> None:
+    """What ITK's NIfTI reader reads anyway or answers with multi-line C-library chatter on stderr: a wrong
+    magic (read as Analyze, orientation lost), dimensions out of range, a non-finite or singular sform, a
+    non-finite qform."""
+    magic = bytes(hdr["magic"])[:3]
+    if magic not in (b"n+1", b"ni1", b"n+2", b"ni2"):
+        raise WMHLocError(f"{path}: {what} is not a NIfTI file (header magic {magic[:8]!r}, expected 'n+1')")
+    if not 1 <= ndim <= 7 or any(d < 1 for d in shape):
+        raise WMHLocError(f"{path}: {what} declares {ndim} dimensions of sizes {shape} in its header "
+                          "(each size must be at least 1)")
+    if int(hdr["sform_code"]) > 0:
+        m = np.array([hdr["srow_x"], hdr["srow_y"], hdr["srow_z"]], float)
+        if not np.isfinite(m).all() or abs(np.linalg.det(m[:, :3])) < 1e-12:
+            raise WMHLocError(f"{path}: {what} has a non-finite or singular orientation matrix (sform) "
+                              "in its header")
+    if int(hdr["qform_code"]) > 0:
+        q = [float(hdr[k]) for k in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z")]
+        if not np.isfinite(q).all():
+            raise WMHLocError(f"{path}: {what} has a non-finite orientation (qform) in its header")
 
 
 def _nifti_bytes(path: Path, need: int) -> int:

@@ -69,14 +69,22 @@ def make_owned_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def _resolved(path, what: str) -> Path:
+    try:
+        return Path(os.path.abspath(path)).resolve()
+    except (RuntimeError, OSError) as e:  # a symbolic link loop (RuntimeError before Python 3.13)
+        raise WMHLocError(f"{path}: {what} cannot be resolved ({e.__class__.__name__}: "
+                          f"{getattr(e, 'strerror', None) or 'symbolic link loop'})") from None
+
+
 def check_not_input(path: str | os.PathLike, inputs: Iterable, *, flag: str = "--output") -> Path:
     """Refuse an output equal to, containing or inside one of `inputs` (None entries skipped); returns
     the output's resolved path."""
-    p = Path(os.path.abspath(path)).resolve()
+    p = _resolved(path, flag)
     for inp in inputs:
         if inp is None or str(inp) == "":
             continue
-        q = Path(os.path.abspath(inp)).resolve()
+        q = _resolved(inp, "input")
         if p == q:
             raise WMHLocError(f"{path}: {flag} is also an input ({inp}); choose another output")
         if p in q.parents:
@@ -166,6 +174,24 @@ def _place_file(tmp: Path, path: Path, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
+def _parents(path: Path) -> Iterator[None]:
+    """Create `path`'s missing parent folders; remove them again (those still empty) when the block fails,
+    so a refused input leaves no empty output root behind."""
+    made, p = [], path.parent
+    while not p.exists() and p != p.parent:
+        made.append(p)
+        p = p.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for d in made:  # innermost first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
+@contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, *, overwrite: bool = False, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed.
     `path` is claimed for the block: a second writer of it meanwhile stops in one line.
@@ -173,8 +199,7 @@ def atomic_file(path: str | os.PathLike, *, overwrite: bool = False, suffix: str
     `suffix` keeps the ending writers infer the format from (e.g. '.nii.gz', '.png')."""
     path = Path(path)
     check_output(path, overwrite=overwrite, kind="file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with claim(path):
+    with _parents(path), claim(path):
         tmp = _tmp_sibling(path, suffix)
         try:
             yield tmp
@@ -192,8 +217,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     (OWNER_MARKER) or it is empty, and only after the new one is built."""
     path = Path(path)
     check_output(path, overwrite=overwrite, kind="dir")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with claim(path):
+    with _parents(path), claim(path):
         sweep_stale(path.parent)
         tmp = Path(tempfile.mkdtemp(prefix=hidden_prefix(path, ".tmp"), suffix=".tmp", dir=path.parent))
         try:

@@ -78,7 +78,16 @@ def read_csv(path: str | os.PathLike, *, required: Sequence[str] = ()) -> list[d
         missing = [c for c in required if c not in cols]
         if missing:
             raise WMHLocError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(cols) or 'none'})")
-        return [{k: uncsv_cell(v) if isinstance(v, str) else v for k, v in r.items()} for r in reader]
+        dup = sorted({c for c in cols if cols.count(c) > 1})
+        if dup:  # DictReader would keep the last of them silently
+            raise WMHLocError(f"{path}: column(s) {', '.join(map(repr, dup))} appear more than once in the header")
+        rows = []
+        for r in reader:
+            if None in r:  # DictReader files cells beyond the header under None: a shifted or broken row
+                raise WMHLocError(f"{path}: line {reader.line_num}: {len(cols) + len(r[None])} cells, the header "
+                                  f"has {len(cols)} columns")
+            rows.append({k: uncsv_cell(v) if isinstance(v, str) else v for k, v in r.items()})
+        return rows
     except csv.Error as e:
         raise WMHLocError(f"{path}: line {reader.line_num}: not a valid CSV ({e})") from None
 

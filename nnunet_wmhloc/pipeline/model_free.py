@@ -7,6 +7,8 @@ The stage "maps" runs after "fuse" and writes segmentations/<task>/<subject>.nii
 tasks, then the location outputs, so "localize" and everything after it are unchanged."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,7 +51,7 @@ def check(a, cohort) -> None:
     when a model-free task needs them (else a cohort that does not load fails at the convert stage)."""
     if not 0.0 < a.lesion_threshold <= 1.0:
         raise WMHLocError(f"--lesion-threshold {a.lesion_threshold:g}: must lie in (0, 1]")
-    if not a.pv_distance > 0:
+    if not (math.isfinite(a.pv_distance) and a.pv_distance > 0):
         raise WMHLocError(f"--pv-distance {a.pv_distance:g}: must be > 0 mm")
     if a.lesions == "csv":
         no = [s.subject for s in cohort.subjects if s.lesion is None]

@@ -114,7 +114,8 @@ def build_parser():
     p.add_argument("--register-t1", action="store_true",
                    help="rigidly register T1s that are not on the FLAIR grid (wmhloc_convert_cohort)")
     p.add_argument("--atlas", help="refined 36-label atlas for the cluster atlas maps")
-    p.add_argument("--k-max", type=cli.positive_int, default=8, help="largest number of groups tried by the clustering")
+    p.add_argument("--k-max", type=cli.int_range(2, 50), default=8,
+                   help="largest number of groups tried by the clustering (2..50)")
     model_free.add_arguments(p)
     parallel.add_argument(p)
     p.add_argument("--force", choices=STAGES, help="redo this stage and every stage after it")
@@ -161,6 +162,7 @@ class PredictPlan:
         a.device = cli.check_device(a.device)  # before any stage: a missing GPU fails now, not at stage 2
         self.cohort = common.Cohort(a.cohort)  # loaded once: checks, convert, references and results use it
         common.check_pipeline_output(a.output, self.cohort)
+        self.cohort.subjects  # noqa: B018  a cohort that does not load is refused before the run folder exists
         model_free.check(a, self.cohort)
         self.processes = a.processes or common.default_processes(a.device)
         self.env = common.pipeline_environ(None, RunLayout(self.output).trainers, device=a.device,

@@ -13,6 +13,8 @@ A re-run skips finished stages; `--force STAGE` redoes that stage and the ones a
 """
 from __future__ import annotations
 
+import math
+
 import sys
 from pathlib import Path
 
@@ -91,7 +93,8 @@ def build_parser():
                    help="nnU-Net worker processes for preprocessing and export (default 3 on a GPU machine, 1-2 on CPU)")
     a = p.add_argument_group("analysis")
     a.add_argument("--atlas", help="refined 36-label atlas (36_labels_merged.nii.gz) for the cluster atlas maps")
-    a.add_argument("--k-max", type=cli.positive_int, default=8, help="largest number of groups tried by the clustering")
+    a.add_argument("--k-max", type=cli.int_range(2, 50), default=8,
+                   help="largest number of groups tried by the clustering (2..50)")
     a.add_argument("--atlas-dir", type=Path, default=None,
                    help="atlas folder (wmhloc_build_atlas output or the Eve folder): every test subject with a T1 "
                         "gets location classes (periventricular/deep, ...) and its lesion mask in atlas space")
@@ -122,7 +125,7 @@ class RunPlan:
                            ("--atlas", a.atlas)):
             if path is not None and not Path(path).exists():
                 raise WMHLocError(f"{path}: not found ({flag})")
-        if not a.pv_distance > 0:
+        if not (math.isfinite(a.pv_distance) and a.pv_distance > 0):
             raise WMHLocError(f"--pv-distance {a.pv_distance:g}: must be > 0 mm")
         if a.atlas_dir is not None:
             from nnunet_wmhloc.pipeline.model_free import load_atlas
