@@ -430,7 +430,8 @@ def test_browser_sees_hand_made_report_whole_and_catches_breakage(tmp_path):
 def test_predict_convert_stage_calls_the_converter_on_the_loaded_cohort(tmp_path):
     """wmhloc_predict's convert stage runs the converter function on the cohort loaded once by the plan:
     the inference folder is written, the cohort's lesion masks are linked as references, the converter's
-    output is in the stage log; a cohort that does not load fails at the convert stage, naming the file."""
+    output is in the stage log; a cohort that does not load is refused by the plan, naming the file,
+    before the run folder is made."""
     from test_hostile_outputs import fake_model
     from test_hostile_tables import tiny_cohort
 
@@ -453,6 +454,6 @@ def test_predict_convert_stage_calls_the_converter_on_the_loaded_cohort(tmp_path
     (tmp_path / "c" / "bad.csv").write_text("subject,flair\ns01,missing.nii.gz\n")
     a = build_parser().parse_args([str(tmp_path / "c" / "bad.csv"), "-o", str(tmp_path / "q"), "--lesion-model",
                                    models[0], "--region-model", models[1], "--device", "cpu"])
-    plan = PredictPlan(a, "")
-    with pytest.raises(WMHLocError, match=r"stage 'convert' failed: .*missing.nii.gz"):
-        Runner(plan.output, [s for s in plan.stages() if s.name == "convert"], plan.env, quiet=True).run()
+    with pytest.raises(WMHLocError, match=r"bad.csv: line 2: .*missing.nii.gz: FLAIR image not found"):
+        PredictPlan(a, "")  # refused before the run folder exists
+    assert not (tmp_path / "q").exists()
