@@ -191,7 +191,7 @@ def bench_iterations(dim, patch, batch, task, pairs, n_iter, rng):
     for t in trainers[1:]:
         t.network.load_state_dict(sd)
     init_patch, args, kw = _pipeline_args(trainers[2])
-    pipe = nnUNetTrainerWMHLoc.get_training_transforms(*args, **kw)
+    pipe = trainers[2].get_training_transforms(*args, **kw)  # an instance method in our trainers
     batches = []
     for _ in range(n_iter + 1):
         crops = []
@@ -238,7 +238,7 @@ def bench_loading(dim, patch, batch, task, pairs, n_batches, seed):
     images = [_image(reg, rng) for reg, _ in pairs]
     results = {}
     for name, cls in variants.items():
-        pipe = cls.get_training_transforms(*args, **kw)
+        pipe = _trainer(cls, dim, patch, batch, task).get_training_transforms(*args, **kw)
         rng = np.random.default_rng(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
