@@ -1,7 +1,7 @@
 """The augmentation nnU-Net's default pipeline lacks, run batched on the training device in `train_step`
 (after the batch has moved there) instead of on the data-loader workers, which on a GPU server are the
-bottleneck: elastic deformation, bias field, ghosting, motion, multiplicative noise and nnU-Net's additive
-Gaussian noise. Parameter distributions and per-sample probabilities are the worker-side ones
+bottleneck: elastic deformation, bias field, ghosting, motion and multiplicative noise (nnU-Net's additive Gaussian
+noise optionally, off by default: it is nnU-Net's own and cheap, and stays on the workers). Parameter distributions and per-sample probabilities are the worker-side ones
 (transforms.py, SpatialTransform's elastic branch); tests/test_training_device_aug.py compares them.
 
 Elastic deformation: per sample, each displacement component d is N(0, 1) noise blurred (in Fourier space, as
@@ -82,13 +82,13 @@ def warp(x: torch.Tensor, field: torch.Tensor, nd: int, nearest: bool) -> torch.
 
 class DeviceAugmentation:
     """Batched augmentation of (data, target[s]) on their device; `probabilities` as transforms.AUG_PROBABILITIES
-    (elastic, bias_field, ghosting, motion, multiplicative_noise), plus nnU-Net's `gaussian_noise` (0.1).
+    (elastic, bias_field, ghosting, motion, multiplicative_noise), plus optionally `gaussian_noise` (default 0).
     `pseudo_2d`: the patch's first spatial axis is the slice axis (nnU-Net's dummy 2D augmentation).
     `mask_channels`: channels normalised inside a mask (zero outside); they stay zero there."""
 
     def __init__(self, probabilities: dict, pseudo_2d: bool = False, mask_channels: Sequence[int] = ()):
         self.p = dict(probabilities)
-        self.p.setdefault("gaussian_noise", 0.1)
+        self.p.setdefault("gaussian_noise", 0.0)
         self.pseudo_2d = bool(pseudo_2d)
         self.mask_channels = list(mask_channels)
 

@@ -301,7 +301,7 @@ def training_transforms(
     With `lr_pairs`, a mirror along `lr_axis` swaps each left label with its right partner (laterality.py);
     the skeleton channel is built after mirroring, from the swapped labels.
     `on_device=True` leaves out what device_aug.DeviceAugmentation does in the trainer's train_step (elastic
-    deformation, the MRI intensity transforms, additive Gaussian noise); pseudo-2D patches then get per-slice
+    deformation, the MRI intensity transforms); pseudo-2D patches then get per-slice
     skeletons (thinner work than 3D thinning, and the slices are what the in-plane augmentation moves)."""
     p = dict(AUG_PROBABILITIES, **(probabilities or {}))
     transforms = []
@@ -324,8 +324,8 @@ def training_transforms(
 
     if not on_device:
         transforms.extend(mri_transforms(p))
-        transforms.append(RandomTransform(GaussianNoiseTransform(
-            noise_variance=(0, 0.1), p_per_channel=1, synchronize_channels=True), apply_probability=0.1))
+    transforms.append(RandomTransform(GaussianNoiseTransform(
+        noise_variance=(0, 0.1), p_per_channel=1, synchronize_channels=True), apply_probability=0.1))
     transforms.append(RandomTransform(GaussianBlurTransform(
         blur_sigma=(0.5, 1.), synchronize_channels=False, synchronize_axes=False, p_per_channel=0.5,
         benchmark=True), apply_probability=0.2))
