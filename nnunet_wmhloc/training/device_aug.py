@@ -92,6 +92,9 @@ class DeviceAugmentation:
         self.pseudo_2d = bool(pseudo_2d)
         self.mask_channels = list(mask_channels)
 
+    def __repr__(self):  # nnU-Net's debug.json records it
+        return f"DeviceAugmentation(p={self.p}, pseudo_2d={self.pseudo_2d}, mask_channels={self.mask_channels})"
+
     def _draw(self, key: str, n: int, device) -> torch.Tensor:
         return torch.rand(n, device=device) < self.p[key]
 
