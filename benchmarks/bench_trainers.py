@@ -1,22 +1,24 @@
-"""Benchmark of the plugin's trainers on CPU (prints tables; not a test).
+"""Benchmark of the plugin's trainers against nnU-Net's default trainer (prints tables; not a test).
 
 Times are process CPU time (time.process_time), which a machine shared with other jobs disturbs far less
-than wall time; with one thread they equal the wall time of an idle machine.
+than wall time; with one thread they equal the wall time of an idle machine (CUDA times are wall times after
+a synchronize).
 
-1. Per-iteration time (nnU-Net's own train_step: forward, loss, backward, clipped SGD step) of
-   nnUNetTrainer, nnUNetTrainerWMHLocCEDC and nnUNetTrainerWMHLoc on the SAME batches, 2D and 3D, plus the
-   loss alone (forward + backward on fixed logits), which is the part that matters on a GPU where the network
-   is fast. Goal: skeleton recall (SR) adds <= 10 % per iteration.
-2. Data-loading time per batch (crop + augmentation pipeline, one process, one thread, as one nnU-Net DA
-   worker) of nnU-Net's default pipeline vs ours (CEDC) vs ours + skeleton (WMHLoc), for the lesion task
-   (2 classes + ignore) and the 37-class region task. Goal: ours <= 1.5x the default.
+1. Workers: CPU time per batch of each trainer's data-loader pipeline (crop + augmentation + collation, one process, one
+   thread, as one nnU-Net DA worker) for nnUNetTrainer (nnU-Net default), nnUNetTrainerWMHLocCEDC and
+   nnUNetTrainerWMHLoc (+ skeleton channel), lesion task (2 classes + ignore) and 37-class region task, at the
+   patch sizes nnU-Net plans for the WMH data, with ratios to the default; plus the time the trainer's
+   device-side augmentation (device_aug.py) adds per iteration, on CUDA when a GPU is present, else on CPU.
+   Goal: workers of our trainers <= 1.10x the default's.
+2. Whole iteration on CPU (loader + train_step, which includes the device augmentation), each trainer on its
+   own batches at CPU-sized patches, and the train_step alone.
 
 Label maps come from the authors' subject-space region maps in ../shared/data when present (real anatomy,
 37 classes; lesions are blobs placed in the WM), else from a synthetic brain. Images are label-dependent
 intensities plus noise, z-scored. Networks and losses are built by the real trainer classes from a plans
 dict written here in nnU-Net's format (PlainConvUNet, nnU-Net's stage/feature rules).
 
-    python benchmarks/bench_trainers.py                 # defaults (a few minutes on 2 cores)
+    python benchmarks/bench_trainers.py                 # defaults (several minutes on 2 cores)
     python benchmarks/bench_trainers.py --quick         # tiny sizes, a smoke run of the script
 """
 from __future__ import annotations
@@ -168,10 +170,15 @@ def _pipeline_args(tr):
         foreground_labels=lm.foreground_labels, regions=None, ignore_label=lm.ignore_label)
 
 
-def _make_batch(pipe, crops, batch):
+def _make_batch(pipe, crops, batch, seed=None):
+    """Collated batch of `pipe` on the crops. With `seed`, sample i's augmentation draws start from seed + i, so
+    every trainer's pipeline gets the same spatial transform (the costliest, most variable part) per sample."""
     import torch
     data, segs = [], None
-    for img, lab in crops[:batch]:
+    for i, (img, lab) in enumerate(crops[:batch]):
+        if seed is not None:
+            np.random.seed(seed + i)
+            torch.manual_seed(seed + i)
         out = pipe(image=torch.from_numpy(img.copy()), segmentation=torch.from_numpy(lab.copy()))
         data.append(out["image"])
         s = out["segmentation"]
@@ -179,91 +186,110 @@ def _make_batch(pipe, crops, batch):
     return {"data": torch.stack(data), "target": [torch.stack(x) for x in segs]}
 
 
-def bench_iterations(dim, patch, batch, task, pairs, n_iter, rng):
-    import torch
+TRAINERS = ("nnUNetTrainer", "nnUNetTrainerWMHLocCEDC", "nnUNetTrainerWMHLoc")
+
+
+def _classes():
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunet_wmhloc.training.trainers import nnUNetTrainerWMHLoc, nnUNetTrainerWMHLocCEDC
-
-    classes = [nnUNetTrainer, nnUNetTrainerWMHLocCEDC, nnUNetTrainerWMHLoc]
-    trainers = [_trainer(c, dim, patch, batch, task) for c in classes]
-    # identical initial weights
-    sd = trainers[0].network.state_dict()
-    for t in trainers[1:]:
-        t.network.load_state_dict(sd)
-    init_patch, args, kw = _pipeline_args(trainers[2])
-    pipe = nnUNetTrainerWMHLoc.get_training_transforms(*args, **kw)
-    batches = []
-    for _ in range(n_iter + 1):
-        crops = []
-        for _ in range(batch):
-            reg, les = pairs[rng.integers(len(pairs))]
-            seg = les if task == "lesion" else reg
-            crops.append(_crop(_image(reg, rng), seg, init_patch, dim, rng, force_fg=rng.uniform() < 0.33))
-        batches.append(_make_batch(pipe, crops, batch))
-    times = {c.__name__: [] for c in classes}
-    loss_times = {c.__name__: [] for c in classes}
-    for i, b in enumerate(batches):
-        for c, tr in zip(classes, trainers):
-            seg_only = {"data": b["data"], "target": [t[:, :1] for t in b["target"]]}
-            feed = b if c is nnUNetTrainerWMHLoc else seg_only
-            if i == 0:
-                tr.on_train_epoch_start()
-            t0 = time.process_time()
-            tr.train_step(feed)
-            dt = time.process_time() - t0
-            # loss alone on fixed logits
-            with torch.no_grad():
-                out = [o.detach() for o in tr.network(feed["data"])]
-            out = [o.requires_grad_(True) for o in out]
-            t1 = time.process_time()
-            for _ in range(3):
-                tr.loss(out, [t.clone() for t in feed["target"]]).backward()
-            lt = (time.process_time() - t1) / 3
-            if i > 0:  # the first round warms up
-                times[c.__name__].append(dt)
-                loss_times[c.__name__].append(lt)
-    return times, loss_times
+    from nnunet_wmhloc.training import trainers
+    return [nnUNetTrainer, trainers.nnUNetTrainerWMHLocCEDC, trainers.nnUNetTrainerWMHLoc]
 
 
-def bench_loading(dim, patch, batch, task, pairs, n_batches, seed):
+def _sample(pairs, images, task, init_patch, dim, rng):
+    k = rng.integers(len(pairs))
+    reg, les = pairs[k]
+    return _crop(images[k], les if task == "lesion" else reg, init_patch, dim, rng, force_fg=rng.uniform() < 0.33)
+
+
+def _device_time(aug, batch, device) -> float:
+    """Seconds the device augmentation takes on one batch (moved to `device` first, not timed)."""
     import torch
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunet_wmhloc.training.trainers import nnUNetTrainerWMHLoc, nnUNetTrainerWMHLocCEDC
+    data = batch["data"].to(device)
+    target = [t.to(device) for t in batch["target"]]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        aug(data, target)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+    t0 = time.process_time()
+    aug(data, target)
+    return time.process_time() - t0
 
-    tr = _trainer(nnUNetTrainer, dim, patch, batch, task)
-    init_patch, args, kw = _pipeline_args(tr)
-    variants = {"nnU-Net default": nnUNetTrainer, "ours (CEDC)": nnUNetTrainerWMHLocCEDC,
-                "ours + skeleton (WMHLoc)": nnUNetTrainerWMHLoc}
+
+def bench_loading(dim, patch, batch, task, pairs, n_batches, seed, device):
+    """{trainer: (worker s per batch [list], device s per iteration [list])}."""
+    import torch
     rng = np.random.default_rng(seed)
     images = [_image(reg, rng) for reg, _ in pairs]
     results = {}
-    for name, cls in variants.items():
-        pipe = cls.get_training_transforms(*args, **kw)
+    for cls in _classes():
+        tr = _trainer(cls, dim, patch, batch, task)
+        init_patch, args, kw = _pipeline_args(tr)
+        pipe = tr.get_training_transforms(*args, **kw)
+        aug = getattr(tr, "device_augmentation", None)
         rng = np.random.default_rng(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        per = []
-        for _ in range(n_batches):
+        work, dev = [], []
+        for i in range(n_batches + 1):  # the first batch warms up
             t0 = time.process_time()
-            for _ in range(batch):
-                k = rng.integers(len(pairs))
-                reg, les = pairs[k]
-                img, lab = _crop(images[k], les if task == "lesion" else reg, init_patch, dim, rng,
-                                 force_fg=rng.uniform() < 0.33)
-                pipe(image=torch.from_numpy(img), segmentation=torch.from_numpy(lab))
-            per.append(time.process_time() - t0)
-        results[name] = per
+            crops = [_sample(pairs, images, task, init_patch, dim, rng) for _ in range(batch)]
+            b = _make_batch(pipe, crops, batch, seed=1000 * i)
+            t1 = time.process_time()
+            d = _device_time(aug, b, device) if aug is not None else 0.0
+            if i:
+                work.append(t1 - t0)
+                dev.append(d)
+        results[cls.__name__] = (work, dev)
     return results
+
+
+def bench_iterations(dim, patch, batch, task, pairs, n_iter, seed):
+    """{trainer: (loader s [list], train_step s [list])} on CPU, each trainer on its own pipeline's batches."""
+    import torch
+    classes = _classes()
+    trainers = [_trainer(c, dim, patch, batch, task) for c in classes]
+    sd = trainers[0].network.state_dict()
+    for t in trainers[1:]:  # identical initial weights
+        t.network.load_state_dict(sd)
+    rng = np.random.default_rng(seed)
+    images = [_image(reg, rng) for reg, _ in pairs]
+    out = {}
+    for cls, tr in zip(classes, trainers):
+        init_patch, args, kw = _pipeline_args(tr)
+        pipe = tr.get_training_transforms(*args, **kw)
+        rng = np.random.default_rng(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        tr.on_train_epoch_start()
+        load, step = [], []
+        for i in range(n_iter + 1):  # the first round warms up
+            t0 = time.process_time()
+            crops = [_sample(pairs, images, task, init_patch, dim, rng) for _ in range(batch)]
+            b = _make_batch(pipe, crops, batch, seed=1000 * i)
+            t1 = time.process_time()
+            tr.train_step(b)
+            t2 = time.process_time()
+            if i:
+                load.append(t1 - t0)
+                step.append(t2 - t1)
+        out[cls.__name__] = (load, step)
+    return out
+
+
+def _label(dim, patch, batch) -> str:
+    return f"{dim}D {str(tuple(patch)) + ' x ' + str(batch):20}"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (checks the script runs)")
-    p.add_argument("--iters", type=int, default=5, help="timed training iterations per trainer (after 1 warm-up)")
+    p.add_argument("--iters", type=int, default=4, help="timed training iterations per trainer (after 1 warm-up)")
     p.add_argument("--batches", type=int, default=6, help="timed batches per augmentation pipeline")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the training steps")
-    p.add_argument("--skip-train", action="store_true")
-    p.add_argument("--skip-data", action="store_true")
+    p.add_argument("--skip-train", action="store_true", help="only the workers' table")
+    p.add_argument("--skip-data", action="store_true", help="only the whole-iteration table")
     a = p.parse_args(argv)
 
     os.environ.setdefault("nnUNet_compile", "0")
@@ -274,45 +300,42 @@ def main(argv=None) -> int:
     import contextlib
     import io
 
-    rng = np.random.default_rng(0)
-    pairs = _label_volumes(2 if a.quick else 4, rng)
-    # training steps: CPU-sized patches (a 256x256 x 12 2D batch takes tens of seconds per step on 2 cores)
-    train_cfgs = [(2, (64, 64), 4), (3, (16, 48, 48), 2)] if a.quick else [(2, (128, 128), 8), (3, (32, 96, 96), 2)]
+    pairs = _label_volumes(2 if a.quick else 4, np.random.default_rng(0))
     # data loading: the sizes nnU-Net plans for the WMH data (2D 256^2 x 12, 3D 40 x 224 x 192 x 2)
     data_cfgs = [(2, (64, 64), 4), (3, (16, 48, 48), 2)] if a.quick else [(2, (256, 256), 12), (3, (40, 224, 192), 2)]
-    iters = 1 if a.quick else a.iters
-    nb = 2 if a.quick else a.batches
+    # whole iterations: CPU-sized patches (a 256x256 x 12 2D batch takes tens of seconds per step on 2 cores)
+    train_cfgs = [(2, (32, 32), 2), (3, (16, 32, 32), 1)] if a.quick else [(2, (128, 128), 8), (3, (32, 96, 96), 2)]
+    nb, iters = (2, 1) if a.quick else (a.batches, a.iters)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     quiet = contextlib.redirect_stdout(io.StringIO())
 
-    if not a.skip_train:
-        torch.set_num_threads(a.threads)
-        print(f"\n## Per-iteration CPU time, {a.threads} thread(s) (median of {iters}; loss = forward+backward "
-              f"of the loss alone)")
-        print(f"{'task':7} {'dim':3} {'patch x batch':18} {'trainer':26} {'iter s':>8} {'vs plain':>9} "
-              f"{'loss ms':>8} {'vs plain':>9}")
-        for task in ("lesion", "region"):
-            for dim, patch, batch in train_cfgs:
-                with quiet:
-                    times, ltimes = bench_iterations(dim, patch, batch, task, pairs, iters, rng)
-                base = np.median(times["nnUNetTrainer"])
-                lbase = np.median(ltimes["nnUNetTrainer"])
-                for name in times:
-                    t, lt = np.median(times[name]), np.median(ltimes[name])
-                    print(f"{task:7} {dim}D  {str(tuple(patch)) + ' x ' + str(batch):18} {name:26} {t:8.2f} "
-                          f"{100 * (t / base - 1):+8.1f}% {1000 * lt:8.1f} {100 * (lt / lbase - 1):+8.1f}%")
     if not a.skip_data:
         torch.set_num_threads(1)
-        print(f"\n## Data loading: CPU time of crop + augmentation per batch, 1 thread (mean of {nb} batches)")
-        print(f"{'task':7} {'dim':3} {'patch x batch':20} {'pipeline':26} {'s/batch':>8} {'vs default':>10}")
+        print(f"\n## Workers: CPU s per batch, 1 thread (mean of {nb}); device augmentation s per iteration on "
+              f"{device.type}")
+        print(f"{'task':7} {'config':23} {'trainer':26} {'worker s':>9} {'vs default':>10} {'device s':>9}")
         for task in ("lesion", "region"):
             for dim, patch, batch in data_cfgs:
                 with quiet:
-                    res = bench_loading(dim, patch, batch, task, pairs, nb, seed=1)
-                base = np.mean(res["nnU-Net default"])
-                for name, per in res.items():
-                    m = np.mean(per)
-                    print(f"{task:7} {dim}D  {str(tuple(patch)) + ' x ' + str(batch):20} {name:26} {m:8.3f} "
-                          f"{m / base:9.2f}x")
+                    res = bench_loading(dim, patch, batch, task, pairs, nb, 1, device)
+                base = np.mean(res[TRAINERS[0]][0])
+                for name, (work, dev) in res.items():
+                    print(f"{task:7} {_label(dim, patch, batch)} {name:26} {np.mean(work):9.3f} "
+                          f"{np.mean(work) / base:9.2f}x {np.mean(dev):9.3f}")
+    if not a.skip_train:
+        torch.set_num_threads(a.threads)
+        print(f"\n## Whole iteration on CPU, {a.threads} thread(s) for the step (mean of {iters}): loader (1 thread) "
+              f"+ train_step (incl. device augmentation)")
+        print(f"{'task':7} {'config':23} {'trainer':26} {'loader s':>9} {'step s':>8} {'total s':>8} {'vs default':>10}")
+        for task in ("lesion", "region"):
+            for dim, patch, batch in train_cfgs:
+                with quiet:
+                    res = bench_iterations(dim, patch, batch, task, pairs, iters, 2)
+                base = np.mean(res[TRAINERS[0]][0]) + np.mean(res[TRAINERS[0]][1])
+                for name, (load, step) in res.items():
+                    tot = np.mean(load) + np.mean(step)
+                    print(f"{task:7} {_label(dim, patch, batch)} {name:26} {np.mean(load):9.3f} {np.mean(step):8.3f} "
+                          f"{tot:8.3f} {tot / base:9.2f}x")
     return 0
 
 

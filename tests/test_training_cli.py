@@ -39,9 +39,10 @@ def test_smoke_trainer_train_predict_find_best(preprocessed_2d, tmp_path):
     assert all(np.isfinite(ckpt["logging"]["val_losses"]))
     debug = json.loads((fold / "debug.json").read_text())
     pipeline = debug["dataloader_train.generator.transforms"]
-    for name in ("SkeletonTransform", "GhostingTransform", "MotionTransform", "BiasFieldTransform",
-                 "MultiplicativeNoiseTransform", "p_elastic_deform = 0.2"):
-        assert name in pipeline
+    # the workers run nnU-Net's pipeline + the skeleton; elastic and the MRI transforms run on the device
+    assert "SkeletonTransform" in pipeline and "p_elastic_deform = 0," in pipeline
+    for name in ("GhostingTransform", "MotionTransform", "BiasFieldTransform", "MultiplicativeNoiseTransform"):
+        assert name not in pipeline
     assert "DC_CE_SR_loss" in debug["loss"]
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert "1" in summary["mean"] and "2" not in summary["mean"]  # the ignore label is not scored

@@ -261,14 +261,15 @@ def _tail(transforms: list, is_cascaded: bool, foreground_labels) -> list:
     return transforms
 
 
-def _finish(transforms, foreground_labels, regions, ignore_label, deep_supervision_scales, skeleton):
+def _finish(transforms, foreground_labels, regions, ignore_label, deep_supervision_scales, skeleton,
+            per_slice=False):
     """Skeleton channel (after the padding label is gone), regions, then deep-supervision downsampling, so
     every scale gets a skeleton matching its segmentation."""
     if skeleton:
         if regions is not None:
             raise RuntimeError("skeleton recall is implemented for label-based training only, not for nnU-Net "
                                "region-based training (dataset.json labels given as lists)")
-        transforms.append(SkeletonTransform(foreground_labels, tube=2))
+        transforms.append(SkeletonTransform(foreground_labels, tube=2, per_slice=per_slice))
     if regions is not None:
         transforms.append(ConvertSegmentationToRegionsTransform(
             regions=list(regions) + [ignore_label] if ignore_label is not None else regions, channel_in_seg=0))
@@ -293,11 +294,15 @@ def training_transforms(
         probabilities: dict | None = None,
         lr_axis: int | None = None,
         lr_pairs: Sequence[Tuple[int, int]] | None = None,
+        on_device: bool = False,
 ) -> BasicTransform:
     """nnU-Net 2.8's default training pipeline plus elastic deformation, bias field, ghosting, motion and
     multiplicative noise; `skeleton=True` appends the tubed skeleton as a last segmentation channel.
     With `lr_pairs`, a mirror along `lr_axis` swaps each left label with its right partner (laterality.py);
-    the skeleton channel is built after mirroring, from the swapped labels."""
+    the skeleton channel is built after mirroring, from the swapped labels.
+    `on_device=True` leaves out what device_aug.DeviceAugmentation does in the trainer's train_step (elastic
+    deformation, the MRI intensity transforms); pseudo-2D patches then get per-slice
+    skeletons (thinner work than 3D thinning, and the slices are what the in-plane augmentation moves)."""
     p = dict(AUG_PROBABILITIES, **(probabilities or {}))
     transforms = []
     if do_dummy_2d_data_aug:
@@ -309,7 +314,7 @@ def training_transforms(
         ignore_axes = None
     transforms.append(SpatialTransform(
         patch_size_spatial, patch_center_dist_from_border=0, random_crop=False,
-        p_elastic_deform=p["elastic"], elastic_deform_scale=(0.05, 0.15),
+        p_elastic_deform=0 if on_device else p["elastic"], elastic_deform_scale=(0.05, 0.15),
         elastic_deform_magnitude=ElasticMagnitude(0.0, 0.03),
         p_rotation=0.2, rotation=rotation_for_DA, p_scaling=0.2, scaling=(0.7, 1.4),
         p_synchronize_scaling_across_axes=1, bg_style_seg_sampling=False, border_mode_seg='constant',
@@ -317,7 +322,8 @@ def training_transforms(
     if do_dummy_2d_data_aug:
         transforms.append(Convert2DTo3DTransform())
 
-    transforms.extend(mri_transforms(p))
+    if not on_device:
+        transforms.extend(mri_transforms(p))
     transforms.append(RandomTransform(GaussianNoiseTransform(
         noise_variance=(0, 0.1), p_per_channel=1, synchronize_channels=True), apply_probability=0.1))
     transforms.append(RandomTransform(GaussianBlurTransform(
@@ -356,7 +362,8 @@ def training_transforms(
         transforms.append(RandomTransform(RemoveRandomConnectedComponentFromOneHotEncodingTransform(
             channel_idx=list(range(-len(foreground_labels), 0)), fill_with_other_class_p=0,
             dont_do_if_covers_more_than_x_percent=0.15, p_per_label=0.5), apply_probability=0.2))
-    return _finish(transforms, foreground_labels, regions, ignore_label, deep_supervision_scales, skeleton)
+    return _finish(transforms, foreground_labels, regions, ignore_label, deep_supervision_scales, skeleton,
+                   per_slice=on_device and do_dummy_2d_data_aug)
 
 
 def validation_transforms(
