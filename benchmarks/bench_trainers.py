@@ -217,29 +217,35 @@ def _device_time(aug, batch, device) -> float:
     return time.process_time() - t0
 
 
+def _timed_batches(tr, pairs, images, task, dim, batch, n, seed):
+    """(i, batch, worker CPU s) for n + 1 batches of tr's worker pipeline (i = 0 warms up); every trainer
+    gets the same draws (seeds)."""
+    import torch
+    init_patch, args, kw = _pipeline_args(tr)
+    pipe = tr.get_training_transforms(*args, **kw)
+    rng = np.random.default_rng(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    for i in range(n + 1):
+        t0 = time.process_time()
+        crops = [_sample(pairs, images, task, init_patch, dim, rng) for _ in range(batch)]
+        b = _make_batch(pipe, crops, batch, seed=1000 * i)
+        yield i, b, time.process_time() - t0
+
+
 def bench_loading(dim, patch, batch, task, pairs, n_batches, seed, device):
     """{trainer: (worker s per batch [list], device s per iteration [list])}."""
-    import torch
     rng = np.random.default_rng(seed)
     images = [_image(reg, rng) for reg, _ in pairs]
     results = {}
     for cls in _classes():
         tr = _trainer(cls, dim, patch, batch, task)
-        init_patch, args, kw = _pipeline_args(tr)
-        pipe = tr.get_training_transforms(*args, **kw)
-        aug = getattr(tr, "device_augmentation", None)
-        rng = np.random.default_rng(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
         work, dev = [], []
-        for i in range(n_batches + 1):  # the first batch warms up
-            t0 = time.process_time()
-            crops = [_sample(pairs, images, task, init_patch, dim, rng) for _ in range(batch)]
-            b = _make_batch(pipe, crops, batch, seed=1000 * i)
-            t1 = time.process_time()
+        for i, b, load in _timed_batches(tr, pairs, images, task, dim, batch, n_batches, seed):
+            aug = getattr(tr, "device_augmentation", None)  # made with the training transforms
             d = _device_time(aug, b, device) if aug is not None else 0.0
             if i:
-                work.append(t1 - t0)
+                work.append(load)
                 dev.append(d)
         results[cls.__name__] = (work, dev)
     return results
@@ -247,7 +253,6 @@ def bench_loading(dim, patch, batch, task, pairs, n_batches, seed, device):
 
 def bench_iterations(dim, patch, batch, task, pairs, n_iter, seed):
     """{trainer: (loader s [list], train_step s [list])} on CPU, each trainer on its own pipeline's batches."""
-    import torch
     classes = _classes()
     trainers = [_trainer(c, dim, patch, batch, task) for c in classes]
     sd = trainers[0].network.state_dict()
@@ -257,25 +262,25 @@ def bench_iterations(dim, patch, batch, task, pairs, n_iter, seed):
     images = [_image(reg, rng) for reg, _ in pairs]
     out = {}
     for cls, tr in zip(classes, trainers):
-        init_patch, args, kw = _pipeline_args(tr)
-        pipe = tr.get_training_transforms(*args, **kw)
-        rng = np.random.default_rng(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
         tr.on_train_epoch_start()
         load, step = [], []
-        for i in range(n_iter + 1):  # the first round warms up
-            t0 = time.process_time()
-            crops = [_sample(pairs, images, task, init_patch, dim, rng) for _ in range(batch)]
-            b = _make_batch(pipe, crops, batch, seed=1000 * i)
+        for i, b, t_load in _timed_batches(tr, pairs, images, task, dim, batch, n_iter, seed):
             t1 = time.process_time()
             tr.train_step(b)
-            t2 = time.process_time()
             if i:
-                load.append(t1 - t0)
-                step.append(t2 - t1)
+                load.append(t_load)
+                step.append(time.process_time() - t1)
         out[cls.__name__] = (load, step)
     return out
+
+
+def _each(cfgs, quiet, bench, *args):
+    """(task, label, bench's result) for both tasks and every (dim, patch, batch) of cfgs."""
+    for task in ("lesion", "region"):
+        for dim, patch, batch in cfgs:
+            with quiet:
+                res = bench(dim, patch, batch, task, *args)
+            yield task, _label(dim, patch, batch), res
 
 
 def _label(dim, patch, batch) -> str:
@@ -314,28 +319,20 @@ def main(argv=None) -> int:
         print(f"\n## Workers: CPU s per batch, 1 thread (mean of {nb}); device augmentation s per iteration on "
               f"{device.type}")
         print(f"{'task':7} {'config':23} {'trainer':26} {'worker s':>9} {'vs default':>10} {'device s':>9}")
-        for task in ("lesion", "region"):
-            for dim, patch, batch in data_cfgs:
-                with quiet:
-                    res = bench_loading(dim, patch, batch, task, pairs, nb, 1, device)
-                base = np.mean(res[TRAINERS[0]][0])
-                for name, (work, dev) in res.items():
-                    print(f"{task:7} {_label(dim, patch, batch)} {name:26} {np.mean(work):9.3f} "
-                          f"{np.mean(work) / base:9.2f}x {np.mean(dev):9.3f}")
+        for task, label, res in _each(data_cfgs, quiet, bench_loading, pairs, nb, 1, device):
+            base = np.mean(res[TRAINERS[0]][0])
+            for name, (work, dev) in res.items():
+                print(f"{task:7} {label} {name:26} {np.mean(work):9.3f} {np.mean(work) / base:9.2f}x {np.mean(dev):9.3f}")
     if not a.skip_train:
         torch.set_num_threads(a.threads)
         print(f"\n## Whole iteration on CPU, {a.threads} thread(s) for the step (mean of {iters}): loader (1 thread) "
               f"+ train_step (incl. device augmentation)")
         print(f"{'task':7} {'config':23} {'trainer':26} {'loader s':>9} {'step s':>8} {'total s':>8} {'vs default':>10}")
-        for task in ("lesion", "region"):
-            for dim, patch, batch in train_cfgs:
-                with quiet:
-                    res = bench_iterations(dim, patch, batch, task, pairs, iters, 2)
-                base = np.mean(res[TRAINERS[0]][0]) + np.mean(res[TRAINERS[0]][1])
-                for name, (load, step) in res.items():
-                    tot = np.mean(load) + np.mean(step)
-                    print(f"{task:7} {_label(dim, patch, batch)} {name:26} {np.mean(load):9.3f} {np.mean(step):8.3f} "
-                          f"{tot:8.3f} {tot / base:9.2f}x")
+        for task, label, res in _each(train_cfgs, quiet, bench_iterations, pairs, iters, 2):
+            base = np.mean(res[TRAINERS[0]][0]) + np.mean(res[TRAINERS[0]][1])
+            for name, (load, step) in res.items():
+                tot = np.mean(load) + np.mean(step)
+                print(f"{task:7} {label} {name:26} {np.mean(load):9.3f} {np.mean(step):8.3f} {tot:8.3f} {tot / base:9.2f}x")
     return 0
 
 
