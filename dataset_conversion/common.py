@@ -14,7 +14,7 @@ from nnunet_wmhloc import cli
 from nnunet_wmhloc.dataset_conversion.subjects import Subject
 from nnunet_wmhloc.vocab import (ALL_LABELS, LESION_ALLOWED, LESION_LABELS, LR_PAIRS, LR_PAIRS_KEY, REST_REGIONS,
                                  case_name, dataset_folder_name, dataset_folders, region_column, split_case)
-from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_output, check_same_geometry, read_image, to_float32,
+from nnunet_wmhloc.io import (WMHLocError, atomic_dir, check_not_input, check_output, check_same_geometry, read_image, to_float32,
                               read_labels, write_csv, write_json)
 
 # nnU-Net z-scores every channel whose name is not CT (or a few other keywords): "MRI" is safe
@@ -143,12 +143,15 @@ def grouped_splits(cases: list[str], n_folds: int = N_FOLDS, seed: int = SPLIT_S
     return splits
 
 
-def _splits_target(dataset_folder: str, splits: list[dict], preprocessed, overwrite: bool) -> Path | None:
-    """Where splits_final.json goes, checked before anything is written: an existing different (or
-    unreadable) split is kept unless `overwrite` (trained folds would silently change)."""
+def _splits_target(dataset_folder: str, splits: list[dict], preprocessed, overwrite: bool,
+                   inputs=()) -> Path | None:
+    """Where splits_final.json goes, checked before anything is written: never inside an input (e.g.
+    --preprocessed given the release itself); an existing different (or unreadable) split is kept unless
+    `overwrite` (trained folds would silently change)."""
     if not preprocessed:
         return None
     target = Path(preprocessed) / dataset_folder / "splits_final.json"
+    check_not_input(target, inputs, flag="--preprocessed")
     if target.exists():
         try:
             same = json.loads(target.read_text(encoding="utf-8")) == splits
@@ -222,7 +225,7 @@ def build_datasets(jobs: list[DatasetJob], raw_root: Path, *, preprocessed: str 
         if not train_cases:
             raise WMHLocError(f"{raw_root / folder_name}: no training subjects for the {j.task} dataset")
         splits = grouped_splits(train_cases)
-        _splits_target(folder_name, splits, preprocessed, overwrite)
+        _splits_target(folder_name, splits, preprocessed, overwrite, inputs)
         plans.append((j, folder_name, train_cases, splits))
     results = []
     with contextlib.ExitStack() as stack:

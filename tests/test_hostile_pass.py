@@ -107,6 +107,18 @@ def test_refused_conversion_leaves_no_empty_output_root(tmp_path, capfd):
     assert not (tmp_path / "raw").exists() and not (tmp_path / "pre").exists() and not leftovers(tmp_path)
 
 
+def test_preprocessed_inside_the_release_is_refused(tmp_path, capfd):
+    """--preprocessed RELEASE --overwrite wrote splits_final.json folders into the user's release."""
+    from nnunet_wmhloc.synth import make_cohort
+
+    make_cohort(tmp_path / "rel", seed=0, per_site=1, test_per_site=1, show_progress=False)
+    before = snapshot(tmp_path / "rel")
+    code, err = call("wmhloc_convert_wmh2017", [tmp_path / "rel", "-o", tmp_path / "raw", "--preprocessed",
+                                                tmp_path / "rel", "--overwrite"], capfd)
+    assert code == 1 and "--preprocessed" in err and "rel" in err
+    assert snapshot(tmp_path / "rel") == before and not (tmp_path / "raw").exists()
+
+
 def test_predict_refuses_a_cohort_that_does_not_load_before_the_run_folder(tmp_path, capfd):
     """wmhloc_predict unpacked the models and made the run folder before the cohort's bad id was refused."""
     from test_security_models import write_archive
