@@ -81,7 +81,7 @@ def _interrupt(args: list, watch: Path, sig: int) -> subprocess.CompletedProcess
     deadline = time.time() + 120
     while p.poll() is None and time.time() < deadline:
         if watch.is_dir() and any(e.name.endswith(".tmp") for e in watch.iterdir()):
-            time.sleep(0.2)  # let it write into the temporary folder
+            time.sleep(0.02)  # let it start writing into the temporary folder (longer: under load it may finish first)
             p.send_signal(sig)
             break
         time.sleep(0.005)
