@@ -6,11 +6,10 @@ location/lesion_frequency_atlas.nii.gz. A subject without a T1, or whose registr
 location cells and the reason in location_note."""
 from __future__ import annotations
 
-import math
-
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from nnunet_wmhloc import io
 from nnunet_wmhloc.io import WMHLocError
@@ -23,15 +22,14 @@ FREQUENCY = "lesion_frequency_atlas.nii.gz"
 
 def check(t1_dir, atlas_dir, pv_distance: float, priority) -> dict[str, Path]:
     """Before anything is written: the T1 files by subject ({} without --t1), the atlas loaded."""
-    from nnunet_wmhloc.location.rows import load_atlas
+    from nnunet_wmhloc.location.rows import check_pv_distance, load_atlas
 
     if (t1_dir is None) != (atlas_dir is None):
         raise WMHLocError("--t1 and --atlas-dir go together: location classes register each subject's T1 "
                           "to the atlas")
     if t1_dir is None:
         return {}
-    if not (math.isfinite(pv_distance) and pv_distance > 0):
-        raise WMHLocError(f"--pv-distance {pv_distance:g}: must be > 0 mm")
+    check_pv_distance(pv_distance)
     load_atlas(Path(atlas_dir))
     t1s, _ = index_folder(t1_dir, ["t1", *[m for m in priority if m != "t1"]], what="T1")
     return t1s
@@ -57,8 +55,6 @@ def add_location(pairs, rows: list[dict], lesions: list[dict], t1s: dict[str, Pa
             row["location_note"] = NO_T1
             continue
         lesion = io.read_image(les_path, what="lesion segmentation")
-        import SimpleITK as sitk
-
         mask = sitk.GetArrayFromImage(lesion) == lesion_label
         regions = sitk.GetArrayFromImage(io.read_image(reg_path, what="region segmentation")).astype(np.int16)
         try:

@@ -37,6 +37,7 @@ from scipy import ndimage
 from nnunet_wmhloc import cli
 from nnunet_wmhloc.io import WMHLocError, atomic_dir, check_output, check_same_geometry, read_image, write_csv, \
     write_json
+from nnunet_wmhloc.location.rows import add_pv_distance_option
 from nnunet_wmhloc.postprocessing import _location
 from nnunet_wmhloc.postprocessing._match import index_folder
 from nnunet_wmhloc.postprocessing.loads import (LESION_COLUMNS, LESION_LOCATION_COLUMNS, LESIONS, LOAD_COLUMNS,
@@ -256,9 +257,7 @@ def _build_parser():
                         "--atlas-dir, the location columns (periventricular/deep, juxtacortical, ...) and location/")
     p.add_argument("--atlas-dir", default=None,
                    help="atlas folder (wmhloc_build_atlas output or the Eve folder) each T1 is registered to")
-    p.add_argument("--pv-distance", type=float, default=10.0,
-                   help="distance rule: supratentorial lesion voxels within this many mm of the lateral "
-                        "ventricles are periventricular (BIANCA's DM10)")
+    add_pv_distance_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return p
 

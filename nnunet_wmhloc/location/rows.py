@@ -4,6 +4,7 @@ registration of its T1, the location images in a folder, its regional_loads loca
 location cells of its lesions.csv rows."""
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -16,6 +17,21 @@ from nnunet_wmhloc.io import WMHLocError
 from nnunet_wmhloc.postprocessing.loads import LOCATION_COLUMNS
 
 IMAGES = ("ventricles", "lesion_location", "space-atlas_lesion_mask")
+
+
+PV_DISTANCE_MM = 10.0  # BIANCA's DM10
+
+
+def add_pv_distance_option(group) -> None:
+    """--pv-distance, as wmhloc_predict, wmhloc_run and wmhloc_localize take it."""
+    group.add_argument("--pv-distance", type=float, default=PV_DISTANCE_MM,
+                       help="distance rule: supratentorial lesion voxels within this many mm of the lateral "
+                            "ventricles are periventricular (default 10, BIANCA's DM10; 3 and 13 are also used)")
+
+
+def check_pv_distance(mm: float) -> None:
+    if not (math.isfinite(mm) and mm > 0):
+        raise WMHLocError(f"--pv-distance {mm:g}: must be > 0 mm")
 
 
 @lru_cache(maxsize=2)

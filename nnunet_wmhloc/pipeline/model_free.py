@@ -7,8 +7,6 @@ The stage "maps" runs after "fuse" and writes segmentations/<task>/<subject>.nii
 tasks, then the location outputs, so "localize" and everything after it are unchanged."""
 from __future__ import annotations
 
-import math
-
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import SimpleITK as sitk
 
 from nnunet_wmhloc import io
 from nnunet_wmhloc.io import WMHLocError, few
-from nnunet_wmhloc.location.rows import load_atlas  # noqa: F401  (wmhloc_predict's check and stage)
+from nnunet_wmhloc.location.rows import add_pv_distance_option, check_pv_distance, load_atlas
 
 TASKS = ("lesion", "region")
 
@@ -35,9 +33,7 @@ def add_arguments(p) -> None:
                         "with it, every subject with a T1 gets location classes (periventricular/deep, ...)")
     g.add_argument("--lesion-threshold", type=float, default=0.5,
                    help="probability at or above which a voxel of a --lesions csv probability map is lesion")
-    g.add_argument("--pv-distance", type=float, default=10.0,
-                   help="distance rule: supratentorial lesion voxels within this many mm of the lateral "
-                        "ventricles are periventricular (default 10, BIANCA's DM10; 3 and 13 are also used)")
+    add_pv_distance_option(g)
 
 
 def model_tasks(a) -> tuple[str, ...]:
@@ -51,8 +47,7 @@ def check(a, cohort) -> None:
     when a model-free task needs them (else a cohort that does not load fails at the convert stage)."""
     if not 0.0 < a.lesion_threshold <= 1.0:
         raise WMHLocError(f"--lesion-threshold {a.lesion_threshold:g}: must lie in (0, 1]")
-    if not (math.isfinite(a.pv_distance) and a.pv_distance > 0):
-        raise WMHLocError(f"--pv-distance {a.pv_distance:g}: must be > 0 mm")
+    check_pv_distance(a.pv_distance)
     if a.lesions == "csv":
         no = [s.subject for s in cohort.subjects if s.lesion is None]
         if no:

@@ -13,7 +13,6 @@ A re-run skips finished stages; `--force STAGE` redoes that stage and the ones a
 """
 from __future__ import annotations
 
-import math
 
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from nnunet_wmhloc.io import WMHLocError, is_number
 from nnunet_wmhloc.pipeline import common
 from nnunet_wmhloc.pipeline.budget import BASES, budget_name, parse_budget
 from nnunet_wmhloc.layout import RunLayout
+from nnunet_wmhloc.location.rows import add_pv_distance_option, check_pv_distance, load_atlas
 from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext
 from nnunet_wmhloc.vocab import dataset_folders
 
@@ -98,9 +98,7 @@ def build_parser():
     a.add_argument("--atlas-dir", type=Path, default=None,
                    help="atlas folder (wmhloc_build_atlas output or the Eve folder): every test subject with a T1 "
                         "gets location classes (periventricular/deep, ...) and its lesion mask in atlas space")
-    a.add_argument("--pv-distance", type=float, default=10.0,
-                   help="distance rule: supratentorial lesion voxels within this many mm of the lateral "
-                        "ventricles are periventricular (BIANCA's DM10)")
+    add_pv_distance_option(a)
     p.add_argument("--force", choices=STAGES, help="redo this stage and every stage after it")
     parallel.add_argument(p)
     p.add_argument("--quiet", action="store_true", help="only errors on the terminal (logs are complete anyway)")
@@ -125,11 +123,8 @@ class RunPlan:
                            ("--atlas", a.atlas)):
             if path is not None and not Path(path).exists():
                 raise WMHLocError(f"{path}: not found ({flag})")
-        if not (math.isfinite(a.pv_distance) and a.pv_distance > 0):
-            raise WMHLocError(f"--pv-distance {a.pv_distance:g}: must be > 0 mm")
+        check_pv_distance(a.pv_distance)
         if a.atlas_dir is not None:
-            from nnunet_wmhloc.pipeline.model_free import load_atlas
-
             load_atlas(a.atlas_dir)  # a wrong folder fails now, not after the training
         self.cohort = common.Cohort(a.cohort) if a.cohort is not None else None  # loaded once per run
         common.check_pipeline_output(a.output, self.cohort, [a.release, a.region_labels])
