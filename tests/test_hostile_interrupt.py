@@ -77,7 +77,10 @@ def big_release(tmp_path_factory) -> Path:
 def _interrupt(args: list, watch: Path, sig: int) -> subprocess.CompletedProcess:
     """Start a command, send `sig` once its hidden temporary folder exists in `watch`, wait for it."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.Popen([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # a terminal's Ctrl-C reaches a process whose SIGINT is not ignored; the test worker's disposition (which a
+    # library run earlier in the same worker may have set to ignore) must not leak into the command
+    p = subprocess.Popen([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while p.poll() is None and time.time() < deadline:
         if watch.is_dir() and any(e.name.endswith(".tmp") for e in watch.iterdir()):
