@@ -127,8 +127,10 @@ def splits_cases() -> list[Case]:
     return [
         _splits("id_zero", None, ("-d", "0")), _splits("id_absent", None, ("-d", "999")),
         _splits("id_text", None, ("-d", "abc")),
-        _splits("dataset_json_garbage", lambda w, ds: (ds / "dataset.json").write_bytes(os.urandom(100)) and None),
-        _splits("dataset_json_list", lambda w, ds: (ds / "dataset.json").write_text("[1,2]") and None),
+        # wmhloc_splits reads only the case files (nnU-Net's own planning checks dataset.json): these still split
+        _splits("dataset_json_garbage", lambda w, ds: (ds / "dataset.json").write_bytes(os.urandom(100)) and None,
+                expect="ok"),
+        _splits("dataset_json_list", lambda w, ds: (ds / "dataset.json").write_text("[1,2]") and None, expect="ok"),
         _splits("no_labels", lambda w, ds: shutil.rmtree(ds / "labelsTr")),
         _splits("folds_zero", None, ("--folds", "0")), _splits("folds_huge", None, ("--folds", "1000"), "any"),
         _splits("two_datasets_same_id", lambda w, ds: shutil.copytree(ds, ds.parent / "Dataset601_Other")),

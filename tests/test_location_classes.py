@@ -137,3 +137,32 @@ def test_to_atlas_and_frequency_maps():
     assert set(np.unique(sitk.GetArrayViewFromImage(f["A"])).tolist()) == {0.0, 0.5, 1.0}
     with pytest.raises(ValueError):
         L.frequency_map([])
+
+
+def test_group_frequency_maps_written_per_cluster_group(tmp_path):
+    """After clustering, one lesion-frequency NIfTI per group in cluster/, from the subjects' atlas-space masks in
+    location/: the share of that group's subjects with a lesion at each voxel; a subject without a mask is left
+    out, and no location/ means no maps."""
+    from nnunet_wmhloc.layout import RunLayout
+    from nnunet_wmhloc.pipeline.location_outputs import GROUP_FREQUENCY, group_frequency_maps
+
+    lay = RunLayout(tmp_path / "run")
+    assignments = [{"subject": s, "group": g} for s, g in (("a", "1"), ("b", "1"), ("c", "2"), ("d", "2"), ("e", "0"))]
+    assert group_frequency_maps(lay, assignments) == []
+    lay.location.mkdir(parents=True)
+    lay.cluster.mkdir(parents=True)
+    g = grid((6, 8, 8))
+    boxes = {"a": (slice(0, 3),), "b": (slice(1, 4),), "c": (slice(2, 6),)}  # "d" and "e": no mask file
+    for s, box in boxes.items():
+        a = np.zeros((6, 8, 8), np.uint8)
+        a[box] = 1
+        img = sitk.GetImageFromArray(a)
+        img.CopyInformation(g)
+        sitk.WriteImage(img, str(lay.location / f"{s}_space-atlas_lesion_mask.nii.gz"))
+    written = group_frequency_maps(lay, assignments)
+    assert sorted(p.name for p in written) == [GROUP_FREQUENCY.format(group=k) for k in ("1", "2")]
+    one = sitk.GetArrayFromImage(sitk.ReadImage(str(lay.cluster / GROUP_FREQUENCY.format(group="1"))))
+    assert np.allclose(one[:, 0, 0], [0.5, 1, 1, 0.5, 0, 0])  # a: z 0-2, b: z 1-3
+    two = sitk.ReadImage(str(lay.cluster / GROUP_FREQUENCY.format(group="2")))
+    assert np.allclose(sitk.GetArrayFromImage(two)[:, 0, 0], [0, 0, 1, 1, 1, 1])  # c alone (d has no mask)
+    assert two.GetOrigin() == g.GetOrigin() and two.GetSpacing() == g.GetSpacing()

@@ -198,6 +198,10 @@ def cluster_stage(ctx: StageContext, *, k_max: int = 8, atlas: str | None = None
     ctx.log(f"cluster {lay.regional_loads} -> {lay.cluster}, K = {plan.ks[0]}..{plan.ks[-1]}")
     res = ctx.made["cluster"] = cluster(plan, lay.cluster, atlas=atlas, overwrite=True, say=ctx.log)
     ctx.log(f"K={res.k} (silhouette {res.best_silhouette:.3f}) for {n} subjects")
+    from nnunet_wmhloc.pipeline.location_outputs import group_frequency_maps
+    maps = group_frequency_maps(lay, res.assignments)
+    if maps:
+        ctx.log(f"lesion-frequency maps of {len(maps)} groups in atlas space -> {lay.cluster}")
     return {"clustered": n, "k_range": [2, max(plan.ks)]}
 
 

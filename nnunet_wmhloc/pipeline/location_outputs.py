@@ -6,6 +6,8 @@ and classes on the lesion map's grid, written under RunLayout.location (<output>
     3 deep, 4 infratentorial), <subject>_space-atlas_lesion_mask.nii.gz (atlas grid),
     lesion_frequency_atlas.nii.gz, location_loads.csv, location_lesions.csv
 
+and, once clustering ran, cluster/lesion_frequency_atlas_group-<g>.nii.gz (`group_frequency_maps`).
+
 The results stage merges the tables into regional_loads.csv / lesions.csv (`merged`) and copies the images
 (`result_files`); a subject without them gets empty location cells and the reason in location_note."""
 from __future__ import annotations
@@ -23,6 +25,7 @@ from nnunet_wmhloc.location.rows import IMAGES, locate_files
 from nnunet_wmhloc.postprocessing.loads import LESION_LOCATION_COLUMNS, LOCATION_COLUMNS
 
 LOADS, LESIONS, FREQUENCY = "location_loads.csv", "location_lesions.csv", "lesion_frequency_atlas.nii.gz"
+GROUP_FREQUENCY = "lesion_frequency_atlas_group-{group}.nii.gz"  # in cluster/, one per k-means group
 SETTINGS = "location.json"  # the atlas folder (the report's underlay) and the rule's distance
 NO_ATLAS = "no --atlas-dir: location classes need the atlas registration"
 NO_T1 = "no T1: location classes need the atlas registration of a T1"
@@ -156,6 +159,22 @@ def result_files(layout, subject: str, bids_stem: str | None = None) -> dict[str
                 stem = bids_stem.replace("_space-FLAIR", "_space-atlas") if name.startswith("space-") else bids_stem
                 out[f"{stem}_{bids[name]}.nii.gz"] = src
     return out
+
+
+def group_frequency_maps(layout, assignments: list[dict]) -> list[Path]:
+    """cluster/lesion_frequency_atlas_group-<g>.nii.gz: the lesion-frequency map of each cluster group (its
+    subjects with an atlas-space mask in location/), on the atlas grid; none when location did not run."""
+    from nnunet_wmhloc.location import frequency_maps
+
+    groups = {r["subject"]: str(r["group"]) for r in assignments if str(r.get("group", "")).isdigit()}
+    masks = {s: io.read_image(p, what="atlas-space lesion mask") for s in groups
+             if (p := layout.location / f"{s}_space-atlas_lesion_mask.nii.gz").is_file()}
+    if not masks:
+        return []
+    maps = frequency_maps(masks, {s: groups[s] for s in masks})
+    maps.pop("all")  # the cohort's own map is location/'s
+    return [io.write_image(img, layout.cluster / GROUP_FREQUENCY.format(group=g), overwrite=True)
+            for g, img in maps.items()]
 
 
 def frequency_file(layout) -> Path | None:
