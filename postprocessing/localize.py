@@ -164,9 +164,13 @@ def _run_set(pairs, out: Path, *, lesion_label: int, max_lesion_label: int, writ
             m = sitk.GetImageFromArray(res["map"])
             m.CopyInformation(reg_img)
             sitk.WriteImage(m, str(out / "regional_maps" / f"{subject}.nii.gz"), True)
+    return rows, lesions
+
+
+def _write_tables(rows: list[dict], lesions: list[dict], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / REGIONAL_LOADS, columns=LOAD_COLUMNS)
     write_csv(lesions, out / LESIONS, columns=LESION_COLUMNS)
-    return rows, lesions
 
 
 def _pair(lesion_dir, regions: dict, priority, what: str):
@@ -221,9 +225,8 @@ def localize(lesions, regions, output, *, reference_lesions=None, lesion_label: 
         if t1s:
             located = _location.add_location(pairs, rows, found, t1s, atlas_dir, lesion_label=lesion_label,
                                              pv_distance=pv_distance, out=out, progress=progress)
-            write_csv(rows, out / REGIONAL_LOADS, columns=LOAD_COLUMNS, overwrite=True)
-            write_csv(found, out / LESIONS, columns=LESION_COLUMNS, overwrite=True)
             say(f"location classes: {located} of {len(rows)} subjects -> {out.name}/location")
+        _write_tables(rows, found, out)  # once, with the location cells when --t1 filled them
         log = {"lesions": str(lesions), "regions": str(regions), "lesion_label": lesion_label,
                "subjects": len(rows), "lesions_found": len(found), "pairs": _pairs_log(pairs),
                "notes": reg_notes + notes, "region_maps_without_lesions": unused,
@@ -231,6 +234,7 @@ def localize(lesions, regions, output, *, reference_lesions=None, lesion_label: 
         ref = None
         if ref_pairs:
             ref_rows, ref_found = _run_set(ref_pairs, out / "reference", desc="reference", **kw)
+            _write_tables(ref_rows, ref_found, out / "reference")
             log["reference"] = {"folder": str(reference_lesions), "subjects": len(ref_rows),
                                 "lesions_found": len(ref_found), "notes": ref_notes, "pairs": _pairs_log(ref_pairs)}
             ref = LocalizeResult(ref_rows, ref_found, output / "reference", log=log["reference"])
