@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import CDN_STYLESHEET, break_report, find_chromium, render
+from conftest import DEMO_ARGS
 
 STAGES = ["synth", "convert", "preprocess", "train_lesion", "train_region", "choose", "predict", "fuse", "localize",
           "location", "cluster", "evaluate", "report"]
@@ -127,11 +128,12 @@ def test_demo_report_and_outputs(demo):
     fused = json.loads((out / "evaluation" / "lesion_fused" / "summary.json").read_text())
     dice = fused["summary"]["all"]["dice"]["mean"]
     assert dice is not None and dice > 0.1, f"the tiny lesion model learned nothing (Dice {dice})"
-    # the region model learned the regions (0.49-0.50 measured; an untrained 37-class model scores ~0.01) and tells
-    # left from right (1% of the voxels in the wrong hemisphere measured; 53% before it knew laterality)
+    # the region model learned the regions (an untrained 37-class model scores ~0.01; the 12-epoch test budget of
+    # conftest.DEMO_TEST_EPOCHS well above that, `make demo`'s 45 epochs about 0.5) and tells left from right
+    # (about 1% of the voxels in the wrong hemisphere; 53% before it knew laterality)
     region = json.loads((out / "evaluation" / "region_fused" / "summary.json").read_text())["summary"]["all"]
     rdice, wrong = region["mean_dice_wm"]["mean"], region["wrong_hemisphere"]["mean"]
-    assert rdice is not None and rdice >= 0.35, f"region Dice {rdice}"
+    assert rdice is not None and rdice >= 0.08, f"region Dice {rdice}"
     assert wrong is not None and wrong < 0.05, f"{wrong:.1%} of the region voxels in the wrong hemisphere"
     # the region map of the subject without one is predicted but not scored
     assert "wmh173" in json.loads((out / "stages" / "evaluate.done").read_text())["summary"]["region"]["unscored_subjects"]
@@ -154,7 +156,7 @@ def test_demo_rerun_skips_finished_stages(demo, capfd):
     out = demo["out"]
     before = {s: (out / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
     logs = {s: (out / "logs" / f"{s}.log").stat().st_mtime_ns for s in STAGES}
-    p = _in_process("wmhloc_run", ["--demo", "-o", out], capfd)
+    p = _in_process("wmhloc_run", [*DEMO_ARGS, "-o", out], capfd)
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("done, skipped") == len(STAGES)
     assert before == {s: (out / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
@@ -165,7 +167,7 @@ def test_demo_rerun_skips_finished_stages(demo, capfd):
 def test_demo_force_cluster_redoes_it_and_later_stages(demo, capfd):
     out = demo["out"]
     before = {s: (out / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
-    p = _in_process("wmhloc_run", ["--demo", "-o", out, "--force", "cluster"], capfd)
+    p = _in_process("wmhloc_run", [*DEMO_ARGS, "-o", out, "--force", "cluster"], capfd)
     assert p.returncode == 0, p.stderr
     after = {s: (out / "stages" / f"{s}.done").stat().st_mtime_ns for s in STAGES}
     i = STAGES.index("cluster")

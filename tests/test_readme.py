@@ -6,7 +6,8 @@ have, so each of our commands runs on paths that do not exist: it must accept ev
 commands must accept the README's options (their --help lists each). What the commands do on real files is
 exercised elsewhere: the demo and `--cohort`/`--release` runs (test_pipeline_demo, test_pipeline_paths),
 training/prediction with our trainers through nnU-Net's CLI (test_training_cli), conversion (test_conversion,
-test_cohort), the atlas (test_atlas_*), `make test` is CI itself and `make demo` runs what the demo test runs.
+test_cohort), the atlas (test_atlas_*), `make test` is CI itself and the demo test runs `make demo`'s command
+with a shorter training (--epochs).
 """
 from __future__ import annotations
 
