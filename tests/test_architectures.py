@@ -148,7 +148,8 @@ def test_trainers_deep_supervision_plumbing_in_process(preprocessed_2d, tmp_path
         tr = cls(dict(plans, continue_training=False), "2d", 0, dataset_json, device=torch.device("cpu"))
         tr.on_train_start()
         try:
-            batch = next(tr.dataloader_train)
+            raw = next(tr.dataloader_train)
+            batch = tr.on_device(dict(raw, data=raw["data"].clone()))  # device augmentation + deep supervision
             if n_targets:
                 assert tr.enable_deep_supervision
                 assert isinstance(tr.loss, DeepSupervisionWrapper) and isinstance(tr.loss.loss, DC_CE_SR_loss)
@@ -160,7 +161,7 @@ def test_trainers_deep_supervision_plumbing_in_process(preprocessed_2d, tmp_path
                 assert not tr.enable_deep_supervision and isinstance(tr.loss, DC_CE_SR_loss)
                 assert isinstance(batch["target"], torch.Tensor) and batch["target"].shape[1] == 2
             tr.on_train_epoch_start()
-            assert np.isfinite(tr.train_step(batch)["loss"])
+            assert np.isfinite(tr.train_step(raw)["loss"])
             tr.on_validation_epoch_start()
             with torch.no_grad():
                 v = tr.validation_step(next(tr.dataloader_val))

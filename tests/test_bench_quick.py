@@ -17,7 +17,7 @@ def test_bench_trainers_quick_prints_both_tables(tmp_path):
     out = p.stdout
     workers, whole = out.split("## Whole iteration")
     assert re.search(r"device augmentation s per iteration on (cpu|cuda)", workers)
-    for table, ncols in ((workers, 3), (whole, 4)):
+    for table, ncols in ((workers, 5), (whole, 4)):
         for task in ("lesion", "region"):
             for dim in ("2D", "3D"):
                 for tr in TRAINERS:
@@ -25,10 +25,13 @@ def test_bench_trainers_quick_prints_both_tables(tmp_path):
                     assert row, (task, dim, tr, table)
                     nums = [float(v.rstrip("x")) for v in row.group(1).split()]
                     assert len(nums) == ncols and all(v >= 0 for v in nums), row.group(0)
+                    if table is workers:  # ratio of the means inside its bootstrap interval
+                        assert nums[2] <= nums[1] <= nums[3], row.group(0)
                     if tr == "nnUNetTrainer":
-                        assert nums[1] == 1.0 if table is workers else nums[3] == 1.0
+                        assert nums[1:4] == [1.0] * 3 if table is workers else nums[3] == 1.0
                     else:
                         assert nums[0] > 0
     # our trainers augment on the device: they report a device time, nnU-Net's default none
-    dev = [float(m) for m in re.findall(r"nnUNetTrainerWMHLoc\s+\S+\s+\S+x\s+(\S+)$", workers, flags=re.M)]
+    dev = [float(m) for m in re.findall(r"nnUNetTrainerWMHLoc\s+\S+\s+\S+x\s+\S+\s+\S+\s+(\S+)$", workers,
+                                        flags=re.M)]
     assert dev and all(d > 0 for d in dev)

@@ -96,7 +96,10 @@ def test_region_trainer_37_classes_steps_in_process(preprocessed_2d, tmp_path, m
     tr.on_train_start()
     try:
         assert isinstance(tr.loss.loss, DC_CE_SR_loss)
-        batch = next(tr.dataloader_train)
+        raw = next(tr.dataloader_train)
+        # the workers hand over the full-resolution seg + skeleton; the device side makes the deep-supervision list
+        assert isinstance(raw["target"], torch.Tensor) and raw["target"].shape[1] == 2
+        batch = tr.on_device(dict(raw, data=raw["data"].clone()))
         targets = batch["target"]
         assert isinstance(targets, list) and len(targets) > 1
         for t in targets:
@@ -105,7 +108,7 @@ def test_region_trainer_37_classes_steps_in_process(preprocessed_2d, tmp_path, m
             assert ((sk == 0) | (sk == seg)).all()   # skeleton voxels carry their own class
         assert len(torch.unique(targets[0][:, 1])) > 10  # many region classes have a skeleton
         tr.on_train_epoch_start()
-        out = tr.train_step(batch)
+        out = tr.train_step(raw)
         assert np.isfinite(out["loss"])
         tr.on_validation_epoch_start()
         with torch.no_grad():

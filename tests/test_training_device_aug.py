@@ -4,16 +4,21 @@ sizes), and labels that stay aligned with the image under the device's elastic d
 import numpy as np
 import pytest
 import torch
+from batchgeneratorsv2.transforms.intensity.contrast import BGContrast
+from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
 from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform, blur_dimension
+from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from scipy.stats import ks_2samp
 
 from nnunet_wmhloc.training import intensity
-from nnunet_wmhloc.training.device_aug import DeviceAugmentation, elastic_offsets, normalised_field, warp
+from nnunet_wmhloc.training.device_aug import (DeviceAugmentation, downsample_for_ds, elastic_offsets,
+                                               normalised_field, warp)
 from nnunet_wmhloc.training.skeleton import skeleton_labels, skeleton_labels_per_slice
-from nnunet_wmhloc.training.transforms import (AUG_PROBABILITIES, BiasFieldTransform, ElasticMagnitude,
-                                               GhostingTransform, MotionTransform, MultiplicativeNoiseTransform,
-                                               training_transforms)
+from nnunet_wmhloc.training.transforms import (AUG_PROBABILITIES, NNUNET_BLUR, NNUNET_GAMMA, BiasFieldTransform,
+                                               ElasticMagnitude, GhostingTransform, MotionTransform,
+                                               MultiplicativeNoiseTransform, training_transforms)
 
 N = 150  # draws per side
 
@@ -64,6 +69,17 @@ CASES = {
     "motion": (MotionTransform(), intensity.motion, _rel_change),
     "gaussian_noise": (GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_channel=1, synchronize_channels=True),
                        intensity.gaussian_noise, _noise_std),
+    # nnU-Net's blur as its pipeline sets it (half the channels, so half the draws leave the image as is)
+    "gaussian_blur": (GaussianBlurTransform(blur_sigma=NNUNET_BLUR["sigma"], synchronize_channels=False,
+                                            synchronize_axes=False, p_per_channel=NNUNET_BLUR["p_per_channel"],
+                                            benchmark=True),
+                      lambda x, sel: intensity.gaussian_blur(x, sel, NNUNET_BLUR["sigma"],
+                                                             NNUNET_BLUR["p_per_channel"]), _rel_change),
+    # nnU-Net's two gamma transforms (on the inverted image, and on the image)
+    **{name: (GammaTransform(gamma=BGContrast(NNUNET_GAMMA["range"]), p_invert_image=inv, synchronize_channels=False,
+                             p_per_channel=1, p_retain_stats=1),
+              lambda x, sel, inv=inv: intensity.gamma(x, sel, NNUNET_GAMMA["range"], invert=bool(inv)), _rel_change)
+       for name, inv in (("gamma_inverted", 1), ("gamma", 0))},
 }
 
 
@@ -153,10 +169,74 @@ def test_trainer_pipeline_on_device_leaves_the_extra_augmentation_to_the_device(
     args = ((32, 32), (-0.5, 0.5), None, (0, 1), False)
     worker = training_transforms(*args, foreground_labels=(1,), skeleton=True)
     device = training_transforms(*args, foreground_labels=(1,), skeleton=True, on_device=True)
-    moved = {"BiasFieldTransform", "GhostingTransform", "MotionTransform", "MultiplicativeNoiseTransform"}
+    moved = {"BiasFieldTransform", "GhostingTransform", "MotionTransform", "MultiplicativeNoiseTransform",
+             "GaussianBlurTransform", "GammaTransform"}
     assert moved <= set(names(worker)) and not moved & set(names(device))
     assert spatial(worker).p_elastic_deform > 0 and spatial(device).p_elastic_deform == 0
     assert "SkeletonTransform" in names(device) and "GaussianNoiseTransform" in names(device)
+
+
+@pytest.mark.parametrize("shape", [(40, 36), (12, 24, 20)], ids=["2d", "3d"])
+def test_device_blur_is_batchgenerators_blur_with_the_drawn_sigmas(shape):
+    """Same kernels and reflect padding: each blurred channel equals blur_dimension along every axis in turn
+    with the sigmas drawn for it (replayed from the seed)."""
+    x = torch.randn((3, 2, *shape))
+    torch.manual_seed(1)
+    y = intensity.gaussian_blur(x.clone(), torch.tensor([True, False, True]), sigma=(0.5, 1.0), p_per_channel=0.5)
+    torch.manual_seed(1)
+    hit = (torch.tensor([True, False, True])[:, None] & (torch.rand((3, 2)) < 0.5)).nonzero().tolist()
+    sig = torch.empty((len(hit), len(shape))).uniform_(0.5, 1.0)
+    assert hit and not any(b == 1 for b, _ in hit)
+    for j, (b, c) in enumerate(hit):
+        ref = x[b, c][None]
+        for a in range(len(shape)):
+            ref = blur_dimension(ref, float(sig[j, a]), a)
+        assert torch.allclose(ref[0], y[b, c], atol=1e-5)
+    untouched = [(b, c) for b in range(3) for c in range(2) if [b, c] not in hit]
+    assert all(torch.equal(x[b, c], y[b, c]) for b, c in untouched)
+
+
+@pytest.mark.parametrize("invert", [False, True])
+def test_device_gamma_is_batchgenerators_gamma_with_the_drawn_gamma(invert):
+    """Per channel the same formula as GammaTransform (min/range scaling, statistics kept, inverted or not) for
+    the gamma drawn for that channel (replayed from the seed: the BGContrast branch, then the value)."""
+    x = torch.randn((3, 2, 12, 16, 10)) * 2 + 1
+    sel = torch.tensor([True, False, True])
+    torch.manual_seed(3)
+    y = intensity.gamma(x.clone(), sel, (0.7, 1.5), invert=invert)
+    torch.manual_seed(3)
+    below = torch.empty((2, 2)).uniform_(0.7, 1.0)
+    above = torch.empty((2, 2)).uniform_(1.0, 1.5)
+    g = torch.where(torch.rand((2, 2)) < 0.5, below, above)
+    for j, b in enumerate((0, 2)):
+        for c in range(2):
+            worker = GammaTransform(gamma=float(g[j, c]), p_invert_image=float(invert), synchronize_channels=False,
+                                    p_per_channel=1, p_retain_stats=1)
+            ref = worker(image=x[b, c][None].clone())["image"][0]
+            assert torch.allclose(ref, y[b, c], atol=1e-4), (b, c, (ref - y[b, c]).abs().max())
+    assert torch.equal(x[1], y[1])
+
+
+@pytest.mark.parametrize("scales", [[[1, 1], [0.5, 0.5], [0.25, 0.25]],
+                                    [[1, 1, 1], [1, 0.5, 0.5], [0.5, 0.25, 0.25], [0.25, 0.125, 0.125]]],
+                         ids=["2d", "3d"])
+def test_device_deep_supervision_targets_equal_the_worker_downsampling(scales):
+    shape = (96, 80) if len(scales[0]) == 2 else (8, 96, 80)  # big enough for the deformation to move voxels
+    target = torch.randint(-1, 37, (3, 2, *shape), dtype=torch.int16)  # seg + skeleton channel, padding -1
+    got = downsample_for_ds(target, scales)
+    worker = [DownsampleSegForDSTransform(ds_scales=scales)(segmentation=target[i])["segmentation"] for i in range(3)]
+    assert len(got) == len(scales)
+    for k, g in enumerate(got):
+        assert g.dtype == torch.int16 and torch.equal(g, torch.stack([w[k] for w in worker]))
+    # DeviceAugmentation hands nnU-Net's train_step the list; with everything off it is exactly the worker's
+    aug = DeviceAugmentation({k: 0.0 for k in AUG_PROBABILITIES}, ds_scales=scales)
+    data, out = aug(torch.randn((3, 1, *shape)), target.clone())
+    assert isinstance(out, list) and all(torch.equal(o, g) for o, g in zip(out, got))
+    # after an elastic deformation every scale is the downsampled deformed full-resolution target
+    aug = DeviceAugmentation(dict({k: 0.0 for k in AUG_PROBABILITIES}, elastic=1.0), ds_scales=scales)
+    _, out = aug(torch.randn((3, 1, *shape)), target.clone())
+    assert not torch.equal(out[0], target)
+    assert all(torch.equal(o, d) for o, d in zip(out, downsample_for_ds(out[0], scales)))
 
 
 def test_per_slice_skeleton_is_the_2d_skeleton_of_each_slice_inside_its_class():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from nnunet_wmhloc.training.skeleton import SkeletonTransform, skeleton_labels
+from nnunet_wmhloc.training.skeleton import SkeletonTransform, skeleton_labels, skeleton_labels_per_slice
 
 
 def test_2d_bar_skeleton_is_its_centre_line():
@@ -174,3 +174,27 @@ def test_fast_skeleton_labels_equals_the_per_class_reference(name, seg, labels):
         assert np.array_equal(got, ref), f"{name}, tube={tube}: {(got != ref).sum()} voxels differ"
     if name.startswith("3d-even"):
         assert (ref > 0).any()  # the cases exercise the #3757 fall-back, not only empty outputs
+
+
+@pytest.mark.parametrize("name,seg,labels", [c for c in _equality_cases() if c[0].startswith("3d")],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_per_slice_skeleton_equals_the_reference_of_every_slice(name, seg, labels):
+    # pseudo-2D patches: one class map, per-slice thinning and one in-plane tube must be the 2D reference per slice
+    for tube in (0, 1, 2, 3):
+        ref = np.stack([_reference_skeleton_labels(seg[z], labels, tube) for z in range(seg.shape[0])])
+        got = skeleton_labels_per_slice(seg, labels, tube)
+        assert got.dtype == np.int16 and np.array_equal(got, ref), f"{name}, tube={tube}: {(got != ref).sum()} differ"
+
+
+def test_per_slice_skeleton_of_real_region_maps_equals_the_reference(shared_data):
+    import SimpleITK as sitk
+    files = sorted((shared_data / "wmhlocalization" / "WMH_refined_labels" / "Train").glob("WMH_*.nii.gz"))[:2]
+    assert files
+    for f in files:
+        reg = sitk.GetArrayFromImage(sitk.ReadImage(str(f))).astype(np.int16)
+        seg = np.full((40, 224, 192), -1, np.int16)  # a pseudo-2D 3d_fullres patch with nnU-Net's -1 padding
+        part = reg[10:50, 8:232, 40:232]
+        seg[:part.shape[0], :part.shape[1], :part.shape[2]] = part
+        ref = np.stack([_reference_skeleton_labels(s, range(1, 37), 2) for s in seg])
+        got = skeleton_labels_per_slice(seg, range(1, 37), 2)
+        assert len(np.unique(got)) > 30 and np.array_equal(got, ref), f"{f.name}: {(got != ref).sum()} differ"

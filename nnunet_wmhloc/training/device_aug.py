@@ -1,8 +1,11 @@
 """The augmentation nnU-Net's default pipeline lacks, run batched on the training device in `train_step`
 (after the batch has moved there) instead of on the data-loader workers, which on a GPU server are the
-bottleneck: elastic deformation, bias field, ghosting, motion and multiplicative noise (nnU-Net's additive Gaussian
-noise optionally, off by default: it is nnU-Net's own and cheap, and stays on the workers). Parameter distributions and per-sample probabilities are the worker-side ones
-(transforms.py, SpatialTransform's elastic branch); tests/test_training_device_aug.py compares them.
+bottleneck: elastic deformation, bias field, ghosting, motion and multiplicative noise, and nnU-Net's own
+Gaussian blur and gamma transforms (the costliest of nnU-Net's worker pipeline after the spatial transform;
+nnU-Net's additive Gaussian noise optionally, off by default: it is cheap and stays on the workers). They run
+after the workers' transforms (blur, then gamma, last, in nnU-Net's order), each with its worker-side parameter
+distribution and per-sample probability (transforms.py, SpatialTransform's elastic branch);
+tests/test_training_device_aug.py compares them.
 
 Elastic deformation: per sample, each displacement component d is N(0, 1) noise blurred (in Fourier space, as
 batchgeneratorsv2 does) with sigma = U(0.05, 0.15) x patch edge d, scaled to a maximum of U(0, 0.03) x patch
@@ -11,6 +14,9 @@ scale, the skeleton channel) with nearest neighbour from the same normalised fie
 label, left/right labels after the workers' swap-mirroring) move with the image and keep their values.
 The patch is already cropped: samples falling outside it take the border value. Pseudo-2D patches (nnU-Net's
 dummy 2D augmentation) get one in-plane field for all slices, as on the workers.
+
+Deep-supervision targets: with `ds_scales` the workers stop before nnU-Net's DownsampleSegForDSTransform and
+the downsampling runs here, batched, after the deformation (`downsample_for_ds`, the same nearest-exact rule).
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_wmhloc.training import intensity
+from nnunet_wmhloc.training.transforms import NNUNET_BLUR, NNUNET_GAMMA
 
 
 def _fourier_gaussian_blur(noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -80,20 +87,48 @@ def warp(x: torch.Tensor, field: torch.Tensor, nd: int, nearest: bool) -> torch.
     return out.to(x.dtype).reshape(x.shape)
 
 
+def downsample_for_ds(target: torch.Tensor, scales) -> List[torch.Tensor]:
+    """Deep-supervision targets of a batched (n, C, *spatial) target: batchgeneratorsv2's
+    DownsampleSegForDSTransform (nearest-exact per scale, scale 1 as is), on the whole batch at once."""
+    out, flt = [], None
+    for s in scales:
+        s = [s] * (target.ndim - 2) if not isinstance(s, (tuple, list)) else list(s)
+        if all(i == 1 for i in s):
+            out.append(target)
+            continue
+        if flt is None:
+            flt = target.float()
+        shape = [round(i * j) for i, j in zip(target.shape[2:], s)]
+        out.append(F.interpolate(flt, shape, mode="nearest-exact").to(target.dtype))
+    return out
+
+
 class DeviceAugmentation:
     """Batched augmentation of (data, target[s]) on their device; `probabilities` as transforms.AUG_PROBABILITIES
-    (elastic, bias_field, ghosting, motion, multiplicative_noise), plus optionally `gaussian_noise` (default 0).
+    (elastic, bias_field, ghosting, motion, multiplicative_noise), plus optionally `gaussian_noise` and
+    `gaussian_blur`, `gamma_inverted` and `gamma` (nnU-Net's, with transforms.NNUNET_BLUR's and NNUNET_GAMMA's
+    settings; default 0 for all four).
     `pseudo_2d`: the patch's first spatial axis is the slice axis (nnU-Net's dummy 2D augmentation).
-    `mask_channels`: channels normalised inside a mask (zero outside); they stay zero there."""
+    `mask_channels`: channels normalised inside a mask (zero outside); they stay zero there.
+    `ds_scales`: nnU-Net's deep-supervision scales; the workers then hand over the full-resolution target only
+    and the list of downsampled targets is made here, after the elastic deformation (as the worker pipeline
+    orders them), which also takes that work off the workers."""
 
-    def __init__(self, probabilities: dict, pseudo_2d: bool = False, mask_channels: Sequence[int] = ()):
+    def __init__(self, probabilities: dict, pseudo_2d: bool = False, mask_channels: Sequence[int] = (),
+                 ds_scales=None):
         self.p = dict(probabilities)
         self.p.setdefault("gaussian_noise", 0.0)
+        for key in ("gaussian_blur", "gamma_inverted", "gamma"):
+            self.p.setdefault(key, 0.0)
+        self.blur = {k: v for k, v in NNUNET_BLUR.items() if k != "probability"}
         self.pseudo_2d = bool(pseudo_2d)
         self.mask_channels = list(mask_channels)
+        self.ds_scales = [list(s) if isinstance(s, (tuple, list)) else s for s in ds_scales] \
+            if ds_scales is not None else None
 
     def __repr__(self):  # nnU-Net's debug.json records it
-        return f"DeviceAugmentation(p={self.p}, pseudo_2d={self.pseudo_2d}, mask_channels={self.mask_channels})"
+        return (f"DeviceAugmentation(p={self.p}, pseudo_2d={self.pseudo_2d}, mask_channels={self.mask_channels}, "
+                f"ds_scales={self.ds_scales})")
 
     def _draw(self, key: str, n: int, device) -> torch.Tensor:
         return torch.rand(n, device=device) < self.p[key]
@@ -125,7 +160,13 @@ class DeviceAugmentation:
         data = intensity.motion(data, self._draw("motion", n, dev))
         data = intensity.multiplicative_noise(data, self._draw("multiplicative_noise", n, dev))
         data = intensity.gaussian_noise(data, self._draw("gaussian_noise", n, dev))
+        data = intensity.gaussian_blur(data, self._draw("gaussian_blur", n, dev), self.blur["sigma"],
+                                       self.blur["p_per_channel"])
+        data = intensity.gamma(data, self._draw("gamma_inverted", n, dev), NNUNET_GAMMA["range"], invert=True)
+        data = intensity.gamma(data, self._draw("gamma", n, dev), NNUNET_GAMMA["range"])
         if zero is not None:
             sub = data[:, self.mask_channels]
             data[:, self.mask_channels] = torch.where(zero, torch.zeros_like(sub), sub)
+        if self.ds_scales is not None and not isinstance(target, list):
+            return data, downsample_for_ds(targets[0], self.ds_scales)
         return data, (targets if isinstance(target, list) else targets[0])

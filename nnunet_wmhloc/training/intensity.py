@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def _uniform(lo: float, hi: float, shape, like: torch.Tensor) -> torch.Tensor:
@@ -145,3 +146,85 @@ def motion(x: torch.Tensor, sel: torch.Tensor, num_movements=(1, 3), max_shift=(
     x[idx] = torch.fft.ifftn(spec, dim=_spatial(v)).real.to(x.dtype)
     return x
 
+
+
+def _odd_size(n: float) -> int:
+    """batchgeneratorsv2's _round_to_nearest_odd."""
+    r = round(n)
+    return r if r % 2 == 1 else (r + 1 if n - r >= 0 else r - 1)
+
+
+def _blur_kernels(sigma: torch.Tensor, truncate: float, radius: int) -> torch.Tensor:
+    """(k, 2 radius + 1) Gaussian kernels, one per sigma: batchgeneratorsv2's _build_kernel (its odd kernel
+    size round_to_nearest_odd(truncate sigma + 0.5), normalised to sum 1), centred in zeros up to `radius`."""
+    n = sigma * truncate + 0.5
+    r = torch.round(n)  # half to even, as Python's round
+    size = torch.where(r % 2 == 1, r, torch.where(n - r >= 0, r + 1, r - 1))
+    half = (size - 1) / 2
+    t = torch.arange(-radius, radius + 1, device=sigma.device, dtype=torch.float32)[None]
+    pdf = torch.exp(-0.5 * (t / sigma[:, None]) ** 2) * (t.abs() <= half[:, None])
+    return pdf / pdf.sum(dim=1, keepdim=True)
+
+
+def gaussian_blur(x: torch.Tensor, sel: torch.Tensor, sigma=(0.5, 1.0), p_per_channel: float = 0.5,
+                  truncate: float = 6.0) -> torch.Tensor:
+    """nnU-Net's GaussianBlurTransform(blur_sigma, synchronize_channels=False, synchronize_axes=False,
+    p_per_channel): each channel of a selected sample with probability p_per_channel, blurred along every
+    spatial axis in turn with its own sigma ~ U(sigma) (batchgeneratorsv2's kernel, reflect padding); all
+    blurred channels of the batch in one grouped convolution per axis."""
+    n, c, shape = x.shape[0], x.shape[1], x.shape[2:]
+    nd = len(shape)
+    hit = (sel[:, None] & (torch.rand((n, c), device=x.device) < p_per_channel)).nonzero()
+    if not hit.shape[0]:
+        return x
+    v = x[hit[:, 0], hit[:, 1]][None].float()  # (1, k, *shape): one group per blurred channel
+    k = v.shape[1]
+    sig = _uniform(*sigma, (k, nd), v)
+    radius = (_odd_size(max(sigma) * truncate + 0.5) - 1) // 2  # the largest kernel's half (size grows with sigma)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
+    for a in range(nd):
+        w = _blur_kernels(sig[:, a], truncate, radius)
+        shp = [k, 1] + [1] * nd
+        shp[2 + a] = 2 * radius + 1
+        pad = [0, 0] * nd
+        pad[2 * (nd - 1 - a)] = pad[2 * (nd - 1 - a) + 1] = radius
+        v = conv(F.pad(v, pad, mode="reflect"), w.view(shp), groups=k)
+    x[hit[:, 0], hit[:, 1]] = v[0].to(x.dtype)
+    return x
+
+
+def _bg_contrast(value_range, shape, like: torch.Tensor) -> torch.Tensor:
+    """batchgeneratorsv2's BGContrast draw: with probability 1/2 (when the range reaches below 1) U(lo, 1),
+    else U(max(lo, 1), hi)."""
+    lo, hi = value_range
+    below = _uniform(lo, 1.0, shape, like) if lo < 1 else None
+    above = _uniform(max(lo, 1.0), hi, shape, like)
+    if below is None:
+        return above
+    return torch.where(torch.rand(shape, device=like.device) < 0.5, below, above)
+
+
+def gamma(x: torch.Tensor, sel: torch.Tensor, gamma_range=(0.7, 1.5), invert: bool = False,
+          retain_stats: bool = True, eps: float = 1e-7) -> torch.Tensor:
+    """nnU-Net's GammaTransform(BGContrast(gamma_range), p_invert_image=invert, synchronize_channels=False,
+    p_per_channel=1, p_retain_stats=retain_stats): per channel, x -> ((x - min) / range) ** g * range + min,
+    g drawn per channel; on the negated image when inverting; mean and standard deviation kept."""
+    idx = sel.nonzero().flatten()
+    if not idx.numel():
+        return x
+    v = x[idx].float()
+    if invert:
+        v = -v
+    dims = _spatial(v)
+    if retain_stats:
+        mean, std = v.mean(dim=dims, keepdim=True), v.std(dim=dims, keepdim=True)
+    lo = v.amin(dim=dims, keepdim=True)
+    rng = v.amax(dim=dims, keepdim=True) - lo
+    g = _bcast(_bg_contrast(gamma_range, v.shape[:2], v), v.ndim - 2)
+    v = ((v - lo) / rng.clamp_min(eps)) ** g * rng + lo
+    if retain_stats:
+        v = (v - v.mean(dim=dims, keepdim=True)) * (std / v.std(dim=dims, keepdim=True).clamp_min(eps)) + mean
+    if invert:
+        v = -v
+    x[idx] = v.to(x.dtype)
+    return x

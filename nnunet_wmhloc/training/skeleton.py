@@ -56,29 +56,53 @@ def _class_map(seg: np.ndarray, wanted: list[int]) -> tuple[np.ndarray, int]:
     return (work if work.dtype.kind in "iu" else work.astype(np.int32)), 0
 
 
-def _tube(out: np.ndarray, work: np.ndarray, steps: int) -> None:
-    """Grow the skeleton label map `out` in place by `steps` face-connected steps, each voxel only into its own
-    class of `work` (same codes). Equal to a per-class binary_dilation(cross, iterations=steps, mask=class),
-    done on the skeleton's voxel indices only: the skeleton is sparse, the patch is not."""
+def _tube(out: np.ndarray, work: np.ndarray, steps: int, axes: Sequence[int] | None = None) -> None:
+    """Grow the skeleton label map `out` in place by `steps` face-connected steps (along `axes` only, default
+    all), each voxel only into its own class of `work` (same codes). Equal to a per-class
+    binary_dilation(cross, iterations=steps, mask=class), done on the skeleton's voxel indices only: the
+    skeleton is sparse, the patch is not. `out` and `work` carry a border of one background voxel along
+    `axes` (`_padded`), where growth stops, so neighbours need no bounds checks."""
+    axes = range(out.ndim) if axes is None else axes
     flat_out, flat_work = out.reshape(-1), work.reshape(-1)
-    strides = [int(np.prod(out.shape[a + 1:])) for a in range(out.ndim)]
+    offsets = [d * int(np.prod(out.shape[a + 1:])) for a in axes for d in (-1, 1)]
     front = np.flatnonzero(flat_out)
     for _ in range(steps):
         if not front.size:
             break
-        coords = np.unravel_index(front, out.shape)
+        cls = flat_out[front]
         grown = []
-        for a, n in enumerate(out.shape):
-            for d in (-1, 1):
-                ok = (coords[a] >= 1) if d < 0 else (coords[a] < n - 1)
-                src = front[ok]
-                nb = src + d * strides[a]
-                cls = flat_out[src]
-                new = (flat_out[nb] == 0) & (flat_work[nb] == cls)
-                # marking at once is safe: voxels added in this step are not grown from until the next one
-                flat_out[nb[new]] = cls[new]
-                grown.append(nb[new])
+        for off in offsets:
+            nb = front + off
+            new = flat_out[nb] == 0
+            new &= flat_work[nb] == cls
+            nb = nb[new]
+            # marking at once is safe: voxels added in this step are not grown from until the next one
+            flat_out[nb] = cls[new]
+            grown.append(nb)
         front = np.concatenate(grown)
+
+
+def _padded(work: np.ndarray, box: tuple[slice, ...], axes: Sequence[int]) -> tuple[np.ndarray, tuple]:
+    """work[box] in a fresh array with one background voxel on both sides along `axes`, and the slices of
+    that array holding work[box]."""
+    inner = tuple(slice(1, -1) if a in axes else slice(None) for a in range(work.ndim))
+    shape = [(s.stop - s.start) + (2 if a in axes else 0) for a, s in enumerate(box)]
+    out = np.zeros(shape, dtype=work.dtype)
+    out[inner] = work[box]
+    return out, inner
+
+
+def _foreground_box(work: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of work > 0 (None when empty): find_objects then scans only it (brain patches are mostly
+    background)."""
+    fg = work > 0
+    box = []
+    for a in range(work.ndim):
+        nz = np.flatnonzero(fg.any(axis=tuple(b for b in range(work.ndim) if b != a)))
+        if not nz.size:
+            return None
+        box.append(slice(int(nz[0]), int(nz[-1]) + 1))
+    return tuple(box)
 
 
 def skeleton_labels(seg: np.ndarray, labels: Iterable[int], tube: int = 2) -> np.ndarray:
@@ -96,17 +120,13 @@ def skeleton_labels(seg: np.ndarray, labels: Iterable[int], tube: int = 2) -> np
     if not wanted or not seg.size:
         return out
     work, single = _class_map(seg, wanted)
-    # bounding box of the foreground: find_objects then scans only it (brain patches are mostly background)
-    fg = work > 0
-    box = []
-    for a in range(seg.ndim):
-        nz = np.flatnonzero(fg.any(axis=tuple(b for b in range(seg.ndim) if b != a)))
-        if not nz.size:
-            return out
-        box.append(slice(int(nz[0]), int(nz[-1]) + 1))
-    box = tuple(box)
-    wbox = np.ascontiguousarray(work[box])
-    obox = np.zeros(wbox.shape, dtype=np.int16)
+    box = _foreground_box(work)
+    if box is None:
+        return out
+    axes = tuple(range(seg.ndim))
+    wpad, inner = _padded(work, box, axes)
+    opad = np.zeros(wpad.shape, dtype=np.int16)
+    wbox, obox = wpad[inner], opad[inner]
     keep = set(wanted)
     for c0, sl in enumerate(ndi.find_objects(wbox)):
         c = c0 + 1
@@ -114,7 +134,7 @@ def skeleton_labels(seg: np.ndarray, labels: Iterable[int], tube: int = 2) -> np
             continue
         obox[sl][_thin(wbox[sl] == c)] = c
     if tube > 0:
-        _tube(obox, wbox, tube)
+        _tube(opad, wpad, tube, axes)
     out[box] = obox
     if single and single != 1:
         out[out > 0] = single
@@ -123,15 +143,36 @@ def skeleton_labels(seg: np.ndarray, labels: Iterable[int], tube: int = 2) -> np
 
 def skeleton_labels_per_slice(seg: np.ndarray, labels: Iterable[int], tube: int = 2) -> np.ndarray:
     """`skeleton_labels` of every slice along the first axis of a 3D map (for anisotropic, pseudo-2D patches:
-    2D thinning is cheaper than 3D thinning and keeps even-thickness objects, see `_thin`)."""
+    2D thinning is cheaper than 3D thinning and keeps even-thickness objects, see `_thin`), equal to calling it
+    per slice. The class map is made once, each class is thinned inside its bounding box in each slice, and the
+    tubes of all slices grow together, in-plane."""
     seg = np.asarray(seg)
     out = np.zeros(seg.shape, dtype=np.int16)
-    wanted = [int(c) for c in labels if int(c) > 0]
+    wanted = sorted({int(c) for c in labels if int(c) > 0})
     if not wanted or not seg.size:
         return out
-    hit = np.isin(seg, wanted).any(axis=(1, 2)) if len(wanted) > 1 else (seg == wanted[0]).any(axis=(1, 2))
-    for z in np.flatnonzero(hit):
-        out[z] = skeleton_labels(seg[z], wanted, tube)
+    if seg.ndim != 3:
+        raise ValueError(f"per-slice skeletons need a 3D map, got {seg.ndim}D")
+    work, single = _class_map(seg, wanted)
+    box = _foreground_box(work)
+    if box is None:
+        return out
+    wpad, inner = _padded(work, box, (1, 2))
+    opad = np.zeros(wpad.shape, dtype=np.int16)
+    wbox, obox = wpad[inner], opad[inner]
+    keep = set(wanted)
+    for z in range(wbox.shape[0]):
+        wz, oz = wbox[z], obox[z]
+        for c0, sl in enumerate(ndi.find_objects(wz)):
+            c = c0 + 1
+            if sl is None or (not single and c not in keep):
+                continue
+            oz[sl][skeletonize(wz[sl] == c)] = c
+    if tube > 0:
+        _tube(opad, wpad, tube, axes=(1, 2))
+    out[box] = obox
+    if single and single != 1:
+        out[out > 0] = single
     return out
 
 

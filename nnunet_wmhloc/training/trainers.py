@@ -33,7 +33,8 @@ from nnunet_wmhloc.training.device_aug import DeviceAugmentation
 from nnunet_wmhloc.training.laterality import (MAX_ROTATION_DEG, lr_pairs, lr_patch_axis, make_lr_symmetric,
                                                rotation_capped, set_lr_symmetry)
 from nnunet_wmhloc.training.loss import DC_CE_SR_loss, SkeletonRecallLoss
-from nnunet_wmhloc.training.transforms import AUG_PROBABILITIES, training_transforms, validation_transforms
+from nnunet_wmhloc.training.transforms import (AUG_PROBABILITIES, NNUNET_BLUR, NNUNET_GAMMA, training_transforms,
+                                               validation_transforms)
 
 __all__ = [
     "nnUNetTrainerWMHLoc", "nnUNetTrainerWMHLocCEDC",
@@ -50,8 +51,9 @@ class nnUNetTrainerWMHLocCEDC(nnUNetTrainer):
 
     skeleton_channel = False  # nnUNetTrainerWMHLoc: the SR target travels as an extra segmentation channel
     lr_max_rotation_deg = MAX_ROTATION_DEG  # datasets with left/right pairs: rotations turning the LR axis
-    # elastic + MRI intensity augmentation batched on the training device in train_step (device_aug.py), off
-    # the data-loader workers; False keeps all of it in the worker pipeline
+    # elastic + MRI intensity augmentation, nnU-Net's Gaussian blur and gamma, and the deep-supervision downsampling
+    # batched on the training device in train_step (device_aug.py), off the data-loader workers; False keeps
+    # all of it in the worker pipeline
     intensity_on_device = True
     device_augmentation: DeviceAugmentation | None = None
 
@@ -120,23 +122,34 @@ class nnUNetTrainerWMHLocCEDC(nnUNetTrainer):
         axis, pairs = self.laterality()
         on_device = bool(self.intensity_on_device)
         if on_device:
+            # the deep-supervision downsampling moves to the device too (after the deformation there)
             masked = [i for i, m in enumerate(use_mask_for_norm or []) if m]
-            self.device_augmentation = DeviceAugmentation(AUG_PROBABILITIES, pseudo_2d=do_dummy_2d_data_aug,
-                                                          mask_channels=masked)
+            self.device_augmentation = DeviceAugmentation(dict(AUG_PROBABILITIES,
+                                                               gaussian_blur=NNUNET_BLUR["probability"],
+                                                               gamma_inverted=NNUNET_GAMMA["probability_inverted"],
+                                                               gamma=NNUNET_GAMMA["probability"]),
+                                                          pseudo_2d=do_dummy_2d_data_aug,
+                                                          mask_channels=masked, ds_scales=deep_supervision_scales)
+            deep_supervision_scales = None
         return training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                    do_dummy_2d_data_aug, use_mask_for_norm, is_cascaded, foreground_labels,
                                    regions, ignore_label, skeleton=self.skeleton_channel, lr_axis=axis,
                                    lr_pairs=pairs, on_device=on_device)
 
+    def on_device(self, batch: dict) -> dict:
+        """A training batch from the workers moved to the device, augmented there and, with deep supervision,
+        given its list of downsampled targets: what nnU-Net's train_step then trains on."""
+        if self.device_augmentation is None:
+            return batch
+        target = batch['target']
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) else \
+            target.to(self.device, non_blocking=True)
+        data, target = self.device_augmentation(batch['data'].to(self.device, non_blocking=True), target)
+        return dict(batch, data=data, target=target)
+
     def train_step(self, batch: dict) -> dict:
-        # nnU-Net's train_step; the batch is moved and augmented on the device first (its .to() is then a no-op)
-        if self.device_augmentation is not None:
-            target = batch['target']
-            target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) else \
-                target.to(self.device, non_blocking=True)
-            data, target = self.device_augmentation(batch['data'].to(self.device, non_blocking=True), target)
-            batch = dict(batch, data=data, target=target)
-        return super().train_step(batch)
+        # nnU-Net's train_step on the device-side batch (its .to() is then a no-op)
+        return super().train_step(self.on_device(batch))
 
 
 class nnUNetTrainerWMHLoc(nnUNetTrainerWMHLocCEDC):

@@ -48,6 +48,11 @@ AUG_PROBABILITIES = {
     "multiplicative_noise": 0.15,
 }
 
+# nnU-Net's own Gaussian blur (its default pipeline's settings): on the workers, or batched on the device
+NNUNET_BLUR = {"probability": 0.2, "sigma": (0.5, 1.0), "p_per_channel": 0.5}
+# and its two gamma transforms (on the inverted image, then on the image; every channel, statistics kept)
+NNUNET_GAMMA = {"probability_inverted": 0.1, "probability": 0.3, "range": (0.7, 1.5)}
+
 
 def _spatial_axes(img: torch.Tensor) -> Tuple[int, ...]:
     return tuple(range(1, img.ndim))
@@ -301,8 +306,9 @@ def training_transforms(
     With `lr_pairs`, a mirror along `lr_axis` swaps each left label with its right partner (laterality.py);
     the skeleton channel is built after mirroring, from the swapped labels.
     `on_device=True` leaves out what device_aug.DeviceAugmentation does in the trainer's train_step (elastic
-    deformation, the MRI intensity transforms); pseudo-2D patches then get per-slice
-    skeletons (thinner work than 3D thinning, and the slices are what the in-plane augmentation moves)."""
+    deformation, the MRI intensity transforms, nnU-Net's Gaussian blur and gamma; the deep-supervision
+    downsampling when the caller passes no scales); pseudo-2D patches then get per-slice skeletons (thinner work
+    than 3D thinning, and the slices are what the in-plane augmentation moves)."""
     p = dict(AUG_PROBABILITIES, **(probabilities or {}))
     transforms = []
     if do_dummy_2d_data_aug:
@@ -326,9 +332,11 @@ def training_transforms(
         transforms.extend(mri_transforms(p))
     transforms.append(RandomTransform(GaussianNoiseTransform(
         noise_variance=(0, 0.1), p_per_channel=1, synchronize_channels=True), apply_probability=0.1))
-    transforms.append(RandomTransform(GaussianBlurTransform(
-        blur_sigma=(0.5, 1.), synchronize_channels=False, synchronize_axes=False, p_per_channel=0.5,
-        benchmark=True), apply_probability=0.2))
+    if not on_device:
+        transforms.append(RandomTransform(GaussianBlurTransform(
+            blur_sigma=NNUNET_BLUR["sigma"], synchronize_channels=False, synchronize_axes=False,
+            p_per_channel=NNUNET_BLUR["p_per_channel"], benchmark=True),
+            apply_probability=NNUNET_BLUR["probability"]))
     transforms.append(RandomTransform(MultiplicativeBrightnessTransform(
         multiplier_range=BGContrast((0.75, 1.25)), synchronize_channels=False, p_per_channel=1),
         apply_probability=0.15))
@@ -338,12 +346,12 @@ def training_transforms(
     transforms.append(RandomTransform(SimulateLowResolutionTransform(
         scale=(0.5, 1), synchronize_channels=False, synchronize_axes=True, ignore_axes=ignore_axes,
         allowed_channels=None, p_per_channel=0.5), apply_probability=0.25))
-    transforms.append(RandomTransform(GammaTransform(
-        gamma=BGContrast((0.7, 1.5)), p_invert_image=1, synchronize_channels=False, p_per_channel=1,
-        p_retain_stats=1), apply_probability=0.1))
-    transforms.append(RandomTransform(GammaTransform(
-        gamma=BGContrast((0.7, 1.5)), p_invert_image=0, synchronize_channels=False, p_per_channel=1,
-        p_retain_stats=1), apply_probability=0.3))
+    if not on_device:
+        for invert in (1, 0):
+            transforms.append(RandomTransform(GammaTransform(
+                gamma=BGContrast(NNUNET_GAMMA["range"]), p_invert_image=invert, synchronize_channels=False,
+                p_per_channel=1, p_retain_stats=1),
+                apply_probability=NNUNET_GAMMA["probability_inverted" if invert else "probability"]))
     if mirror_axes is not None and len(mirror_axes) > 0:
         if lr_pairs and lr_axis is not None and lr_axis in mirror_axes:
             transforms.append(LRSwapMirrorTransform(mirror_axes, lr_axis, lr_pairs))
