@@ -114,31 +114,7 @@ def skeleton_labels(seg: np.ndarray, labels: Iterable[int], tube: int = 2) -> np
     own bounding box (one `find_objects` pass over the foreground's bounding box), which keeps the 37-class
     region maps cheap; the tubes of all classes are grown together on the skeleton voxels.
     """
-    seg = np.asarray(seg)
-    out = np.zeros(seg.shape, dtype=np.int16)
-    wanted = sorted({int(c) for c in labels if int(c) > 0})
-    if not wanted or not seg.size:
-        return out
-    work, single = _class_map(seg, wanted)
-    box = _foreground_box(work)
-    if box is None:
-        return out
-    axes = tuple(range(seg.ndim))
-    wpad, inner = _padded(work, box, axes)
-    opad = np.zeros(wpad.shape, dtype=np.int16)
-    wbox, obox = wpad[inner], opad[inner]
-    keep = set(wanted)
-    for c0, sl in enumerate(ndi.find_objects(wbox)):
-        c = c0 + 1
-        if sl is None or (not single and c not in keep):
-            continue
-        obox[sl][_thin(wbox[sl] == c)] = c
-    if tube > 0:
-        _tube(opad, wpad, tube, axes)
-    out[box] = obox
-    if single and single != 1:
-        out[out > 0] = single
-    return out
+    return _skeletons(seg, labels, tube, per_slice=False)
 
 
 def skeleton_labels_per_slice(seg: np.ndarray, labels: Iterable[int], tube: int = 2) -> np.ndarray:
@@ -146,30 +122,34 @@ def skeleton_labels_per_slice(seg: np.ndarray, labels: Iterable[int], tube: int 
     2D thinning is cheaper than 3D thinning and keeps even-thickness objects, see `_thin`), equal to calling it
     per slice. The class map is made once, each class is thinned inside its bounding box in each slice, and the
     tubes of all slices grow together, in-plane."""
+    if np.ndim(seg) != 3:
+        raise ValueError(f"per-slice skeletons need a 3D map, got {np.ndim(seg)}D")
+    return _skeletons(seg, labels, tube, per_slice=True)
+
+
+def _skeletons(seg, labels, tube: int, per_slice: bool) -> np.ndarray:
     seg = np.asarray(seg)
     out = np.zeros(seg.shape, dtype=np.int16)
     wanted = sorted({int(c) for c in labels if int(c) > 0})
     if not wanted or not seg.size:
         return out
-    if seg.ndim != 3:
-        raise ValueError(f"per-slice skeletons need a 3D map, got {seg.ndim}D")
     work, single = _class_map(seg, wanted)
     box = _foreground_box(work)
     if box is None:
         return out
-    wpad, inner = _padded(work, box, (1, 2))
+    axes = tuple(range(1 if per_slice else 0, seg.ndim))  # per slice: thinning and tube in-plane only
+    wpad, inner = _padded(work, box, axes)
     opad = np.zeros(wpad.shape, dtype=np.int16)
     wbox, obox = wpad[inner], opad[inner]
     keep = set(wanted)
-    for z in range(wbox.shape[0]):
-        wz, oz = wbox[z], obox[z]
-        for c0, sl in enumerate(ndi.find_objects(wz)):
+    for w, o in (zip(wbox, obox) if per_slice else [(wbox, obox)]):
+        for c0, sl in enumerate(ndi.find_objects(w)):
             c = c0 + 1
             if sl is None or (not single and c not in keep):
                 continue
-            oz[sl][skeletonize(wz[sl] == c)] = c
+            o[sl][_thin(w[sl] == c)] = c
     if tube > 0:
-        _tube(opad, wpad, tube, axes=(1, 2))
+        _tube(opad, wpad, tube, axes)
     out[box] = obox
     if single and single != 1:
         out[out > 0] = single
