@@ -19,7 +19,8 @@ from browser import CDN_STYLESHEET, break_report, find_chromium, render
 from conftest import DEMO_ARGS
 
 STAGES = ["synth", "convert", "preprocess", "train_lesion", "train_region", "choose", "predict", "fuse", "localize",
-          "location", "cluster", "evaluate", "model_free", "report"]
+          "location", "model_free", "cluster", "evaluate", "report"]
+DEMO_ONLY = ("synth", "model_free")  # the stages only --demo runs
 
 
 def _run(args, timeout=1800, env=None):

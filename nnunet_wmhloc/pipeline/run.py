@@ -8,9 +8,9 @@ Stages (each resumable, logged to <output>/logs/<stage>.log, marked done in <out
 synth (--demo) -> convert -> preprocess -> train_lesion -> train_region -> choose (FLAIR, T1 or fused per task,
 from the cross-validation probabilities; recorded in <output>/choice/fusion.json for wmhloc_export_models) ->
 predict (T1 and FLAIR cases of the test split) -> fuse -> localize -> location (location classes and atlas-space
-lesion maps, with --atlas-dir; --demo uses its own synthetic atlas) -> cluster -> evaluate (when references exist)
--> model_free (--demo: wmhloc_predict's model-free path on the test subjects' reference lesion masks, regions by
-the atlas registration, into <output>/model_free/, timed) -> report.
+lesion maps, with --atlas-dir; --demo uses its own synthetic atlas) -> model_free (--demo: wmhloc_predict's
+model-free path on the test subjects' reference lesion masks, regions by the atlas registration, into
+<output>/model_free/, timed) -> cluster -> evaluate (when references exist) -> report.
 A re-run skips finished stages; `--force STAGE` redoes that stage and the ones after it.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext
 from nnunet_wmhloc.vocab import dataset_folders
 
 STAGES = ("synth", "convert", "preprocess", "train_lesion", "train_region", "choose", "predict", "fuse", "localize",
-          "location", "cluster", "evaluate", "model_free", "report")
+          "location", "model_free", "cluster", "evaluate", "report")
 # --quick: what a 2-core CPU trains in a few minutes per model: 2d, fold 0, epochs of 20 steps of the planned batch
 # (at most 8), AdamW (nnU-Net's SGD barely starts learning in so few steps); the 37-class region model gets more
 # epochs. Measured on the demo: batch 6 beats batch 4 at equal epochs (lesion Dice 0.50 vs 0.37)
@@ -344,14 +344,14 @@ class RunPlan:
                   description="regional lesion loads"),
             Stage("location", self.location, {"atlas_dir": str(self.atlas_dir), "pv_distance": a.pv_distance},
                   description="location classes and atlas-space lesion maps (--atlas-dir)"),
+            Stage("model_free", self.model_free, {"atlas_dir": str(self.atlas_dir), "pv_distance": a.pv_distance},
+                  enabled=a.demo, description="model-free run on the reference lesion masks (wmhloc_predict "
+                                              "--lesions csv --regions atlas)"),
             Stage("cluster", lambda c: common.cluster_stage(c, k_max=a.k_max, atlas=a.atlas),
                   {"k_max": a.k_max, "atlas": a.atlas}, description="k-means on regional loads"),
             Stage("evaluate", lambda c: common.evaluate_stage(c, self.references(),
                                                               self.dataset("lesion") / "subjects.csv"),
                   description="against the references"),
-            Stage("model_free", self.model_free, {"atlas_dir": str(self.atlas_dir), "pv_distance": a.pv_distance},
-                  enabled=a.demo, description="model-free run on the reference lesion masks (wmhloc_predict "
-                                              "--lesions csv --regions atlas)"),
             Stage("report", self.report, description="report.html"),
         ]
 
