@@ -11,6 +11,8 @@
 <root>/localize/                                 regional_loads.csv, lesions.csv, regional_maps/
 <root>/location/                                 location classes and atlas-space maps (--atlas-dir)
 <root>/cluster/                                  k-means groups (when >= 3 subjects have WM lesions)
+<root>/demo_atlas/, model_free/                  wmhloc_run --demo: its atlas, and the model-free run (a layout
+                                                 of its own) on the test subjects' reference lesion masks
 <root>/evaluation/<task>_<setting>/, compare_<task>/   scores per setting and their comparison
 <root>/results/                                  the user-facing per-subject outputs (flat or BIDS)
 <root>/report/report.html                        the report, with its figures/ and tables/
@@ -81,6 +83,9 @@ class RunLayout:
     reference_loads = _below("localize", "reference", REGIONAL_LOADS)
     location = _below("location", doc="Location classes, ventricles and atlas-space maps (location_outputs.py).")
     cluster = _below("cluster")
+    demo_atlas = _below("demo_atlas", doc="wmhloc_run --demo's atlas folder (synth.write_demo_atlas).")
+    model_free = _below("model_free", doc="wmhloc_run --demo's model-free run: a RunLayout root of its own.")
+    model_free_summary = _below("model_free", "model_free.json")
     evaluation = _below("evaluation")
 
     def evaluation_setting(self, task: str, setting: str) -> Path:

@@ -19,7 +19,8 @@ from browser import CDN_STYLESHEET, break_report, find_chromium, render
 from conftest import DEMO_ARGS
 
 STAGES = ["synth", "convert", "preprocess", "train_lesion", "train_region", "choose", "predict", "fuse", "localize",
-          "location", "cluster", "evaluate", "report"]
+          "location", "model_free", "cluster", "evaluate", "report"]
+DEMO_ONLY = ("synth", "model_free")  # the stages only --demo runs
 
 
 def _run(args, timeout=1800, env=None):
@@ -102,10 +103,12 @@ def test_demo_report_and_outputs(demo):
     for s in STAGES:
         assert (out / "stages" / f"{s}.done").is_file(), s
         assert (out / "logs" / f"{s}.log").is_file(), s
-    # the demo has no atlas for registration (its synthetic heads are not brain-like): the location stage says
-    # so in one line and writes nothing, and the report has no location section
-    assert "location classes skipped: no --atlas-dir" in (out / "logs" / "location.log").read_text()
-    assert not (out / "location").exists() and "id='location'" not in (out / "report" / "report.html").read_text()
+    # the demo's own atlas (synth.write_demo_atlas): the location stage located every test subject's predicted
+    # lesions, and the report has the location section
+    assert (out / "demo_atlas" / "atlas.json").is_file()
+    located = _csv(out / "location" / "location_loads.csv")
+    assert len(located) == 10 and all(r["location_note"] == "" for r in located)
+    assert "id='location'" in (out / "report" / "report.html").read_text()
     # the figures come from a real training: nnU-Net's own log and checkpoints are there
     train_log = (out / "logs" / "train_lesion.log").read_text()
     assert "$ nnUNetv2_train 601 2d 0 -tr nnUNetTrainerWMHLoc_" in train_log and "Epoch time" in train_log
@@ -149,6 +152,37 @@ def test_demo_report_and_outputs(demo):
         assert _png_has_content(f), f
     text = html.read_text()
     assert "groups.csv" in text and "regional_loads.csv" in text and "Wilcoxon" in text
+    assert {"lesion_frequency_atlas.png", "model_free_lesion_frequency_atlas.png"} <= names
+
+
+@DEMO_FOLDER
+def test_demo_model_free_run(demo):
+    """The demo's second, model-free run (wmhloc_predict's --lesions csv --regions atlas functions) on the test
+    subjects' reference masks: its maps, loads and location classes in model_free/, its time in the report."""
+    out = demo["out"]
+    mf = out / "model_free"
+    summary = json.loads((mf / "model_free.json").read_text())
+    assert summary["seconds"] > 0 and len(summary["subjects"]) == 10
+    marker = json.loads((out / "stages" / "model_free.done").read_text())["summary"]
+    assert marker["seconds"] == summary["seconds"] and marker["located"] == 10 and marker["lesion_maps"] == 10
+    for task in ("lesion", "region"):
+        assert sorted(p.name[:-7] for p in (mf / "segmentations" / task).glob("*.nii.gz")) == summary["subjects"]
+    rows = {r["subject"]: r for r in _csv(mf / "localize" / "regional_loads.csv")}
+    # its lesions are the reference masks: the same volumes as the demo's reference loads
+    ref = {r["subject"]: r for r in _csv(out / "localize" / "reference" / "regional_loads.csv")}
+    assert sorted(rows) == sorted(ref) == summary["subjects"]
+    for s, r in rows.items():
+        assert math.isclose(float(r["total_mm3"]), float(ref[s]["total_mm3"]), rel_tol=1e-6, abs_tol=1e-6), s
+    # and the atlas regions cover them: lesion volume in the regions > 0, nearly all of it
+    inside = {s: float(r["total_mm3"]) - float(r["outside_mm3"]) for s, r in rows.items()}
+    total = sum(float(r["total_mm3"]) for r in rows.values())
+    assert all(v > 0 for s, v in inside.items() if float(rows[s]["total_mm3"]) > 0) and sum(inside.values()) > 0.9 * total
+    located = _csv(mf / "location" / "location_loads.csv")
+    assert len(located) == 10 and all(float(r["periventricular_mm3"]) + float(r["deep_mm3"])
+                                      + float(r["infratentorial_mm3"]) > 0 for r in located)
+    text = (out / "report" / "report.html").read_text()
+    assert "id='model-free'" in text and f"{summary['seconds']:.1f} s" in text
+    assert "tables/model_free_regional_loads.csv" in text
 
 
 @DEMO_FOLDER

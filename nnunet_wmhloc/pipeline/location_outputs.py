@@ -106,9 +106,10 @@ def locate_cohort(ctx, subjects: list, a, *, atlas_regions_too: bool, t1_of=None
     return {"located": len(masks), "not_located": len(loads) - len(masks)}
 
 
-def run_stage(ctx, images: Path, a) -> dict:
+def run_stage(ctx, images: Path, a, t1_of=None) -> dict:
     """wmhloc_run's location stage: every subject with a fused lesion map and a T1 among the test cases
-    (`images`); with no --atlas-dir one line and nothing written (an earlier run's location/ is removed)."""
+    (`images`; `t1_of(subject)` instead when given); with no --atlas-dir one line and nothing written (an
+    earlier run's location/ is removed)."""
     from types import SimpleNamespace
 
     if a.atlas_dir is None:
@@ -118,9 +119,10 @@ def run_stage(ctx, images: Path, a) -> dict:
     subjects = [SimpleNamespace(subject=p.name[:-len(".nii.gz")], images={})
                 for p in sorted(ctx.layout.segmentations("lesion").glob("*.nii.gz"))]
 
-    def t1_of(s) -> Path | None:
+    def test_t1(s) -> Path | None:
         t1 = images / f"{s.subject}_t1_0000.nii.gz"
         return t1 if t1.is_file() else None
+    t1_of = t1_of or test_t1
 
     return locate_cohort(ctx, subjects, a, atlas_regions_too=False, t1_of=t1_of)
 

@@ -22,7 +22,7 @@ from nnunet_wmhloc.layout import RunLayout
 from nnunet_wmhloc.pipeline import location_outputs as LO
 from nnunet_wmhloc.pipeline import review
 from nnunet_wmhloc.pipeline.figtext import read_figure_info
-from nnunet_wmhloc.pipeline.report_location import location_section
+from nnunet_wmhloc.pipeline.report_location import location_section, model_free_section
 from nnunet_wmhloc.pipeline.report_figures import REPORT_REGIONS, cohort_figure, region_mm3, subject_figure
 from nnunet_wmhloc.vocab import REGION_NAMES
 from nnunet_wmhloc.postprocessing.cluster import SIDE_SHARE
@@ -128,7 +128,7 @@ def build_report(output: Path, tables, *, title: str, images: Path, settings: di
         ctx = {"title": title, "written": time.strftime("%Y-%m-%d %H:%M"), "n_subjects": len(tables.loads),
                "command": command, **_settings(settings, stages), "cohort": _cohort(rep, run, tables),
                **_clustering(rep, run, stages, checks["subjects"]), "evaluation": _evaluation(rep, run),
-               "location": location_section(rep, run, tables.loads),
+               "location": location_section(rep, run, tables.loads), "model_free": model_free_section(rep, run),
                "subjects": _subjects(rep, run, tables.loads, images, progress, checks["subjects"]),
                "warnings": checks["text"], "synthetic": str(settings.get("input", "")).startswith("demo"),
                "tta": settings.get("test-time mirroring"), "side_share": SIDE_SHARE,

@@ -136,8 +136,8 @@ def _masks(run, subjects) -> dict[str, sitk.Image]:
     return out
 
 
-def location_section(rep, run, loads: list[dict]) -> dict | None:
-    """The section's tables and figure, or None when the location stage did not run."""
+def location_section(rep, run, loads: list[dict], png: str = "lesion_frequency_atlas.png") -> dict | None:
+    """The section's tables and figure (figures/`png`), or None when the location stage did not run."""
     from nnunet_wmhloc.location import frequency_maps
     from nnunet_wmhloc.pipeline.report import table
 
@@ -153,7 +153,7 @@ def location_section(rep, run, loads: list[dict]) -> dict | None:
         maps = frequency_maps(masks, {s: g for s, g in groups.items() if s in masks and g})
         named = {"all subjects": maps.pop("all"), **maps}
         counts = {"all subjects": len(masks)} | {g: sum(groups.get(s) == g for s in masks) for g in maps}
-        png = rep.folder / "figures" / "lesion_frequency_atlas.png"
+        png = rep.folder / "figures" / png
         frequency_figure(named, counts, _atlas_t1(settings.get("atlas_dir")), png)
         who = f"the {len(masks)} subjects with an atlas registration" + (
             ", then per cluster group" if len(named) > 1 else "")
@@ -162,3 +162,22 @@ def location_section(rep, run, loads: list[dict]) -> dict | None:
             f"atlas grid by the inverse of its registration, covers each voxel; axial slices (atlas z in mm) over "
             f"the atlas T1, radiological view (patient's left on the right)."))
     return out
+
+
+def model_free_section(rep, run) -> dict | None:
+    """wmhloc_run --demo's model-free run (<output>/model_free/, a run layout of its own): how long it took, the
+    lesion volume per subject inside and outside the atlas regions, and its location section; None without it."""
+    from nnunet_wmhloc.layout import RunLayout
+    from nnunet_wmhloc.postprocessing.loads import read_localize
+
+    if not run.model_free_summary.is_file():
+        return None
+    summary = read_json(run.model_free_summary)
+    mf = RunLayout(run.model_free)
+    loads = LO.merged(mf, read_localize(mf.localize)).loads
+    rows = [{"subject": r["subject"], "lesion mm³": r["total_mm3"],
+             "in regions mm³": (_num(r["total_mm3"]) or 0.0) - (_num(r["outside_mm3"]) or 0.0),
+             "outside the regions mm³": r["outside_mm3"]} for r in loads]
+    return {"seconds": f"{float(summary['seconds']):.1f}", "n": len(loads), "atlas_dir": summary.get("atlas_dir", ""),
+            "loads": rep.csv_table(mf.regional_loads, "model_free_regional_loads.csv", rows=rows),
+            "location": location_section(rep, mf, loads, png="model_free_lesion_frequency_atlas.png")}

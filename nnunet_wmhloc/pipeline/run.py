@@ -8,7 +8,9 @@ Stages (each resumable, logged to <output>/logs/<stage>.log, marked done in <out
 synth (--demo) -> convert -> preprocess -> train_lesion -> train_region -> choose (FLAIR, T1 or fused per task,
 from the cross-validation probabilities; recorded in <output>/choice/fusion.json for wmhloc_export_models) ->
 predict (T1 and FLAIR cases of the test split) -> fuse -> localize -> location (location classes and atlas-space
-lesion maps, with --atlas-dir) -> cluster -> evaluate (when references exist) -> report.
+lesion maps, with --atlas-dir; --demo uses its own synthetic atlas) -> model_free (--demo: wmhloc_predict's
+model-free path on the test subjects' reference lesion masks, regions by the atlas registration, into
+<output>/model_free/, timed) -> cluster -> evaluate (when references exist) -> report.
 A re-run skips finished stages; `--force STAGE` redoes that stage and the ones after it.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ from nnunet_wmhloc.pipeline.stages import Runner, Stage, StageContext
 from nnunet_wmhloc.vocab import dataset_folders
 
 STAGES = ("synth", "convert", "preprocess", "train_lesion", "train_region", "choose", "predict", "fuse", "localize",
-          "location", "cluster", "evaluate", "report")
+          "location", "model_free", "cluster", "evaluate", "report")
 # --quick: what a 2-core CPU trains in a few minutes per model: 2d, fold 0, epochs of 20 steps of the planned batch
 # (at most 8), AdamW (nnU-Net's SGD barely starts learning in so few steps); the 37-class region model gets more
 # epochs. Measured on the demo: batch 6 beats batch 4 at equal epochs (lesion Dice 0.50 vs 0.37)
@@ -148,6 +150,8 @@ class RunPlan:
             raise WMHLocError(f"--lesion-id and --region-id are both {a.lesion_id}")
         self.release = (self.output / "synthetic") if a.demo else (a.release.resolve() if a.release else None)
         self.region_labels = (self.release / "region_labels") if a.demo else a.region_labels
+        # the demo's heads register to the demo's own atlas (synth.demo_atlas), which its synth stage writes
+        self.atlas_dir = a.atlas_dir or (self.layout.demo_atlas if a.demo else None)
         common.claim_output(self.output)  # every option checked: now the first thing is created
         self.env = common.pipeline_environ(self.root, self.root / "wmhloc_trainers", device=self.device,
                                            threads=a.threads, processes=self.processes)
@@ -175,13 +179,28 @@ class RunPlan:
 
     # ------------------------------------------------------------------------------------ stages
     def synth(self, ctx: StageContext) -> dict:
-        from nnunet_wmhloc.synth import make_cohort
+        from nnunet_wmhloc.synth import make_cohort, write_demo_atlas
 
         ctx.say(f"wmhloc_synth -o {self.release} --seed {DEMO['seed']} --per-site {DEMO['per_site']} "
                 f"--test-per-site {DEMO['test_per_site']}")
         subs = make_cohort(self.release, seed=DEMO["seed"], per_site=DEMO["per_site"],
-                           test_per_site=DEMO["test_per_site"], overwrite=True, show_progress=False)
-        return {"subjects": len(subs), "training": sum(s["split"] == "training" for s in subs)}
+                           test_per_site=DEMO["test_per_site"], overwrite=True, show_progress=False, brain_t1=True)
+        write_demo_atlas(self.layout.demo_atlas, overwrite=True)
+        ctx.say(f"demo atlas (the canonical synthetic head): {self.layout.demo_atlas}")
+        return {"subjects": len(subs), "training": sum(s["split"] == "training" for s in subs),
+                "atlas": str(self.layout.demo_atlas)}
+
+    def demo_subjects(self) -> dict:
+        """subject -> its SimpleNamespace(subject, lesion: the reference mask wmh.nii.gz, images: {"t1": the
+        skull-stripped T1, synth.T1_BRAIN}) in the demo's release: what the demo registers to its atlas."""
+        from types import SimpleNamespace
+
+        from nnunet_wmhloc.dataset_conversion.wmh2017 import find_subjects
+        from nnunet_wmhloc.synth import T1_BRAIN
+
+        return {s.subject: SimpleNamespace(subject=s.subject, lesion=s.lesion,
+                                           images={"t1": Path(s.images["t1"]).parent / T1_BRAIN})
+                for s in find_subjects(self.release)}
 
     def convert(self, ctx: StageContext) -> dict:
         from nnunet_wmhloc.dataset_conversion.cohort import convert_cohort
@@ -307,7 +326,8 @@ class RunPlan:
                "cohort": str(a.cohort), "ids": self.ids}
         train_key = {"configuration": self.configuration, "folds": self.folds}
         return [
-            Stage("synth", self.synth, {"demo": DEMO}, enabled=a.demo, description="synthetic cohort"),
+            Stage("synth", self.synth, {"demo": DEMO, "brain_t1": True, "atlas": "synth.demo_atlas"}, enabled=a.demo,
+                  description="synthetic cohort and its atlas"),
             Stage("convert", self.convert, src, description="nnU-Net raw datasets",
                   inputs=self.cohort.fingerprint() if self.cohort is not None else {}),
             Stage("preprocess", self.preprocess, {"configuration": self.configuration},
@@ -322,8 +342,11 @@ class RunPlan:
             Stage("fuse", self.fuse, description="FLAIR + T1 fusion, with the weights the choose stage picked"),
             Stage("localize", lambda c: common.localize_stage(c, self.references()["lesion"]),
                   description="regional lesion loads"),
-            Stage("location", self.location, {"atlas_dir": str(a.atlas_dir), "pv_distance": a.pv_distance},
+            Stage("location", self.location, {"atlas_dir": str(self.atlas_dir), "pv_distance": a.pv_distance},
                   description="location classes and atlas-space lesion maps (--atlas-dir)"),
+            Stage("model_free", self.model_free, {"atlas_dir": str(self.atlas_dir), "pv_distance": a.pv_distance},
+                  enabled=a.demo, description="model-free run on the reference lesion masks (wmhloc_predict "
+                                              "--lesions csv --regions atlas)"),
             Stage("cluster", lambda c: common.cluster_stage(c, k_max=a.k_max, atlas=a.atlas),
                   {"k_max": a.k_max, "atlas": a.atlas}, description="k-means on regional loads"),
             Stage("evaluate", lambda c: common.evaluate_stage(c, self.references(),
@@ -332,10 +355,54 @@ class RunPlan:
             Stage("report", self.report, description="report.html"),
         ]
 
+    def options(self):
+        """The options with the atlas folder the run uses (--atlas-dir, or the demo's)."""
+        import copy
+
+        a = copy.copy(self.a)
+        a.atlas_dir = self.atlas_dir
+        return a
+
     def location(self, ctx: StageContext) -> dict:
         from nnunet_wmhloc.pipeline.location_outputs import run_stage
 
-        return run_stage(ctx, self.dataset("lesion") / "imagesTs", self.a)
+        t1_of = None
+        if self.a.demo:
+            demo = self.demo_subjects()
+            t1_of = lambda s: demo[s.subject].images["t1"] if s.subject in demo else None  # noqa: E731
+        return run_stage(ctx, self.dataset("lesion") / "imagesTs", self.options(), t1_of=t1_of)
+
+    def model_free(self, ctx: StageContext) -> dict:
+        """The demo's second run, with no model: wmhloc_predict's maps and localize stages (its functions, as
+        `wmhloc_predict cohort.csv --lesions csv --regions atlas --atlas-dir ATLAS` calls them) on the test
+        subjects' (those the models predicted) reference lesion masks and skull-stripped T1s, into
+        <output>/model_free/ (a run layout of its own); model_free.json records how long it took."""
+        import time
+        from types import SimpleNamespace
+
+        from nnunet_wmhloc.io import write_json
+        from nnunet_wmhloc.pipeline.model_free import maps_stage
+        from nnunet_wmhloc.pipeline.stages import clear_dir
+
+        demo = self.demo_subjects()
+        subjects = [demo[n] for n in common.nifti_stems(self.layout.segmentations("lesion")) if n in demo]
+        if not subjects:
+            raise WMHLocError(f"{self.layout.segmentations('lesion')}: no predicted test subject of {self.release}")
+        root = clear_dir(self.layout.model_free)
+        sub = StageContext(ctx.name, ctx.log_path, ctx.env, root, ctx.quiet)
+        a = SimpleNamespace(lesions="csv", regions="atlas", atlas_dir=self.atlas_dir, lesion_threshold=0.5,
+                            pv_distance=self.a.pv_distance)
+        ctx.say(f"model-free: {len(subjects)} reference lesion masks, regions by registration to {self.atlas_dir}")
+        t = time.time()
+        out = maps_stage(sub, subjects, a)
+        out["localize"] = common.localize_stage(sub, None)
+        seconds = round(time.time() - t, 1)
+        out["seconds"] = seconds
+        write_json({"subjects": [s.subject for s in subjects], "lesions": "reference (wmh.nii.gz)",
+                    "regions": "atlas registration", "atlas_dir": str(self.atlas_dir), "seconds": seconds},
+                   self.layout.model_free_summary)
+        ctx.say(f"model-free run: {len(subjects)} subjects in {seconds:.1f} s -> {root}")
+        return out
 
     def report(self, ctx: StageContext) -> dict:
         from nnunet_wmhloc.pipeline.report import build_report
