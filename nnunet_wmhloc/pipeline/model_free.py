@@ -120,3 +120,49 @@ def maps_stage(ctx, subjects: list, a) -> dict:
     out = {"lesion_maps": write_lesion_maps(ctx, subjects, a.lesion_threshold) if a.lesions == "csv" else 0}
     out.update(location_outputs.locate_cohort(ctx, subjects, a, atlas_regions_too=a.regions == "atlas"))
     return out
+
+
+def demo_subjects(release: Path) -> dict:
+    """subject -> its SimpleNamespace(subject, lesion: the reference mask wmh.nii.gz, images: {"t1": the
+    skull-stripped T1, synth.T1_BRAIN}) in the demo's release: what the demo registers to its atlas."""
+    from types import SimpleNamespace
+
+    from nnunet_wmhloc.dataset_conversion.wmh2017 import find_subjects
+    from nnunet_wmhloc.synth import T1_BRAIN
+
+    return {s.subject: SimpleNamespace(subject=s.subject, lesion=s.lesion,
+                                       images={"t1": Path(s.images["t1"]).parent / T1_BRAIN})
+            for s in find_subjects(release)}
+
+
+def demo_run(ctx, layout, release: Path, atlas_dir: Path, pv_distance: float) -> dict:
+    """The demo's second run, with no model: wmhloc_predict's maps and localize stages (its functions, as
+    `wmhloc_predict cohort.csv --lesions csv --regions atlas --atlas-dir ATLAS` calls them) on the test
+    subjects' (those the models predicted) reference lesion masks and skull-stripped T1s, into
+    layout.model_free (a run layout of its own); layout.model_free_summary records how long it took."""
+    import time
+    from types import SimpleNamespace
+
+    from nnunet_wmhloc.io import write_json
+    from nnunet_wmhloc.pipeline import common
+    from nnunet_wmhloc.pipeline.stages import StageContext, clear_dir
+
+    demo = demo_subjects(release)
+    subjects = [demo[n] for n in common.nifti_stems(layout.segmentations("lesion")) if n in demo]
+    if not subjects:
+        raise WMHLocError(f"{layout.segmentations('lesion')}: no predicted test subject of {release}")
+    root = clear_dir(layout.model_free)
+    sub = StageContext(ctx.name, ctx.log_path, ctx.env, root, ctx.quiet)
+    a = SimpleNamespace(lesions="csv", regions="atlas", atlas_dir=atlas_dir, lesion_threshold=0.5,
+                        pv_distance=pv_distance)
+    ctx.say(f"model-free: {len(subjects)} reference lesion masks, regions by registration to {atlas_dir}")
+    t = time.time()
+    out = maps_stage(sub, subjects, a)
+    out["localize"] = common.localize_stage(sub, None)
+    seconds = round(time.time() - t, 1)
+    out["seconds"] = seconds
+    write_json({"subjects": [s.subject for s in subjects], "lesions": "reference (wmh.nii.gz)",
+                "regions": "atlas registration", "atlas_dir": str(atlas_dir), "seconds": seconds},
+               layout.model_free_summary)
+    ctx.say(f"model-free run: {len(subjects)} subjects in {seconds:.1f} s -> {root}")
+    return out

@@ -190,18 +190,6 @@ class RunPlan:
         return {"subjects": len(subs), "training": sum(s["split"] == "training" for s in subs),
                 "atlas": str(self.layout.demo_atlas)}
 
-    def demo_subjects(self) -> dict:
-        """subject -> its SimpleNamespace(subject, lesion: the reference mask wmh.nii.gz, images: {"t1": the
-        skull-stripped T1, synth.T1_BRAIN}) in the demo's release: what the demo registers to its atlas."""
-        from types import SimpleNamespace
-
-        from nnunet_wmhloc.dataset_conversion.wmh2017 import find_subjects
-        from nnunet_wmhloc.synth import T1_BRAIN
-
-        return {s.subject: SimpleNamespace(subject=s.subject, lesion=s.lesion,
-                                           images={"t1": Path(s.images["t1"]).parent / T1_BRAIN})
-                for s in find_subjects(self.release)}
-
     def convert(self, ctx: StageContext) -> dict:
         from nnunet_wmhloc.dataset_conversion.cohort import convert_cohort
         from nnunet_wmhloc.dataset_conversion.splits import make_splits
@@ -368,41 +356,16 @@ class RunPlan:
 
         t1_of = None
         if self.a.demo:
-            demo = self.demo_subjects()
+            from nnunet_wmhloc.pipeline.model_free import demo_subjects
+
+            demo = demo_subjects(self.release)
             t1_of = lambda s: demo[s.subject].images["t1"] if s.subject in demo else None  # noqa: E731
         return run_stage(ctx, self.dataset("lesion") / "imagesTs", self.options(), t1_of=t1_of)
 
     def model_free(self, ctx: StageContext) -> dict:
-        """The demo's second run, with no model: wmhloc_predict's maps and localize stages (its functions, as
-        `wmhloc_predict cohort.csv --lesions csv --regions atlas --atlas-dir ATLAS` calls them) on the test
-        subjects' (those the models predicted) reference lesion masks and skull-stripped T1s, into
-        <output>/model_free/ (a run layout of its own); model_free.json records how long it took."""
-        import time
-        from types import SimpleNamespace
+        from nnunet_wmhloc.pipeline.model_free import demo_run
 
-        from nnunet_wmhloc.io import write_json
-        from nnunet_wmhloc.pipeline.model_free import maps_stage
-        from nnunet_wmhloc.pipeline.stages import clear_dir
-
-        demo = self.demo_subjects()
-        subjects = [demo[n] for n in common.nifti_stems(self.layout.segmentations("lesion")) if n in demo]
-        if not subjects:
-            raise WMHLocError(f"{self.layout.segmentations('lesion')}: no predicted test subject of {self.release}")
-        root = clear_dir(self.layout.model_free)
-        sub = StageContext(ctx.name, ctx.log_path, ctx.env, root, ctx.quiet)
-        a = SimpleNamespace(lesions="csv", regions="atlas", atlas_dir=self.atlas_dir, lesion_threshold=0.5,
-                            pv_distance=self.a.pv_distance)
-        ctx.say(f"model-free: {len(subjects)} reference lesion masks, regions by registration to {self.atlas_dir}")
-        t = time.time()
-        out = maps_stage(sub, subjects, a)
-        out["localize"] = common.localize_stage(sub, None)
-        seconds = round(time.time() - t, 1)
-        out["seconds"] = seconds
-        write_json({"subjects": [s.subject for s in subjects], "lesions": "reference (wmh.nii.gz)",
-                    "regions": "atlas registration", "atlas_dir": str(self.atlas_dir), "seconds": seconds},
-                   self.layout.model_free_summary)
-        ctx.say(f"model-free run: {len(subjects)} subjects in {seconds:.1f} s -> {root}")
-        return out
+        return demo_run(ctx, self.layout, self.release, self.atlas_dir, self.a.pv_distance)
 
     def report(self, ctx: StageContext) -> dict:
         from nnunet_wmhloc.pipeline.report import build_report
