@@ -120,11 +120,9 @@ class DeviceAugmentation:
         self.p.setdefault("gaussian_noise", 0.0)
         for key in ("gaussian_blur", "gamma_inverted", "gamma"):
             self.p.setdefault(key, 0.0)
-        self.blur = {k: v for k, v in NNUNET_BLUR.items() if k != "probability"}
         self.pseudo_2d = bool(pseudo_2d)
         self.mask_channels = list(mask_channels)
-        self.ds_scales = [list(s) if isinstance(s, (tuple, list)) else s for s in ds_scales] \
-            if ds_scales is not None else None
+        self.ds_scales = ds_scales
 
     def __repr__(self):  # nnU-Net's debug.json records it
         return (f"DeviceAugmentation(p={self.p}, pseudo_2d={self.pseudo_2d}, mask_channels={self.mask_channels}, "
@@ -160,8 +158,8 @@ class DeviceAugmentation:
         data = intensity.motion(data, self._draw("motion", n, dev))
         data = intensity.multiplicative_noise(data, self._draw("multiplicative_noise", n, dev))
         data = intensity.gaussian_noise(data, self._draw("gaussian_noise", n, dev))
-        data = intensity.gaussian_blur(data, self._draw("gaussian_blur", n, dev), self.blur["sigma"],
-                                       self.blur["p_per_channel"])
+        data = intensity.gaussian_blur(data, self._draw("gaussian_blur", n, dev), NNUNET_BLUR["sigma"],
+                                       NNUNET_BLUR["p_per_channel"])
         data = intensity.gamma(data, self._draw("gamma_inverted", n, dev), NNUNET_GAMMA["range"], invert=True)
         data = intensity.gamma(data, self._draw("gamma", n, dev), NNUNET_GAMMA["range"])
         if zero is not None:

@@ -147,20 +147,17 @@ def motion(x: torch.Tensor, sel: torch.Tensor, num_movements=(1, 3), max_shift=(
     return x
 
 
-
-def _odd_size(n: float) -> int:
-    """batchgeneratorsv2's _round_to_nearest_odd."""
-    r = round(n)
-    return r if r % 2 == 1 else (r + 1 if n - r >= 0 else r - 1)
+def _kernel_sizes(sigma: torch.Tensor, truncate: float) -> torch.Tensor:
+    """batchgeneratorsv2's Gaussian kernel size per sigma: _round_to_nearest_odd(truncate sigma + 0.5)."""
+    n = sigma * truncate + 0.5
+    r = torch.round(n)  # half to even, as Python's round
+    return torch.where(r % 2 == 1, r, torch.where(n - r >= 0, r + 1, r - 1))
 
 
 def _blur_kernels(sigma: torch.Tensor, truncate: float, radius: int) -> torch.Tensor:
-    """(k, 2 radius + 1) Gaussian kernels, one per sigma: batchgeneratorsv2's _build_kernel (its odd kernel
-    size round_to_nearest_odd(truncate sigma + 0.5), normalised to sum 1), centred in zeros up to `radius`."""
-    n = sigma * truncate + 0.5
-    r = torch.round(n)  # half to even, as Python's round
-    size = torch.where(r % 2 == 1, r, torch.where(n - r >= 0, r + 1, r - 1))
-    half = (size - 1) / 2
+    """(k, 2 radius + 1) Gaussian kernels, one per sigma: batchgeneratorsv2's _build_kernel (size
+    `_kernel_sizes`, normalised to sum 1), centred in zeros up to `radius`."""
+    half = (_kernel_sizes(sigma, truncate) - 1) / 2
     t = torch.arange(-radius, radius + 1, device=sigma.device, dtype=torch.float32)[None]
     pdf = torch.exp(-0.5 * (t / sigma[:, None]) ** 2) * (t.abs() <= half[:, None])
     return pdf / pdf.sum(dim=1, keepdim=True)
@@ -180,7 +177,8 @@ def gaussian_blur(x: torch.Tensor, sel: torch.Tensor, sigma=(0.5, 1.0), p_per_ch
     v = x[hit[:, 0], hit[:, 1]][None].float()  # (1, k, *shape): one group per blurred channel
     k = v.shape[1]
     sig = _uniform(*sigma, (k, nd), v)
-    radius = (_odd_size(max(sigma) * truncate + 0.5) - 1) // 2  # the largest kernel's half (size grows with sigma)
+    # the largest kernel's half (the size grows with sigma)
+    radius = int(_kernel_sizes(torch.tensor([float(max(sigma))]), truncate)[0]) // 2
     conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
     for a in range(nd):
         w = _blur_kernels(sig[:, a], truncate, radius)

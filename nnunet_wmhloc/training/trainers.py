@@ -33,8 +33,7 @@ from nnunet_wmhloc.training.device_aug import DeviceAugmentation
 from nnunet_wmhloc.training.laterality import (MAX_ROTATION_DEG, lr_pairs, lr_patch_axis, make_lr_symmetric,
                                                rotation_capped, set_lr_symmetry)
 from nnunet_wmhloc.training.loss import DC_CE_SR_loss, SkeletonRecallLoss
-from nnunet_wmhloc.training.transforms import (AUG_PROBABILITIES, NNUNET_BLUR, NNUNET_GAMMA, training_transforms,
-                                               validation_transforms)
+from nnunet_wmhloc.training.transforms import ON_DEVICE_PROBABILITIES, training_transforms, validation_transforms
 
 __all__ = [
     "nnUNetTrainerWMHLoc", "nnUNetTrainerWMHLocCEDC",
@@ -124,11 +123,7 @@ class nnUNetTrainerWMHLocCEDC(nnUNetTrainer):
         if on_device:
             # the deep-supervision downsampling moves to the device too (after the deformation there)
             masked = [i for i, m in enumerate(use_mask_for_norm or []) if m]
-            self.device_augmentation = DeviceAugmentation(dict(AUG_PROBABILITIES,
-                                                               gaussian_blur=NNUNET_BLUR["probability"],
-                                                               gamma_inverted=NNUNET_GAMMA["probability_inverted"],
-                                                               gamma=NNUNET_GAMMA["probability"]),
-                                                          pseudo_2d=do_dummy_2d_data_aug,
+            self.device_augmentation = DeviceAugmentation(ON_DEVICE_PROBABILITIES, pseudo_2d=do_dummy_2d_data_aug,
                                                           mask_channels=masked, ds_scales=deep_supervision_scales)
             deep_supervision_scales = None
         return training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,

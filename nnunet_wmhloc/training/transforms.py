@@ -52,6 +52,10 @@ AUG_PROBABILITIES = {
 NNUNET_BLUR = {"probability": 0.2, "sigma": (0.5, 1.0), "p_per_channel": 0.5}
 # and its two gamma transforms (on the inverted image, then on the image; every channel, statistics kept)
 NNUNET_GAMMA = {"probability_inverted": 0.1, "probability": 0.3, "range": (0.7, 1.5)}
+# what device_aug.DeviceAugmentation applies for trainers that augment on the device (on_device=True below):
+# our MRI transforms and nnU-Net's blur and gamma, each with its worker-side probability
+ON_DEVICE_PROBABILITIES = dict(AUG_PROBABILITIES, gaussian_blur=NNUNET_BLUR["probability"],
+                               gamma_inverted=NNUNET_GAMMA["probability_inverted"], gamma=NNUNET_GAMMA["probability"])
 
 
 def _spatial_axes(img: torch.Tensor) -> Tuple[int, ...]:
